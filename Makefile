@@ -1,0 +1,46 @@
+# fsanet: the two commands a user needs are `make tables` and `make test`.
+# Both create or refresh .venv from the pinned requirements; when nothing changed they take seconds.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.fsanet-installed
+REQS := requirements/requirements.in requirements/constraints.txt pyproject.toml
+CORES ?= all
+
+export DVC_NO_ANALYTICS := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := true
+export MPLBACKEND := Agg
+
+.PHONY: venv test test-all tables lint clean-results
+
+venv: $(STAMP)
+
+# torch is held at 2.13.0 by the constraints file, so no resolver can swap in a CUDA build.
+$(STAMP): $(REQS)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check \
+		-r requirements/requirements.in -c requirements/constraints.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $@
+
+## make test: the test suite (fast; slow end-to-end checks are behind `-m slow`)
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+## make test-all: the suite including the slow end-to-end checks
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q -m "slow or not slow"
+
+## make tables: the whole study on the default profile
+tables: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES) all_tables
+
+lint: $(STAMP)
+	$(BIN)/ruff check fsanet tests
+	$(BIN)/snakemake --lint
+	$(BIN)/snakefmt --check Snakefile workflow
+
+clean-results:
+	rm -rf results .snakemake/metadata
