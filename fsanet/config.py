@@ -75,12 +75,51 @@ class BenchConfig:
 
 
 # --------------------------------------------------------------------------------------------
+# Data (datasets work): `fsanet data ...`, and the `data` section of train/eval.
+# --------------------------------------------------------------------------------------------
+@dataclass
+class DataConfig:
+    pass
+
+
+# --------------------------------------------------------------------------------------------
+# Model (models work)
+# --------------------------------------------------------------------------------------------
+@dataclass
+class ModelConfig:
+    pass
+
+
+# --------------------------------------------------------------------------------------------
+# Training, evaluation, tracking (engine work)
+# --------------------------------------------------------------------------------------------
+@dataclass
+class TrainConfig:
+    pass
+
+
+@dataclass
+class EvalConfig:
+    pass
+
+
+@dataclass
+class TrackingConfig:
+    pass
+
+
+# --------------------------------------------------------------------------------------------
 # Root
 # --------------------------------------------------------------------------------------------
 @dataclass
 class Config:
     """The root schema. Each command reads the sections it needs."""
 
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
 
 

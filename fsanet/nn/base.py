@@ -1,0 +1,60 @@
+"""The contract every attention module in ``fsanet.nn`` follows.
+
+* ``Module(channels, **options)``; ``forward`` maps ``(B, C, H, W)`` to ``(B, C, H, W)`` with the
+  residual connection inside the module.
+* ``flops(h, w, batch=1)`` returns the analytic forward cost in FLOPs (2 per multiply-accumulate),
+  counting the operations ``torch.utils.flop_counter`` counts (convolutions, matmul/bmm/einsum,
+  SDPA), so the benchmark can cross-check the formula against the counter. The docstring of each
+  module gives the formula in MACs.
+* ``eval_band``: when set to a band, the module's attention branch sees ``lowpass(x, eval_band)``
+  while the residual keeps the full ``x``: the paper's "low-frequency attention without
+  retraining" ablation, applicable to any trained model.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from torch import Tensor, nn
+
+from fsanet.nn.dct import Band, BandLike, lowpass, normalize_band
+
+__all__ = ["AttentionModule"]
+
+
+class AttentionModule(nn.Module):
+    """Base class: holds ``channels`` and the optional evaluation-time band truncation.
+
+    Args:
+        channels: input and output channels C.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        if channels < 1:
+            raise ValueError(f"channels must be ≥ 1, got {channels}")
+        self.channels = channels
+        self._eval_band: Optional[Band] = None
+
+    @property
+    def eval_band(self) -> Optional[Band]:
+        return self._eval_band
+
+    @eval_band.setter
+    def eval_band(self, band: BandLike) -> None:
+        self._eval_band = None if band is None else normalize_band(band)
+
+    def attention_input(self, x: Tensor) -> Tensor:
+        """What the attention branch attends over: ``x``, or its low-passed copy if ``eval_band`` is set."""
+        if self._eval_band is None:
+            return x
+        return lowpass(x, self._eval_band)
+
+    def check_input(self, x: Tensor) -> None:
+        if x.dim() != 4 or x.shape[1] != self.channels:
+            raise ValueError(
+                f"{type(self).__name__} expects (B, {self.channels}, H, W) input, got {tuple(x.shape)}"
+            )
+
+    def flops(self, h: int, w: int, batch: int = 1) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
