@@ -12,6 +12,7 @@ export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 export MPLBACKEND := Agg
+export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: venv test test-all tables lint clean-results
 

@@ -47,10 +47,11 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_bench_attention(args: argparse.Namespace) -> None:
-    from fsanet.bench import run_attention_benchmark
     from fsanet.config import load_config
 
     cfg = load_config(args.config, args.overrides)
+    from fsanet.bench import run_attention_benchmark
+
     run_attention_benchmark(cfg.bench, args.out)
 
 

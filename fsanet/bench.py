@@ -1,0 +1,394 @@
+"""Module-level efficiency benchmark: parameters, FLOPs, peak memory and latency of every attention module.
+
+Protocol (``fsanet bench attention``):
+
+* **Cases.** The paper setting (B×C×97×97, C=512; FSA with each configured band, both modes, fused and
+  reference) and a scaling sweep over square maps (FSA fused in both modes and FSA reference with the
+  sweep band, every peer at its default options). At every size a *floor* row times one read-and-write
+  pass over the input, ``torch.add(x, x)``: no module can beat it, so it anchors the numbers to the
+  machine's memory bandwidth.
+* **FLOPs** come from ``torch.utils.flop_counter.FlopCounterMode`` over one forward (2 FLOPs per
+  multiply-accumulate; convolutions, matmul/bmm/addmm/baddbmm/einsum are counted). Each module's analytic
+  ``flops(h, w)`` formula is recorded beside it as ``flops_analytic``, and a mismatch is logged.
+* **Peak memory.** On CUDA, ``max_memory_allocated`` during one forward minus what was allocated before
+  it (the input and the weights). On CPU, :class:`PeakMemoryTracker`: a ``TorchDispatchMode`` that sees
+  every ATen op, adds the bytes of each new output storage, and subtracts a storage's bytes as soon as a
+  weak reference to it reports it freed. Peak = the maximum of the running total, observed after each op.
+  This is the CUDA definition transposed to CPU: bytes of tensor storage allocated during the forward
+  and alive at the same time, the input excluded. It does not see scratch memory that a kernel
+  allocates outside ATen (e.g. inside MKL), which CUDA's counter would also miss unless it came from the
+  caching allocator. ``tests/test_bench.py`` checks it to the byte on known allocation patterns and
+  against the N² attention map of a non-local block.
+* **Latency.** The median (and min/max) of ``repeats`` ≥ 20 timed forwards after ``warmup`` untimed ones,
+  under ``torch.inference_mode``, fp32, with the thread count recorded (CUDA: synchronised).
+* **Failures are data.** A forward slower than ``timeout_s`` is recorded as ``timeout``; an allocation past
+  ``memory_budget_gb`` (CPU: an address-space limit around the call; CUDA: the OOM error) as ``oom``. The
+  run carries on, and larger sizes of a module that failed are recorded as ``skipped``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import resource
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import psutil
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+from torch.utils.flop_counter import FlopCounterMode
+from tqdm import tqdm
+
+from fsanet.config import to_container
+from fsanet.io import write_json
+from fsanet.nn import ATTENTION
+from fsanet.nn.dct import normalize_band
+from fsanet.provenance import environment
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "Case",
+    "PeakMemoryTracker",
+    "measure_peak_memory",
+    "run_attention_benchmark",
+]
+
+MODULE_NAMES = ("fsa", "nonlocal", "danet_pam", "criss_cross", "isa", "linear", "aff")
+
+
+class Timeout(Exception):
+    """A forward ran longer than the configured limit."""
+
+
+class OutOfMemory(Exception):
+    """A forward needed more memory than the configured budget."""
+
+
+# --------------------------------------------------------------------------------------------
+# Peak memory
+# --------------------------------------------------------------------------------------------
+class PeakMemoryTracker(TorchDispatchMode):
+    """Tracks bytes of live tensor storage created inside the ``with`` block; ``peak`` is the high-water mark.
+
+    Storages that existed before the block (inputs, weights) are not counted, as with CUDA's
+    ``max_memory_allocated() - memory_allocated()`` taken before the call.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._live: dict[int, tuple[StorageWeakRef, int]] = {}
+        self.current = 0
+        self.peak = 0
+
+    def _sweep(self) -> None:
+        for key, (ref, nbytes) in list(self._live.items()):
+            if ref.expired():
+                self.current -= nbytes
+                del self._live[key]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        out = func(*args, **(kwargs or {}))
+        self._sweep()
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t.device.type != "meta":
+                storage = t.untyped_storage()
+                key = storage._cdata
+                if key not in self._live:
+                    nbytes = storage.nbytes()
+                    self._live[key] = (StorageWeakRef(storage), nbytes)
+                    self.current += nbytes
+        self.peak = max(self.peak, self.current)
+        return out
+
+
+def _is_cuda_oom(err: BaseException) -> bool:
+    return isinstance(err, torch.cuda.OutOfMemoryError)
+
+
+def _is_cpu_oom(err: BaseException) -> bool:
+    return isinstance(err, (RuntimeError, MemoryError)) and (
+        "can't allocate memory" in str(err) or isinstance(err, MemoryError)
+    )
+
+
+@contextlib.contextmanager
+def memory_limit(device: torch.device, budget_bytes: int) -> Iterator[None]:
+    """Turn an allocation past ``budget_bytes`` into :class:`OutOfMemory` instead of an OOM kill.
+
+    On CPU this bounds the process's address space to its current size plus the budget for the
+    duration of the block (allocations beyond it fail with a catchable error). On CUDA the device's own
+    OOM error is translated.
+    """
+    old = None
+    if device.type == "cpu" and budget_bytes > 0:
+        old = resource.getrlimit(resource.RLIMIT_AS)
+        limit = psutil.Process().memory_info().vms + budget_bytes
+        if old[1] != resource.RLIM_INFINITY:
+            limit = min(limit, old[1])
+        resource.setrlimit(resource.RLIMIT_AS, (limit, old[1]))
+    try:
+        yield
+    except BaseException as err:
+        if _is_cuda_oom(err) or _is_cpu_oom(err):
+            raise OutOfMemory(str(err).splitlines()[0][:200]) from None
+        raise
+    finally:
+        if old is not None:
+            resource.setrlimit(resource.RLIMIT_AS, old)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def measure_peak_memory(fn: Callable[[], Any], device: torch.device) -> int:
+    """Peak bytes allocated by one call of ``fn`` beyond what was allocated before it (see module docstring)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        out = fn()
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device) - before
+        del out
+        return int(peak)
+    with PeakMemoryTracker() as tracker:
+        out = fn()
+    del out
+    return int(tracker.peak)
+
+
+# --------------------------------------------------------------------------------------------
+# FLOPs and latency
+# --------------------------------------------------------------------------------------------
+def count_flops(fn: Callable[[], Any]) -> int:
+    """FLOPs of one call of ``fn`` as ``FlopCounterMode`` counts them."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_once(fn: Callable[[], Any], device: torch.device) -> float:
+    """Seconds for one call of ``fn`` (synchronised on CUDA)."""
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def measure_latency(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> list[float]:
+    """Wall-clock milliseconds of ``repeats`` calls after ``warmup`` untimed ones; GC is paused while timing."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(repeats):
+            times.append(time_once(fn, device) * 1e3)
+    finally:
+        gc.enable()
+    return times
+
+
+# --------------------------------------------------------------------------------------------
+# Cases
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Case:
+    """One row of the benchmark: a module configuration at one input size."""
+
+    setting: str  # "paper" or "sweep"
+    module: str  # one of MODULE_NAMES, or "floor"
+    h: int
+    w: int
+    mode: Optional[str] = None
+    impl: Optional[str] = None
+    band: Optional[tuple[int, int, int, int]] = None
+    options: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def series(self) -> str:
+        """The module configuration, independent of size: one line in the scaling plot."""
+        parts = [self.module]
+        if self.module == "fsa":
+            b = self.band
+            parts += [f"{b[1] - b[0]}x{b[3] - b[2]}" if b else "full", self.mode or "", self.impl or ""]
+        return "/".join(p for p in parts if p)
+
+
+def _fsa_case(setting: str, h: int, w: int, band: list[int], mode: str, impl: str) -> Case:
+    b = normalize_band(band, h, w)
+    return Case(setting, "fsa", h, w, mode=mode, impl=impl, band=b, options={"band": b, "mode": mode, "impl": impl})
+
+
+def _peer_case(setting: str, name: str, h: int, w: int) -> Case:
+    mode = "embedded_gaussian" if name == "nonlocal" else None
+    return Case(setting, name, h, w, mode=mode)
+
+
+def build_cases(cfg: DictConfig) -> list[Case]:
+    """All benchmark rows for a :class:`~fsanet.config.BenchConfig`, in run order (small sizes first)."""
+    unknown = [m for m in cfg.modules if m not in MODULE_NAMES]
+    if unknown:
+        raise ValueError(f"bench.modules: unknown module {unknown[0]!r}; choose from {', '.join(MODULE_NAMES)}")
+    h, w = cfg.paper_size
+    cases = [Case("paper", "floor", h, w)]
+    for name in cfg.modules:
+        if name == "fsa":
+            for band in cfg.paper_bands:
+                for mode in ("dot", "linsoftmax"):
+                    for impl in ("fused", "reference"):
+                        cases.append(_fsa_case("paper", h, w, list(band), mode, impl))
+        else:
+            cases.append(_peer_case("paper", name, h, w))
+    for s in sorted(cfg.sweep_sizes):
+        cases.append(Case("sweep", "floor", s, s))
+        for name in cfg.modules:
+            if name == "fsa":
+                cases.append(_fsa_case("sweep", s, s, list(cfg.sweep_band), "dot", "fused"))
+                cases.append(_fsa_case("sweep", s, s, list(cfg.sweep_band), "linsoftmax", "fused"))
+                cases.append(_fsa_case("sweep", s, s, list(cfg.sweep_band), "dot", "reference"))
+            else:
+                cases.append(_peer_case("sweep", name, s, s))
+    return cases
+
+
+def build_module(case: Case, channels: int) -> nn.Module:
+    """The module a case measures, with its default (mmseg) options."""
+    cls = ATTENTION[case.module]
+    opts = dict(case.options)
+    if case.module == "nonlocal":
+        opts["mode"] = case.mode
+    return cls(channels, **opts)
+
+
+# --------------------------------------------------------------------------------------------
+# Running
+# --------------------------------------------------------------------------------------------
+def _row(case: Case, cfg: DictConfig) -> dict[str, Any]:
+    return {
+        "setting": case.setting,
+        "module": case.module,
+        "series": case.series,
+        "mode": case.mode,
+        "impl": case.impl,
+        "h": case.h,
+        "w": case.w,
+        "channels": cfg.channels,
+        "batch": cfg.batch,
+        "band": list(case.band) if case.band else None,
+        "params": None,
+        "flops": None,
+        "flops_analytic": None,
+        "peak_memory_bytes": None,
+        "latency_ms": None,
+        "latency_ms_min": None,
+        "latency_ms_max": None,
+        "repeats": 0,
+        "status": "ok",
+        "note": None,
+    }
+
+
+def measure_case(case: Case, cfg: DictConfig, device: torch.device) -> dict[str, Any]:
+    """Measure one case; failures become a status, never an exception."""
+    row = _row(case, cfg)
+    budget = int(cfg.memory_budget_gb * 2**30)
+    torch.manual_seed(cfg.seed)
+    try:
+        with torch.inference_mode():
+            x = torch.randn(cfg.batch, cfg.channels, case.h, case.w, device=device)
+            if case.module == "floor":
+                module = None
+                fn: Callable[[], Any] = lambda: torch.add(x, x)  # noqa: E731
+                row["params"] = 0
+            else:
+                module = build_module(case, cfg.channels).to(device).eval()
+                fn = lambda: module(x)  # noqa: E731
+                row["params"] = sum(p.numel() for p in module.parameters())
+                row["flops_analytic"] = int(module.flops(case.h, case.w, cfg.batch))
+            with memory_limit(device, budget):
+                first = time_once(fn, device)  # the first call doubles as the time-out probe
+                if first > cfg.timeout_s:
+                    raise Timeout(f"one forward took {first:.1f} s > timeout_s={cfg.timeout_s}")
+                row["flops"] = count_flops(fn)
+                row["peak_memory_bytes"] = measure_peak_memory(fn, device)
+                times = measure_latency(fn, device, max(cfg.warmup - 1, 0), cfg.repeats)
+        row["latency_ms"] = statistics.median(times)
+        row["latency_ms_min"] = min(times)
+        row["latency_ms_max"] = max(times)
+        row["repeats"] = len(times)
+        if row["flops_analytic"] is not None and row["flops_analytic"] != row["flops"]:
+            log.warning(
+                "%s at %dx%d: analytic FLOPs %d differ from the counter's %d",
+                case.series, case.h, case.w, row["flops_analytic"], row["flops"],
+            )
+    except Timeout as err:
+        row.update(status="timeout", note=str(err))
+    except OutOfMemory as err:
+        row.update(status="oom", note=f"beyond memory_budget_gb={cfg.memory_budget_gb}: {err}")
+    finally:
+        gc.collect()
+    return row
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("bench.device=cuda but no CUDA device is available; use bench.device=cpu or auto")
+    return torch.device(device)
+
+
+def run_attention_benchmark(cfg: DictConfig, out: str | Path) -> dict[str, Any]:
+    """Run every case of ``cfg`` (a BenchConfig section) and write the JSON report to ``out`` atomically.
+
+    Returns:
+        ``{"env": {...}, "config": {...}, "results": [row, ...]}``.
+    """
+    if cfg.repeats < 20:
+        log.warning("bench.repeats=%d: the protocol asks for at least 20 timed runs", cfg.repeats)
+    device = resolve_device(cfg.device.value if hasattr(cfg.device, "value") else str(cfg.device))
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    cases = build_cases(cfg)
+    failed: dict[str, str] = {}  # series -> status of the size that failed
+    results = []
+    for case in tqdm(cases, desc="bench attention", unit="case"):
+        if case.setting == "sweep" and case.series in failed:
+            row = _row(case, cfg)
+            row.update(status="skipped", note=f"a smaller size ended in {failed[case.series]}")
+        else:
+            row = measure_case(case, cfg, device)
+            if row["status"] != "ok" and case.setting == "sweep":
+                failed[case.series] = row["status"]
+        log.info(
+            "%-28s %4dx%-4d %-8s %s ms", case.series, case.h, case.w, row["status"],
+            f"{row['latency_ms']:.3f}" if row["latency_ms"] is not None else "-",
+        )
+        results.append(row)
+    report = {
+        "env": {**environment(device), "threads": torch.get_num_threads()},
+        "config": to_container(cfg),
+        "results": results,
+    }
+    write_json(out, report)
+    log.info("wrote %s (%d rows)", out, len(results))
+    return report
