@@ -50,6 +50,17 @@ class AttentionModule(nn.Module):
             return x
         return lowpass(x, self._eval_band)
 
+    def eval_band_macs(self, h: int, w: int) -> int:
+        """MACs of ``lowpass(x, eval_band)`` on one (C, H, W) input (forward then inverse DCT); 0 if unset or full."""
+        if self._eval_band is None:
+            return 0
+        u0, u1, v0, v1 = normalize_band(self._eval_band, h, w)
+        if (u0, u1, v0, v1) == (0, h, 0, w):
+            return 0
+        kh, kw = u1 - u0, v1 - v0
+        # dct2: x @ C_Wᵀ (H·W·kw), C_H @ · (kh·H·kw); idct2: C_Hᵀ @ y (H·kh·kw), · @ C_W (H·kw·W)
+        return self.channels * (h * w * kw + kh * h * kw + h * kh * kw + h * kw * w)
+
     def check_input(self, x: Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != self.channels:
             raise ValueError(
