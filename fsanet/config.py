@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, List
+from typing import Any, List, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -78,34 +78,232 @@ class BenchConfig:
 # Data (datasets work): `fsanet data ...`, and the `data` section of train/eval.
 # --------------------------------------------------------------------------------------------
 @dataclass
+class SyntheticConfig:
+    """The built-in synthetic study set (``fsanet/data/synthetic.py``; the design is in its docstring).
+
+    ``min_cue_distance``: least Chebyshev distance (px) between the cue marker and any object whose
+    class it decides; it must exceed the FCN's reach (30 px for the small backbone with 1×1 head convs).
+    ``processes``: worker processes for ``prepare`` (0 = all cores).
+    """
+
+    image_size: int = 96
+    num_train: int = 2000
+    num_val: int = 500
+    seed: int = 0
+    val_seed: int = 1
+    min_cue_distance: int = 36
+    processes: int = 0
+
+
+@dataclass
+class ArchiveConfig:
+    """One archive of a benchmark (``fsanet data download``): where it comes from and where it goes.
+
+    ``checksum`` is ``"ALGO:HEX"`` (md5/sha1/sha256) or null when the publisher gives none;
+    Cityscapes uses ``site`` + ``package_id`` (login flow) instead of ``url``.
+    """
+
+    name: str = MISSING
+    url: Optional[str] = None
+    mirrors: List[str] = field(default_factory=list)
+    site: Optional[str] = None
+    package_id: Optional[int] = None
+    checksum: Optional[str] = None
+    extract_to: Optional[str] = None
+
+
+@dataclass
 class DataConfig:
-    pass
+    """Dataset and data pipeline (spec datasets §0).
+
+    Dataset-specific defaults are the synthetic study set's (``params/data/synthetic.yaml`` spells
+    them out and also switches on ``cache`` and off ``photometric_distortion``); pipeline conventions
+    default to mmseg's. Scales are mmseg's: ``base_scale`` = ``[L, S]`` (a keep-ratio resize bounds
+    the long edge by L and the short edge by S; train draws ``ratio_range`` times it); ``crop_size`` =
+    ``[h, w]``. ``num_classes`` must match the dataset's class list (checked by ``build_dataset``).
+    ``cache`` keeps decoded images in memory (per process): only for small sets.
+    """
+
+    name: str = "synthetic"  # a key of fsanet.data.DATASETS
+    root: str = "data/${data.name}"
+    num_classes: int = 6
+    train_split: str = "train"
+    val_split: str = "val"
+    base_scale: List[int] = field(default_factory=lambda: [96, 96])
+    crop_size: List[int] = field(default_factory=lambda: [96, 96])
+    ratio_range: List[float] = field(default_factory=lambda: [1.0, 1.0])
+    cat_max_ratio: float = 0.75
+    ignore_index: int = 255
+    flip_prob: float = 0.5
+    photometric_distortion: bool = True
+    mean: List[float] = field(default_factory=lambda: [123.675, 116.28, 103.53])  # RGB
+    std: List[float] = field(default_factory=lambda: [58.395, 57.12, 57.375])
+    check_labels: bool = True
+    check_split_sizes: bool = True  # false for miniatures/subsets
+    cache: bool = False
+    num_workers: int = 0  # DataLoader workers
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    download: List[ArchiveConfig] = field(default_factory=list)  # official archives (datasets part B)
 
 
 # --------------------------------------------------------------------------------------------
 # Model (models work)
 # --------------------------------------------------------------------------------------------
+class Backbone(str, Enum):
+    resnet50_v1c = "resnet50_v1c"
+    resnet101_v1c = "resnet101_v1c"
+    small = "small"
+
+
+class AttentionMode(str, Enum):
+    dot = "dot"
+    linsoftmax = "linsoftmax"
+
+
+class AttentionImpl(str, Enum):
+    fused = "fused"
+    reference = "reference"
+
+
+class NonLocalMode(str, Enum):
+    embedded_gaussian = "embedded_gaussian"
+    dot_product = "dot_product"
+
+
+@dataclass
+class AttentionConfig:
+    """Options of the attention block inside the decode head; each head reads the ones it uses.
+
+    ``band`` is the FSA DCT block ``[u0, u1, v0, v1]`` (``-1`` = to the end; null = full spectrum).
+    ``recurrence``: how often the block (shared weights) is applied; null = the head's default
+    (criss_cross 2, all others 1).
+    """
+
+    band: Optional[List[int]] = field(default_factory=lambda: [0, 5, 0, 5])
+    mode: AttentionMode = AttentionMode.dot  # FSA kernel: dot product or LinSoftmax
+    impl: AttentionImpl = AttentionImpl.fused  # FSA implementation
+    reduction: int = 2  # FSA / non-local inner width C' = C // reduction
+    recurrence: Optional[int] = None
+    nonlocal_mode: NonLocalMode = NonLocalMode.embedded_gaussian
+    nonlocal_use_scale: bool = True
+    qk_channels: Optional[int] = None  # DANet PAM, criss-cross, linear attention: null = C // 8
+    isa_key_channels: Optional[int] = None  # null = C // 2
+    isa_down_factor: List[int] = field(default_factory=lambda: [8, 8])
+    aff_heads: int = 8
+
+
 @dataclass
 class ModelConfig:
-    pass
+    """Segmentation model: backbone + decode head (``name``) + optional auxiliary FCN head.
+
+    The defaults are the CPU profile (small backbone, 64-wide head with 1×1 skeleton convs so the
+    FCN head's receptive field is the backbone's); ``params/model/paper_r101.yaml`` holds the paper
+    setting (ResNet-101-V1c-D8, 512-wide head with 3×3 convs, ImageNet weights).
+    """
+
+    name: str = "fsanet"  # one of fsanet.models.MODELS
+    backbone: Backbone = Backbone.small
+    small_channels: List[int] = field(default_factory=lambda: [16, 32, 64, 128])
+    pretrained: Optional[str] = None  # local file or http(s) URL of backbone weights
+    pretrained_sha256: Optional[str] = None
+    cache_dir: str = "data/pretrained"  # where downloaded weights are kept
+    head_channels: int = 64
+    head_kernel: int = 1  # kernel of the head's skeleton convs (3 in the paper)
+    dropout: float = 0.1
+    align_corners: bool = False
+    aux: bool = True
+    aux_channels: int = 32
+    aux_weight: float = 0.4
+    attention: AttentionConfig = field(default_factory=AttentionConfig)
 
 
 # --------------------------------------------------------------------------------------------
 # Training, evaluation, tracking (engine work)
 # --------------------------------------------------------------------------------------------
+class LossKind(str, Enum):
+    ce = "ce"
+    ohem = "ohem"
+
+
+class AmpDtype(str, Enum):
+    none = "none"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class InferenceMode(str, Enum):
+    whole = "whole"
+    slide = "slide"
+
+
 @dataclass
 class TrainConfig:
-    pass
+    """`fsanet train`: iteration-based SGD + poly schedule (mmseg protocol), checkpoints, determinism.
+
+    ``batch_size`` is the global batch, split evenly over torchrun processes. The split trained on is
+    ``data.train_split``; DataLoader workers are ``data.num_workers``.
+    """
+
+    max_iters: int = 200
+    batch_size: int = 4
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_power: float = 0.9
+    min_lr: float = 1e-4
+    loss: LossKind = LossKind.ce
+    ohem_thresh: float = 0.7
+    ohem_min_kept: int = 100000
+    seed: int = 0
+    deterministic: bool = True
+    warn_only: bool = True  # CUDA has no deterministic bilinear backward; CPU kernels are deterministic
+    device: Device = Device.auto
+    threads: int = 1  # torch intra-op threads; 0 keeps torch's default
+    amp: AmpDtype = AmpDtype.bf16  # autocast dtype on CUDA (fp16 adds a GradScaler); CPU runs in float32
+    sync_bn: bool = True  # SyncBatchNorm when several CUDA processes train
+    find_unused_parameters: bool = False
+    log_interval: int = 10  # iterations between logged training metrics (and the NaN check on CUDA)
+    ckpt_interval: int = 50  # iterations between checkpoints (the last iteration is always saved)
+    keep_ckpts: int = 2  # newest checkpoints kept; 0 keeps all
+    progress: bool = True  # tqdm progress bar
 
 
 @dataclass
 class EvalConfig:
-    pass
+    """`fsanet eval`: mmseg inference (whole/slide, multi-scale + flip) and metrics.
+
+    ``eval_band`` ([u0, u1, v0, v1] or [n_u, n_v]) low-passes the input of every attention module's
+    attention branch at evaluation time: the band-truncation ablation without retraining. The split
+    evaluated is ``data.val_split``.
+    """
+
+    mode: InferenceMode = InferenceMode.whole
+    crop_size: List[int] = field(default_factory=lambda: [512, 512])  # slide window (h, w)
+    stride: List[int] = field(default_factory=lambda: [341, 341])  # slide stride (h, w)
+    scales: List[float] = field(default_factory=lambda: [1.0])  # multi-scale ratios (mmseg aug test: 0.5..1.75)
+    flip: bool = False
+    align_corners: bool = False  # when resizing logits back to the label's size
+    eval_band: Optional[List[int]] = None
+    device: Device = Device.auto
+    threads: int = 1
+    limit: int = 0  # evaluate only the first N images (0 = all)
+    num_qualitative: int = 4  # rows of the image | truth | prediction grid
 
 
 @dataclass
 class TrackingConfig:
-    pass
+    """MLflow. URI precedence: ``uri`` > the study marker's > ``$MLFLOW_TRACKING_URI`` >
+    ``sqlite:///mlflow.db`` at the project root (artifacts in ``mlruns/`` beside it)."""
+
+    enabled: bool = True
+    uri: Optional[str] = None
+    experiment: str = "fsanet/debug"
+    run_name: Optional[str] = None  # default: <model>_<dataset>_s<seed>
+    study_marker: Optional[str] = None  # JSON written by `fsanet mlflow init`: parent run of the study
+    flush_interval: int = 100  # iterations between metric uploads (metrics are buffered in between)
+    retries: int = 3  # attempts per MLflow call before falling back to <out_dir>/mlflow_offline/
+    backoff_s: float = 1.0  # first retry delay; doubles each attempt
+    http_timeout_s: int = 10
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,127 @@
+"""Segmentation models: ``MODELS`` (name → decode head) and ``build_model(cfg.model, num_classes)``.
+
+The names are used verbatim in configs, result paths and ``summary.json``::
+
+    model = build_model(cfg.model, num_classes=19)   # SegmentationModel
+    model(images)            # {"out": (B, K, H, W), "aux": (B, K, H, W)} in train mode; {"out"} in eval
+    model.attention_modules()  # set .eval_band on these for band truncation without retraining
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any, Union
+
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from fsanet.config import Backbone, ModelConfig
+from fsanet.models.heads import (
+    AFFHead,
+    AuxHead,
+    CCHead,
+    DAHead,
+    DecodeHead,
+    FCNHead,
+    FSAHead,
+    ISAHead,
+    LinearHead,
+    NLHead,
+)
+from fsanet.models.pretrained import fetch_checkpoint, load_pretrained
+from fsanet.models.resnet import ResNetV1c
+from fsanet.models.segmentor import SegmentationModel
+from fsanet.models.small import SmallBackbone
+
+__all__ = ["MODELS", "SegmentationModel", "build_backbone", "build_model"]
+
+log = logging.getLogger(__name__)
+
+#: model name → decode head class (all on the same skeleton; only the attention block differs)
+MODELS: dict[str, type[DecodeHead]] = {
+    "fcn": FCNHead,
+    "fsanet": FSAHead,
+    "nonlocal": NLHead,
+    "danet": DAHead,
+    "criss_cross": CCHead,
+    "isa": ISAHead,
+    "linear": LinearHead,
+    "aff": AFFHead,
+}
+
+
+def _as_model_config(cfg: Union[ModelConfig, DictConfig, Mapping[str, Any]]) -> ModelConfig:
+    if isinstance(cfg, ModelConfig):
+        return cfg
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), cfg))  # type: ignore[return-value]
+    if isinstance(cfg, Mapping):
+        try:
+            merged = OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.create(dict(cfg)))
+        except Exception as err:  # omegaconf validation errors name the key
+            key = getattr(err, "full_key", None)
+            where = f"model.{key}" if key else "model config"
+            raise ValueError(f"{where}: {str(err).splitlines()[0]}") from None
+        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    raise TypeError(f"build_model expects a ModelConfig, DictConfig or dict, got {type(cfg).__name__}")
+
+
+def build_backbone(cfg: ModelConfig) -> nn.Module:
+    """The backbone named by ``cfg.backbone`` (random init; see :func:`build_model` for weights)."""
+    backbone = Backbone(cfg.backbone)
+    if backbone is Backbone.small:
+        return SmallBackbone(cfg.small_channels)
+    depth = {Backbone.resnet50_v1c: 50, Backbone.resnet101_v1c: 101}[backbone]
+    return ResNetV1c(depth=depth)
+
+
+def build_model(model_cfg: Union[ModelConfig, DictConfig, Mapping[str, Any]], num_classes: int) -> SegmentationModel:
+    """Build backbone + decode head ``model_cfg.name`` (+ auxiliary FCN head) and load pretrained weights.
+
+    Args:
+        model_cfg: the ``model`` section (structured DictConfig, :class:`ModelConfig` or a plain dict).
+        num_classes: classes to predict.
+
+    Raises:
+        ValueError: unknown model name (the message lists :data:`MODELS`), bad sizes or attention
+            options (naming the ``model.*`` key), or an unusable pretrained checkpoint.
+        FileNotFoundError: ``model.pretrained`` names a missing file.
+    """
+    cfg = _as_model_config(model_cfg)
+    if cfg.name not in MODELS:
+        raise ValueError(f"model.name={cfg.name!r} is not a known model; choose one of: {', '.join(MODELS)}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be ≥ 1, got {num_classes}")
+    for key in ("head_channels", "aux_channels"):
+        if getattr(cfg, key) < 1:
+            raise ValueError(f"model.{key} must be ≥ 1, got {getattr(cfg, key)}")
+
+    backbone = build_backbone(cfg)
+    if cfg.pretrained:
+        path = fetch_checkpoint(cfg.pretrained, cfg.cache_dir, cfg.pretrained_sha256)
+        load_pretrained(backbone, path)
+    else:
+        level = logging.INFO if Backbone(cfg.backbone) is Backbone.small else logging.WARNING
+        log.log(
+            level,
+            "model.pretrained is not set: the %s backbone starts from random initialisation",
+            Backbone(cfg.backbone).value,
+        )
+
+    in3, in4 = backbone.out_channels[2], backbone.out_channels[3]
+    try:
+        head = MODELS[cfg.name](
+            in4,
+            cfg.head_channels,
+            num_classes,
+            attention=cfg.attention,
+            kernel_size=cfg.head_kernel,
+            dropout=cfg.dropout,
+        )
+    except ValueError as err:
+        raise ValueError(f"model.name={cfg.name}: bad head/attention option (model.head_*, model.attention.*): {err}") from None
+    aux = None
+    if cfg.aux:
+        aux = AuxHead(in3, cfg.aux_channels, num_classes, kernel_size=cfg.head_kernel, dropout=cfg.dropout)
+    return SegmentationModel(backbone, head, num_classes, aux, align_corners=cfg.align_corners, name=cfg.name)
