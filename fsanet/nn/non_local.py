@@ -81,10 +81,10 @@ class NonLocal2d(AttentionModule):
         g = self.g(a).flatten(2)  # (B, C', N)
         theta = self.theta(a).flatten(2)  # (B, C', N)
         phi = self.phi(a).flatten(2)  # (B, C', N)
+        if self.mode == "embedded_gaussian" and self.use_scale:
+            theta = theta / math.sqrt(self.inter_channels)  # scale the (C', N) queries, not the (N, N) logits
         logits = theta.transpose(1, 2) @ phi  # (B, N, N): row i = query position i
         if self.mode == "embedded_gaussian":
-            if self.use_scale:
-                logits = logits / math.sqrt(self.inter_channels)
             attn = logits.softmax(dim=-1)
         else:
             attn = logits / logits.shape[-1]
