@@ -1,0 +1,562 @@
+"""The built-in synthetic study set: a segmentation task where long-range context decides some labels.
+
+Why it exists
+-------------
+The study compares attention heads (FsaNet, non-local, ...) with a plain FCN head on a 2-core CPU in
+minutes. Real benchmarks are far too large for that, and on small crops their context effects are
+weak. This set is generated procedurally from a seed and built so that attention *must* help: some
+pixels are locally identical yet carry different labels depending on a cue far away.
+
+Classes (index = label value, 255 unused)
+-----------------------------------------
+====  ===============  =====================================================================
+  0   background       grey, slightly tinted, linearly shaded, noisy
+  1   cue              ONE band along part of one border (10-14 px thick, half to all of the
+                       side), red or blue
+  2   disc_red_cue     a light-grey disc in an image whose cue is red
+  3   disc_blue_cue    a light-grey disc in an image whose cue is blue
+  4   triangle         green triangle (random rotation), anywhere
+  5   bar              orange-yellow filled rectangle (1:2-1:3, horizontal or vertical), anywhere
+====  ===============  =====================================================================
+
+(Sizes are for the default 96×96 images and scale with ``image_size``.)
+
+The context rule
+----------------
+Every image has exactly one cue band, red or blue with probability 1/2, and 2-4 discs (radius
+7-11 px). A disc is class 2 if the cue is red and class 3 if it is blue. Discs of both classes are
+drawn from the *same* distribution (size, grey level, position, noise): the cue colour is drawn
+independently of everything else and changes only the cue's own pixels and the disc labels. Every
+disc pixel lies at Chebyshev distance >= ``min_cue_distance`` (default 36 px) from every cue pixel.
+Hence a predictor that sees only a square window of radius ``R < min_cue_distance`` around a disc
+pixel sees exactly the same distribution under both labels and cannot beat chance on discs, while
+one that sees the whole image is exact. The other classes (background, cue, triangle, bar) are
+decidable locally, so an FCN is not useless: at best it is perfect on 4 classes and at chance on 2
+(about (4 + 2/3) / 6 = 77.8 % mIoU, see ``context_stats``); a model that uses the cue can reach 100 %.
+About 9 % of all pixels (the discs) are context-dependent.
+
+The FCN's reach: with the small CPU backbone (39 px receptive field at output stride 8) and 1×1 head
+convolutions, an output pixel depends on input pixels at most 30 px away (measured by
+back-propagating from single pixels: the 39 px field plus bilinear up-sampling between neighbouring
+1/8 cells). 36 px leaves a margin. Every 3×3 convolution at stride 8 added to the head adds 8 px of
+reach per side; with three of them (the paper's head) the FCN could see the cue and this set would
+stop separating the heads.
+
+The cue is a band rather than a small marker on purpose: its area (about 9 % of the image) sets how
+strongly it shows up in globally pooled features at initialisation, and so how fast an attention
+head learns to use it. With a 14-18 px square (3 % of the image) non-local attention had barely
+started to use the cue after 1000 iterations; with the band it solves the rule in that budget.
+
+Why low frequencies suffice (and where they would not)
+------------------------------------------------------
+The rule depends only on an image-level quantity: "is there red cue material anywhere?". For a
+feature channel that detects red-cue pixels, that is its spatial mean, i.e. its DC DCT coefficient
+(up to a constant). Frequency self-attention keeps the lowest ``n × n`` DCT coefficients of the
+feature map (DC included), so it can carry this cue to every pixel exactly; a 5×5 band on the
+12×12 stride-8 map of a 96×96 image loses nothing the rule needs. Non-local attention can do the
+same by attending to cue positions (or by averaging). A rule that needed the cue's precise
+*position* would defeat a low band: e.g. "a disc takes the colour of the nearest of several cues",
+or "of the cue in the same row" — that needs spatial resolution of a few pixels, i.e. DCT
+frequencies beyond 5 per axis; the 5×5 band localises only to about 12/5 ≈ 2.4 cells ≈ 19 px.
+This set deliberately avoids such rules, so FsaNet (5×5) should match non-local attention here.
+
+Pipeline notes
+--------------
+The synthetic params keep ``ratio_range = [1, 1]`` and crop the whole image: rescaling and cropping
+would cut the cue out of some crops and make disc labels undecidable (label noise). Flips are
+harmless; so is photometric distortion (a hue shift of at most 36° cannot turn red into blue), which
+the synthetic params switch off only for speed (the generator already randomises appearance).
+
+On disk (``prepare_synthetic``)
+-------------------------------
+::
+
+    data/synthetic/images/{train,val}/{split}_{i:05d}.png    RGB
+    data/synthetic/labels/{train,val}/{split}_{i:05d}.png    palette PNG, indices = labels
+    data/synthetic/splits/{train,val}.txt                    one name per line
+    data/synthetic/READY.json                                settings, counts, content digest
+
+Image ``i`` of a split depends only on ``(seed, i)`` (train) or ``(val_seed, i)`` (val), so the set is
+bit-identical across runs and machines and independent of the number of worker processes.
+Generation writes into ``.synthetic.partial`` beside the target, verifies it, writes ``READY.json``
+and renames the folder into place; a failed run leaves no complete-looking folder, and a rerun
+reuses the files already written to the partial folder (if the settings match).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import multiprocessing
+import os
+import shutil
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from skimage.draw import disk, polygon
+from tqdm import tqdm
+
+from fsanet.data.base import SegmentationDataset, read_split_list
+from fsanet.data.imageio import DataError, write_image, write_label
+from fsanet.io import read_json, write_json, write_text
+
+__all__ = [
+    "CLASSES",
+    "PALETTE",
+    "SPLITS",
+    "READY_FILE",
+    "SyntheticSettings",
+    "SyntheticDataset",
+    "context_stats",
+    "generate_sample",
+    "prepare_synthetic",
+    "settings_from_config",
+]
+
+log = logging.getLogger(__name__)
+
+CLASSES: tuple[str, ...] = ("background", "cue", "disc_red_cue", "disc_blue_cue", "triangle", "bar")
+PALETTE = np.array(
+    [[0, 0, 0], [255, 255, 255], [220, 40, 40], [40, 80, 220], [40, 170, 60], [235, 175, 30]], dtype=np.uint8
+)
+BACKGROUND, CUE, DISC_RED, DISC_BLUE, TRIANGLE, BAR = range(6)
+CONTEXT_CLASSES = (DISC_RED, DISC_BLUE)
+SPLITS = ("train", "val")
+READY_FILE = "READY.json"
+FORMAT_VERSION = 1  # bump when the generator changes its output
+
+_CUE_HUE = {"red": 0.0, "blue": 228.0}  # degrees
+_GAP = 2  # least free pixels between any two shapes
+
+
+@dataclass(frozen=True)
+class SyntheticSettings:
+    """Everything that determines the generated files (recorded in READY.json).
+
+    Args:
+        image_size: side of the square images (px).
+        num_train: training images.
+        num_val: validation images.
+        seed: seed of the train split.
+        val_seed: seed of the val split (must differ from ``seed``).
+        min_cue_distance: least Chebyshev distance (px) from any cue pixel to any disc pixel.
+    """
+
+    image_size: int = 96
+    num_train: int = 2000
+    num_val: int = 500
+    seed: int = 0
+    val_seed: int = 1
+    min_cue_distance: int = 36
+
+    def __post_init__(self) -> None:
+        s = self.image_size
+        if s < 48:
+            raise ValueError(f"data.synthetic.image_size={s}: must be at least 48 px")
+        if self.num_train < 1 or self.num_val < 1:
+            raise ValueError(
+                f"data.synthetic.num_train={self.num_train}, num_val={self.num_val}: both must be >= 1"
+            )
+        if self.seed < 0 or self.val_seed < 0 or self.seed == self.val_seed:
+            raise ValueError(
+                f"data.synthetic.seed={self.seed}, val_seed={self.val_seed}: must be non-negative and different"
+            )
+        # the cue band may cover a whole side, so the far side must hold a disc: band + distance + disc
+        need = self.min_cue_distance + _sizes(s)["cue_thickness"][1] + 2 * _sizes(s)["disc"][1] + 3
+        if self.min_cue_distance < 1 or need > s:
+            raise ValueError(
+                f"data.synthetic.min_cue_distance={self.min_cue_distance} does not fit a {s}px image "
+                f"(needs band + distance + disc <= {s}; the largest possible is {s - need + self.min_cue_distance})"
+            )
+
+    def count(self, split: str) -> int:
+        return {"train": self.num_train, "val": self.num_val}[split]
+
+    def split_seed(self, split: str) -> int:
+        return {"train": self.seed, "val": self.val_seed}[split]
+
+
+def settings_from_config(cfg: Any) -> SyntheticSettings:
+    """:class:`SyntheticSettings` from ``cfg.data``, ``cfg.data.synthetic`` or a mapping of the same keys."""
+    section = getattr(cfg, "synthetic", cfg)
+    keys = SyntheticSettings.__dataclass_fields__
+    values = {k: int(section[k]) for k in keys if k in section}
+    return SyntheticSettings(**values)
+
+
+def _sizes(s: int) -> dict[str, tuple[int, int]]:
+    """Shape size ranges (inclusive) scaled from the 96 px design."""
+    u = s / 96.0
+
+    def rng(lo: float, hi: float) -> tuple[int, int]:
+        return max(2, round(lo * u)), max(2, round(hi * u))
+
+    return {
+        "cue_thickness": rng(10, 14),
+        "disc": rng(7, 11),  # radius
+        "triangle": rng(10, 14),  # circumradius
+        "bar": rng(18, 26),  # long side (the short side is 7-9 px at 96)
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# One sample
+# --------------------------------------------------------------------------------------------
+Box = tuple[int, int, int, int]  # y0, x0, y1, x1 (end exclusive)
+
+
+def _box_distance(a: Box, b: Box) -> int:
+    """Chebyshev distance between the pixel sets of two boxes (0 if they touch or overlap)."""
+    gap_y = max(b[0] - (a[2] - 1), a[0] - (b[2] - 1), 0)
+    gap_x = max(b[1] - (a[3] - 1), a[1] - (b[3] - 1), 0)
+    return max(gap_y, gap_x)
+
+
+def _hsv_to_rgb(h_deg: float, s: float, v: float) -> np.ndarray:
+    """One HSV colour (hue in degrees, s, v in [0, 1]) as float RGB 0..255."""
+    h = (h_deg % 360.0) / 60.0
+    c = v * s
+    x = c * (1 - abs(h % 2 - 1))
+    r, g, b = [(c, x, 0), (x, c, 0), (0, c, x), (0, x, c), (x, 0, c), (c, 0, x)][int(h) % 6]
+    m = v - c
+    return (np.array([r, g, b]) + m) * 255.0
+
+
+def _place(
+    rng: np.random.Generator, size: int, half_h: int, half_w: int, boxes: Sequence[Box], far_from: Box | None,
+    distance: int, tries: int = 200,
+) -> tuple[int, int] | None:
+    """A centre whose ``(2*half_h+1, 2*half_w+1)`` box lies inside the image (1 px margin), keeps more
+    than ``_GAP`` px from ``boxes`` and (if ``far_from``) at least ``distance`` from that box; None when
+    no spot is found in ``tries`` draws."""
+    for _ in range(tries):
+        cy = int(rng.integers(half_h + 1, size - half_h - 1))
+        cx = int(rng.integers(half_w + 1, size - half_w - 1))
+        box = (cy - half_h, cx - half_w, cy + half_h + 1, cx + half_w + 1)
+        if far_from is not None and _box_distance(box, far_from) < distance:
+            continue
+        if all(_box_distance(box, b) > _GAP for b in boxes):
+            return cy, cx
+    return None
+
+
+def generate_sample(settings: SyntheticSettings, seed: int, index: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Generate one image/label pair; a pure function of ``(settings.image_size, min_cue_distance, seed, index)``.
+
+    Returns:
+        ``(image uint8 (S,S,3), label uint8 (S,S), info)`` where ``info`` holds ``cue`` ("red"/"blue")
+        and the number of shapes of each kind.
+    """
+    s = settings.image_size
+    sizes = _sizes(s)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, index, FORMAT_VERSION]))
+
+    # background: grey with a slight tint and a linear shading of random direction
+    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32) / (s - 1) - 0.5
+    angle = rng.uniform(0, 2 * math.pi)
+    shade = (np.cos(angle) * xx + np.sin(angle) * yy) * rng.uniform(0, 40)
+    base = rng.uniform(50, 110) + rng.uniform(-8, 8, size=3)
+    image = base[None, None, :] + shade[..., None]  # (S, S, 3) float
+    label = np.zeros((s, s), dtype=np.uint8)
+
+    cue = "red" if rng.random() < 0.5 else "blue"
+    disc_class = DISC_RED if cue == "red" else DISC_BLUE
+
+    for _attempt in range(50):
+        # cue: a band along part of one border (thickness t, length between half and all of the side)
+        t = int(rng.integers(sizes["cue_thickness"][0], sizes["cue_thickness"][1] + 1))
+        length = int(rng.integers(s // 2, s + 1))
+        along = int(rng.integers(0, s - length + 1))
+        side = int(rng.integers(4))  # 0 top, 1 bottom, 2 left, 3 right
+        across = 0 if side in (0, 2) else s - t
+        if side in (0, 1):
+            cue_box = (across, along, across + t, along + length)
+        else:
+            cue_box = (along, across, along + length, across + t)
+        # discs: 2-4 attempted (at least one placed), all far from the cue
+        n_discs = int(rng.integers(2, 5))
+        discs = []
+        boxes: list[Box] = [cue_box]
+        for _ in range(n_discs):
+            r = int(rng.integers(sizes["disc"][0], sizes["disc"][1] + 1))
+            spot = _place(rng, s, r, r, boxes, cue_box, settings.min_cue_distance)
+            if spot is not None:
+                discs.append((spot, r))
+                boxes.append((spot[0] - r, spot[1] - r, spot[0] + r + 1, spot[1] + r + 1))
+        if discs:
+            break
+    else:  # pragma: no cover - SyntheticSettings rejects geometries where this can happen
+        raise RuntimeError(f"could not place a disc (seed {seed}, index {index}, settings {settings})")
+
+    # cue pixels
+    hue = _CUE_HUE[cue] + rng.uniform(-12, 12)
+    y0, x0, y1, x1 = cue_box
+    image[y0:y1, x0:x1] = _hsv_to_rgb(hue, rng.uniform(0.75, 1.0), rng.uniform(0.7, 1.0))
+    label[y0:y1, x0:x1] = CUE
+
+    # discs: light grey, same distribution whatever the cue
+    for (cy, cx), r in discs:
+        rr, cc = disk((cy, cx), r + 0.5, shape=(s, s))
+        image[rr, cc] = rng.uniform(165, 230) + rng.uniform(-4, 4, size=3)
+        label[rr, cc] = disc_class
+
+    # locally decidable distractors, anywhere
+    n_tri, n_bar = int(rng.integers(0, 3)), int(rng.integers(0, 3))
+    placed = {"triangles": 0, "bars": 0}
+    for _ in range(n_tri):
+        r = int(rng.integers(sizes["triangle"][0], sizes["triangle"][1] + 1))
+        spot = _place(rng, s, r, r, boxes, None, 0)
+        if spot is None:
+            continue
+        theta = rng.uniform(0, 2 * math.pi) + np.arange(3) * 2 * math.pi / 3
+        rr, cc = polygon(spot[0] + r * np.sin(theta), spot[1] + r * np.cos(theta), shape=(s, s))
+        image[rr, cc] = _hsv_to_rgb(120 + rng.uniform(-15, 15), rng.uniform(0.6, 0.9), rng.uniform(0.55, 0.85))
+        label[rr, cc] = TRIANGLE
+        placed["triangles"] += 1
+        boxes.append((spot[0] - r, spot[1] - r, spot[0] + r + 1, spot[1] + r + 1))
+    for _ in range(n_bar):
+        long_half = int(rng.integers(sizes["bar"][0], sizes["bar"][1] + 1)) // 2
+        short_half = max(1, round(long_half * rng.uniform(0.33, 0.45)))
+        hy, hx = (short_half, long_half) if rng.random() < 0.5 else (long_half, short_half)
+        spot = _place(rng, s, hy, hx, boxes, None, 0)
+        if spot is None:
+            continue
+        box = (spot[0] - hy, spot[1] - hx, spot[0] + hy + 1, spot[1] + hx + 1)
+        image[box[0] : box[2], box[1] : box[3]] = _hsv_to_rgb(
+            42 + rng.uniform(-8, 8), rng.uniform(0.7, 0.95), rng.uniform(0.8, 1.0)
+        )
+        label[box[0] : box[2], box[1] : box[3]] = BAR
+        placed["bars"] += 1
+        boxes.append(box)
+
+    image += rng.normal(0.0, 6.0, size=image.shape)
+    image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+    info = {"cue": cue, "discs": len(discs), **placed}
+    return image, label, info
+
+
+# --------------------------------------------------------------------------------------------
+# Writing a split set to disk
+# --------------------------------------------------------------------------------------------
+def _name(split: str, index: int) -> str:
+    return f"{split}_{index:05d}"
+
+
+def _write_chunk(folder: str, settings: SyntheticSettings, split: str, indices: Sequence[int]) -> int:
+    """Worker: write the images/labels of ``indices`` (skipping files already there); returns the count."""
+    root = Path(folder)
+    seed = settings.split_seed(split)
+    for i in indices:
+        img_path = root / "images" / split / f"{_name(split, i)}.png"
+        lbl_path = root / "labels" / split / f"{_name(split, i)}.png"
+        if img_path.is_file() and lbl_path.is_file():
+            continue  # written atomically by an earlier (interrupted) run with the same settings
+        image, label, _ = generate_sample(settings, seed, i)
+        write_image(img_path, image)
+        write_label(lbl_path, label, palette=PALETTE)
+    return len(indices)
+
+
+def _digest(root: Path, settings: SyntheticSettings) -> str:
+    """sha256 over every file of the set in a fixed order (names and contents)."""
+    h = hashlib.sha256()
+    for split in SPLITS:
+        paths = [root / "splits" / f"{split}.txt"]
+        for i in range(settings.count(split)):
+            paths += [root / "images" / split / f"{_name(split, i)}.png", root / "labels" / split / f"{_name(split, i)}.png"]
+        for p in paths:
+            if not p.is_file():
+                raise DataError(f"{p}: expected file missing after generation")
+            h.update(p.relative_to(root).as_posix().encode() + b"\0")
+            h.update(hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def _settings_record(settings: SyntheticSettings) -> dict[str, Any]:
+    return {"format_version": FORMAT_VERSION, **asdict(settings)}
+
+
+def _ready_ok(root: Path, settings: SyntheticSettings, verify: bool) -> bool:
+    ready_file = root / READY_FILE
+    if not ready_file.is_file():
+        return False
+    try:
+        ready = read_json(ready_file)
+    except ValueError:
+        return False
+    if ready.get("settings") != _settings_record(settings):
+        return False
+    return not verify or ready.get("digest") == _digest(root, settings)
+
+
+def prepare_synthetic(
+    root: str | Path, cfg: Any = None, processes: int | None = None, force: bool = False, progress: bool = True,
+    verify: bool = True,
+) -> Path:
+    """Generate the synthetic set into ``root`` (atomically); skip if it is already there and complete.
+
+    Args:
+        root: destination folder (``data/synthetic``).
+        cfg: ``cfg.data``, ``cfg.data.synthetic`` or a mapping with :class:`SyntheticSettings` keys;
+            None = defaults.
+        processes: worker processes; None = ``cfg.processes`` (0 = all cores); 1 = in this process.
+        force: regenerate even if ``root`` holds a complete set with other settings (it is replaced).
+        progress: show a tqdm bar.
+        verify: when ``root`` is already complete, re-hash its files against READY.json before skipping.
+
+    Returns:
+        ``root``.
+
+    Raises:
+        DataError: ``root`` exists but is not a complete synthetic set with these settings (and
+            ``force`` is off), or generation failed verification.
+    """
+    root = Path(root)
+    settings = SyntheticSettings() if cfg is None else settings_from_config(cfg)
+    if processes is None:
+        section = getattr(cfg, "synthetic", cfg) if cfg is not None else {}
+        processes = int(section.get("processes", 0)) if hasattr(section, "get") else 0
+    if processes <= 0:
+        processes = os.cpu_count() or 1
+
+    if root.exists():
+        if _ready_ok(root, settings, verify):
+            log.info("%s: synthetic set complete (READY.json matches); nothing to do", root)
+            return root
+        if not force:
+            raise DataError(
+                f"{root}: exists but is not a complete synthetic set with these settings "
+                f"({_settings_record(settings)}); delete it, pass --force, or set data.root elsewhere"
+            )
+
+    partial = root.parent / f".{root.name}.partial"
+    record = _settings_record(settings)
+    settings_file = partial / "settings.json"
+    if partial.exists():
+        try:
+            same = read_json(settings_file) == record
+        except (FileNotFoundError, ValueError):
+            same = False
+        if not same:
+            log.info("%s: discarding a partial set made with other settings", partial)
+            shutil.rmtree(partial)
+    partial.mkdir(parents=True, exist_ok=True)
+    write_json(settings_file, record)
+
+    jobs = [(split, list(range(start, min(start + 64, settings.count(split)))))
+            for split in SPLITS for start in range(0, settings.count(split), 64)]
+    total = settings.num_train + settings.num_val
+    with tqdm(total=total, desc=f"synthetic -> {root}", unit="img", disable=not progress) as bar:
+        if processes == 1:
+            for split, idx in jobs:
+                bar.update(_write_chunk(str(partial), settings, split, idx))
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=min(processes, len(jobs)), mp_context=ctx) as pool:
+                futures = [pool.submit(_write_chunk, str(partial), settings, split, idx) for split, idx in jobs]
+                for fut in as_completed(futures):
+                    bar.update(fut.result())
+
+    for split in SPLITS:
+        names = "".join(f"{_name(split, i)}\n" for i in range(settings.count(split)))
+        write_text(partial / "splits" / f"{split}.txt", names)
+    settings_file.unlink()
+    digest = _digest(partial, settings)  # also checks that every file exists
+    counts = {split: settings.count(split) for split in SPLITS}
+    write_json(partial / READY_FILE, {"dataset": "synthetic", "settings": record, "counts": counts, "digest": digest})
+    if root.exists():  # force: replace the old set only now that the new one is complete
+        old = root.parent / f".{root.name}.old"
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(root, old)
+        os.replace(partial, root)
+        shutil.rmtree(old)
+    else:
+        os.replace(partial, root)
+    log.info("%s: wrote %d train + %d val images (digest %s)", root, settings.num_train, settings.num_val, digest[:12])
+    return root
+
+
+# --------------------------------------------------------------------------------------------
+# Dataset
+# --------------------------------------------------------------------------------------------
+class SyntheticDataset(SegmentationDataset):
+    """The synthetic study set as written by :func:`prepare_synthetic` (splits ``train`` and ``val``)."""
+
+    NAME = "synthetic"
+    CLASSES = CLASSES
+    PALETTE = PALETTE
+    LAYOUT = (
+        "  images/{train,val}/<name>.png   RGB images\n"
+        "  labels/{train,val}/<name>.png   label maps (palette PNG, indices 0..5)\n"
+        "  splits/{train,val}.txt          one <name> per line\n"
+        "  READY.json                      written last by `fsanet data prepare synthetic`"
+    )
+    FETCH = "fsanet data prepare synthetic"
+
+    def samples(self) -> list[tuple[Path, Path]]:
+        if self.split not in SPLITS:
+            raise DataError(f"{self.root}: the synthetic set has splits {list(SPLITS)}, not '{self.split}'")
+        ready = self.root / READY_FILE
+        if not ready.is_file():
+            raise DataError(
+                f"{self.root}: no {READY_FILE}, so the synthetic set is incomplete; re-create it with "
+                f"`{self.FETCH}` (delete the folder first)"
+            )
+        counts = read_json(ready).get("counts", {})
+        self.SPLIT_SIZES = {k: int(v) for k, v in counts.items()}  # known sizes for the base-class check
+        split_dir = self.root / "splits" / f"{self.split}.txt"
+        return read_split_list(
+            split_dir, self.root / "images" / self.split, ".png", self.root / "labels" / self.split, ".png"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Design checks (used by tests and the report)
+# --------------------------------------------------------------------------------------------
+def context_stats(labels: Sequence[np.ndarray]) -> dict[str, Any]:
+    """Facts about the context rule over label maps.
+
+    Returns:
+        ``context_pixel_share``: share of pixels whose label depends on the cue (classes 2 and 3);
+        ``min_cue_distance``: least Chebyshev distance from a context pixel to a cue pixel;
+        ``best_context_free_miou``: mIoU (%) of the best predictor that is perfect on the four local
+        classes but cannot see the cue (it labels disc pixels red/blue with a probability that does not
+        depend on the truth; about 77.8 for balanced classes);
+        ``oracle_miou``: 100.
+    """
+    from scipy.ndimage import distance_transform_cdt
+
+    hist = np.zeros(256, dtype=np.int64)
+    min_dist = math.inf
+    for lab in labels:
+        hist += np.bincount(lab.ravel(), minlength=256)
+        ctx = np.isin(lab, CONTEXT_CLASSES)
+        if ctx.any():
+            dist = distance_transform_cdt(lab != CUE, metric="chessboard")
+            min_dist = min(min_dist, int(dist[ctx].min()))
+    n_red, n_blue = float(hist[DISC_RED]), float(hist[DISC_BLUE])
+    # a context-free rule labels a disc pixel "red" with some probability p independent of the truth:
+    # IoU_red = p R / (R + p B), IoU_blue = (1-p) B / (B + (1-p) R); take the best p
+    p = np.linspace(0.0, 1.0, 1001)
+    disc_iou = p * n_red / np.maximum(n_red + p * n_blue, 1e-12) + (1 - p) * n_blue / np.maximum(
+        n_blue + (1 - p) * n_red, 1e-12
+    )
+    return {
+        "context_pixel_share": float((n_red + n_blue) / max(hist.sum(), 1)),
+        "min_cue_distance": float(min_dist),
+        "best_context_free_miou": 100.0 * (4.0 + float(disc_iou.max())) / len(CLASSES),
+        "oracle_miou": 100.0,
+        "class_pixel_share": {c: float(hist[k] / max(hist.sum(), 1)) for k, c in enumerate(CLASSES)},
+    }
+
+
+def read_ready(root: str | Path) -> dict[str, Any]:
+    """The READY.json record of a generated set."""
+    return json.loads((Path(root) / READY_FILE).read_text())
