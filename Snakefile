@@ -1,7 +1,10 @@
 """The fsanet study as one DAG. `snakemake --cores 8 all_tables` (or `make tables`) runs it.
 
-Profiles of the study are params files: `--configfile params/profiles/NAME.yaml` after the target.
-Machine settings (local GPU limits, SLURM) are Snakemake profiles under profiles/.
+Chain: download/prepare data -> mlflow_init (once) -> train the matrix (methods x bands x seeds)
+-> evaluate (incl. band truncation without retraining) -> summary -> tables and plots; the
+efficiency benchmark feeds table T1. Study profiles are params files chosen with
+`--configfile params/profiles/NAME.yaml` (after the target); machine settings (GPU limits, SLURM)
+are Snakemake profiles under profiles/.
 """
 
 
@@ -9,6 +12,9 @@ configfile: "params/profiles/default.yaml"
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/eval.smk"
 include: "workflow/rules/bench.smk"
 include: "workflow/rules/tables.smk"
 
@@ -17,6 +23,10 @@ rule all_tables:
     default_target: True
     input:
         "results/tables/efficiency.md",
-        "results/tables/efficiency.tex",
-        "results/tables/efficiency.csv",
         "results/plots/efficiency_scaling.png",
+        "results/metrics/summary.json",
+        "results/tables/ablation.md",
+        "results/plots/ablation.png",
+        table_files("methods", config["datasets"]),
+        table_files("per_class", config["datasets"]),
+        expand("results/plots/qualitative_{dataset}.png", dataset=config["datasets"]),

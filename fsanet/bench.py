@@ -116,10 +116,15 @@ def _is_cuda_oom(err: BaseException) -> bool:
     return isinstance(err, torch.cuda.OutOfMemoryError)
 
 
+# How allocation failures surface on CPU under an address-space limit: ATen's allocator, oneDNN
+# (which cannot allocate its primitive's memory), and the C++ runtime.
+_CPU_OOM_MESSAGES = ("can't allocate memory", "could not create a primitive", "bad_alloc", "out of memory")
+
+
 def _is_cpu_oom(err: BaseException) -> bool:
-    return isinstance(err, (RuntimeError, MemoryError)) and (
-        "can't allocate memory" in str(err) or isinstance(err, MemoryError)
-    )
+    if isinstance(err, MemoryError):
+        return True
+    return isinstance(err, RuntimeError) and any(m in str(err) for m in _CPU_OOM_MESSAGES)
 
 
 @contextlib.contextmanager

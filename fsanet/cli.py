@@ -44,6 +44,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     _config_args(p)
     p.add_argument("--out", required=True, type=Path, metavar="PATH.json", help="where to write the JSON")
     p.set_defaults(handler=_run_bench_attention)
+    _add_bench_models(bench)
 
 
 def _run_bench_attention(args: argparse.Namespace) -> None:
@@ -53,6 +54,36 @@ def _run_bench_attention(args: argparse.Namespace) -> None:
     from fsanet.bench import run_attention_benchmark
 
     run_attention_benchmark(cfg.bench, args.out)
+
+
+def _add_bench_models(bench: argparse._SubParsersAction) -> None:
+    p = bench.add_parser(
+        "models", help="params, GFLOPs and CPU fps of every segmentation model (for table T3)",
+        description="Builds each model of fsanet.models.MODELS from the config's model section (FsaNet once "
+        "per --band) and measures params, FlopCounterMode GFLOPs and CPU fps on one (1, 3, H, W) input.",
+    )
+    p.__class__ = _IntermixedParser
+    _config_args(p)
+    p.add_argument("--out", required=True, type=Path, metavar="PATH.json", help="where to write the JSON")
+    p.add_argument("--models", nargs="+", metavar="NAME", help="model names (default: all)")
+    p.add_argument("--band", action="append", default=[], metavar="BAND",
+                   help="FsaNet band: full, N, NxM or u0,u1,v0,v1 (repeatable; default: model.attention.band)")
+    p.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"), help="default: data.crop_size")
+    p.add_argument("--warmup", type=int, default=2, help="untimed forwards (default 2)")
+    p.add_argument("--repeats", type=int, default=10, help="timed forwards; the median is reported (default 10)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads while timing (default 1; 0 = torch's)")
+    p.set_defaults(handler=_run_bench_models)
+
+
+def _run_bench_models(args: argparse.Namespace) -> None:
+    from fsanet.config import load_config
+    from fsanet.model_costs import parse_band, write_model_costs
+
+    cfg = load_config(args.config, args.overrides)
+    bands = [parse_band(b) for b in args.band] or None
+    report = write_model_costs(cfg, args.out, input_size=args.input_size, models=args.models, bands=bands,
+                               warmup=args.warmup, repeats=args.repeats, threads=args.threads)
+    print(f"bench models: {len(report['rows'])} models at {report['input_size']}; wrote {args.out}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -69,6 +100,37 @@ def _add_tables(sub: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(handler=_run_tables_efficiency)
 
+    p = what.add_parser(
+        "summary", help="results/metrics/summary.json: one record per evaluation (from metrics.json files)",
+        description="Collects `fsanet eval` metrics.json files (paths or glob patterns) into one sorted summary "
+        "with provenance; the study tables and plots read it.",
+    )
+    p.add_argument("--metrics", required=True, nargs="+", metavar="FILE", help="metrics.json files or glob patterns")
+    p.add_argument("--out", type=Path, default=Path("results/metrics/summary.json"), help="the summary JSON")
+    p.set_defaults(handler=_run_tables_summary)
+
+    def study(name: str, text: str, stem: str) -> argparse.ArgumentParser:
+        p = what.add_parser(name, help=text)
+        p.add_argument("--summary", type=Path, default=Path("results/metrics/summary.json"),
+                       help="output of `fsanet tables summary`")
+        p.add_argument("--out-dir", type=Path, default=Path("results/tables"), help=f"folder for {stem}.{{md,tex,csv}}")
+        p.add_argument("--dataset", action="append", metavar="NAME", help="only these datasets (repeatable)")
+        p.add_argument("--setting", default=None, metavar="SPLIT/MODE/SCALES",
+                       help="evaluation setting, e.g. val/slide/ms+flip (default: the single-scale evaluations)")
+        return p
+
+    p = study("ablation", "T2: band ablation (FsaNet retrained vs NL truncated without retraining)", "ablation")
+    p.add_argument("--retrained-model", default="fsanet", help="model trained per band (default fsanet)")
+    p.add_argument("--truncated-model", default="nonlocal", help="full-band model truncated at eval (default nonlocal)")
+    p.set_defaults(handler=_run_tables_ablation)
+    p = study("methods", "T3: method comparison per dataset (mIoU, params, GFLOPs, fps)", "methods_DATASET")
+    p.add_argument("--costs", type=Path, default=None, metavar="JSON", help="output of `fsanet bench models`")
+    p.add_argument("--band", action="append", metavar="LABEL", help="FsaNet bands to list, e.g. 5x5 (default: all)")
+    p.set_defaults(handler=_run_tables_methods)
+    p = study("per-class", "T4: per-class IoU per method", "per_class_DATASET")
+    p.add_argument("--band", action="append", metavar="LABEL", help="FsaNet bands to list, e.g. 5x5 (default: all)")
+    p.set_defaults(handler=_run_tables_per_class)
+
 
 def _run_tables_efficiency(args: argparse.Namespace) -> None:
     from fsanet.tables import efficiency_plot, efficiency_tables
@@ -77,19 +139,333 @@ def _run_tables_efficiency(args: argparse.Namespace) -> None:
     efficiency_plot(args.bench, args.plot)
 
 
+def _run_tables_summary(args: argparse.Namespace) -> None:
+    from fsanet.summary import write_summary
+
+    summary = write_summary(args.metrics, args.out)
+    print(f"tables summary: {len(summary['runs'])} evaluations from {summary['provenance']['created_from']} files; "
+          f"wrote {args.out}")
+
+
+def _run_tables_ablation(args: argparse.Namespace) -> None:
+    from fsanet.tables import ablation_tables
+
+    paths = ablation_tables(args.summary, args.out_dir, args.dataset, args.setting, args.retrained_model,
+                            args.truncated_model)
+    print("tables ablation: wrote " + ", ".join(map(str, paths)))
+
+
+def _run_tables_methods(args: argparse.Namespace) -> None:
+    from fsanet.tables import methods_tables
+
+    paths = methods_tables(args.summary, args.out_dir, args.costs, args.dataset, args.setting, args.band)
+    print("tables methods: wrote " + ", ".join(map(str, paths)))
+
+
+def _run_tables_per_class(args: argparse.Namespace) -> None:
+    from fsanet.tables import per_class_tables
+
+    paths = per_class_tables(args.summary, args.out_dir, args.dataset, args.setting, args.band)
+    print("tables per-class: wrote " + ", ".join(map(str, paths)))
+
+
+# --------------------------------------------------------------------------------------------
+# plots
+# --------------------------------------------------------------------------------------------
+def _add_plots(sub: argparse._SubParsersAction) -> None:
+    plots = sub.add_parser("plots", help="study figures (band ablation, qualitative grid)")
+    what = plots.add_subparsers(dest="what", required=True)
+    p = what.add_parser("ablation", help="mIoU vs number of DCT coefficients K, retrained vs truncated")
+    p.add_argument("--summary", type=Path, default=Path("results/metrics/summary.json"),
+                   help="output of `fsanet tables summary`")
+    p.add_argument("--out", type=Path, default=Path("results/plots/ablation.png"), help="the PNG")
+    p.add_argument("--csv", type=Path, default=Path("results/plots/ablation.csv"), help="the plotted data (dvc plots)")
+    p.add_argument("--dataset", default=None, help="dataset (default: the only one with ablation runs)")
+    p.add_argument("--setting", default=None, help="evaluation setting (default: single-scale)")
+    p.add_argument("--retrained-model", default="fsanet")
+    p.add_argument("--truncated-model", default="nonlocal")
+    p.set_defaults(handler=_run_plots_ablation)
+
+    p = what.add_parser(
+        "qualitative", help="rows = images, columns = image | truth | each checkpoint's prediction",
+        description="Runs each checkpoint (its stored config + key=value overrides, e.g. data.root=DIR) on the "
+        "first N validation images of the first checkpoint's dataset.",
+    )
+    p.__class__ = _IntermixedParser
+    p.add_argument("--checkpoint", action="append", required=True, metavar="LABEL=PATH",
+                   help="column label and model.pt (repeatable, in column order)")
+    p.add_argument("--out", type=Path, required=True, metavar="PNG", help="the PNG")
+    p.add_argument("--set", action="append", default=[], metavar="LABEL:key=value", dest="per_checkpoint",
+                   help="override for one column only, e.g. 'NL 2x2:eval.eval_band=[0,2,0,2]' (repeatable)")
+    p.add_argument("-n", type=int, default=4, help="number of images (default 4)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every checkpoint's config")
+    p.set_defaults(handler=_run_plots_qualitative)
+
+
+def _run_plots_ablation(args: argparse.Namespace) -> None:
+    from fsanet.plots import ablation_plot
+
+    paths = ablation_plot(args.summary, args.out, args.csv, args.dataset, args.setting, args.retrained_model,
+                          args.truncated_model)
+    print("plots ablation: wrote " + ", ".join(map(str, paths)))
+
+
+def _run_plots_qualitative(args: argparse.Namespace) -> None:
+    from fsanet.plots import qualitative_grid
+
+    checkpoints: dict[str, Path] = {}
+    for item in args.checkpoint:
+        label, sep, path = item.partition("=")
+        if not sep or not label or not path:
+            raise ValueError(f"--checkpoint {item!r}: expected LABEL=PATH, e.g. FsaNet=results/runs/.../model.pt")
+        if label in checkpoints:
+            raise ValueError(f"--checkpoint: label {label!r} given twice")
+        checkpoints[label] = Path(path)
+    own: dict[str, list[str]] = {label: [] for label in checkpoints}
+    for item in args.per_checkpoint:
+        label, sep, override = item.partition(":")
+        if not sep or label not in own or "=" not in override:
+            raise ValueError(f"--set {item!r}: expected LABEL:key=value with LABEL one of {sorted(own)}")
+        own[label].append(override)
+    out = qualitative_grid({k: (v, own[k]) for k, v in checkpoints.items()}, args.out, args.n, args.overrides)
+    print(f"plots qualitative: wrote {out}")
+
+
 # --------------------------------------------------------------------------------------------
 # data, train, eval: filled in by the datasets and engine work
 # --------------------------------------------------------------------------------------------
 def _add_data(sub: argparse._SubParsersAction) -> None:
     """`fsanet data {download,prepare,stats,show}` (datasets)."""
+    names = ["synthetic", "cityscapes", "ade20k", "voc", "coco_stuff", "coco"]
+
+    class Intermixed(argparse.ArgumentParser):
+        """Lets `key=value` overrides follow options (`NAME --root DIR key=value`)."""
+
+        _inner = False
+
+        def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+            if self._inner:
+                return super().parse_known_args(args, namespace)
+            self._inner = True
+            try:
+                return self.parse_known_intermixed_args(args, namespace)
+            finally:
+                self._inner = False
+
+    data = sub.add_parser("data", help="download, prepare and inspect datasets").add_subparsers(
+        dest="what", required=True, parser_class=Intermixed
+    )
+
+    def common(p: argparse.ArgumentParser, config: bool = True) -> None:
+        p.add_argument("name", choices=names, metavar="NAME", help=f"dataset: {', '.join(names)}")
+        p.add_argument("--root", type=Path, default=Path("data"), help="data root folder (default: data)")
+        if config:
+            p.add_argument(
+                "--config", "-c", action="append", default=[], metavar="YAML",
+                help="params file(s) (default: params/data/NAME.yaml when it exists)",
+            )
+            p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. data.check_split_sizes=false")
+
+    p = data.add_parser(
+        "download", help="fetch the official archives, verify checksums, extract safely",
+        description="Download (resumable) or take from --from DIR the archives listed under data.download "
+        "in params/data/NAME.yaml, verify their checksums and extract them under --root. Cityscapes reads "
+        "CITYSCAPES_USERNAME / CITYSCAPES_PASSWORD from the environment.",
+    )
+    common(p)
+    p.add_argument("--from", dest="from_dir", type=Path, metavar="DIR", help="archives downloaded by hand")
+    p.set_defaults(handler=_run_data_download)
+
+    p = data.add_parser("prepare", help="convert labels, write split lists, check split sizes")
+    common(p)
+    p.add_argument("--workers", type=int, default=0, help="processes (0 = one per CPU)")
+    p.add_argument("--force", action="store_true", help="redo even if marked prepared")
+    p.add_argument("--marker", type=Path, metavar="JSON",
+                   help="also write the preparation summary here when done (a pipeline's output file)")
+    p.set_defaults(handler=_run_data_prepare)
+
+    p = data.add_parser("stats", help="sample counts and class frequencies")
+    common(p, config=False)
+    p.add_argument("--split", action="append", metavar="SPLIT", help="split(s) (default: all known)")
+    p.set_defaults(handler=_run_data_stats)
+
+    p = data.add_parser("show", help="PNG grid of image | coloured label")
+    common(p, config=False)
+    p.add_argument("--out", type=Path, required=True, metavar="PNG", help="the PNG to write")
+    p.add_argument("--split", default="val", help="split (default: val)")
+    p.add_argument("-n", type=int, default=4, help="number of samples (default: 4)")
+    p.set_defaults(handler=_run_data_show)
+
+
+def _data_config(args: argparse.Namespace):
+    from fsanet.config import load_config
+
+    paths = list(args.config)
+    if not paths:
+        for base in (Path.cwd(), Path(__file__).resolve().parent.parent):
+            if (base / "params" / "data" / f"{args.name}.yaml").is_file():
+                paths = [base / "params" / "data" / f"{args.name}.yaml"]
+                break
+    return load_config(paths, args.overrides)
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    return not getattr(args, "quiet", False)
+
+
+def _run_data_download(args: argparse.Namespace) -> None:
+    from fsanet.data.download import download_dataset
+
+    if args.name == "synthetic":
+        raise ValueError("the synthetic set is generated, not downloaded: run `fsanet data prepare synthetic`")
+    cfg = _data_config(args)
+    for target in download_dataset(args.name, cfg.data.download, args.root, args.from_dir, _progress(args)):
+        print(f"{args.name}: extracted into {target}")
+
+
+def _run_data_prepare(args: argparse.Namespace) -> None:
+    cfg = _data_config(args)
+    if args.name == "synthetic":
+        from fsanet.data.synthetic import prepare_synthetic
+
+        root = prepare_synthetic(args.root / "synthetic", cfg.data, processes=args.workers or None,
+                                 force=args.force, progress=_progress(args))
+        if args.marker:
+            from fsanet.io import read_json, write_json
+
+            write_json(args.marker, {"dataset": "synthetic", "root": str(root), **read_json(root / "READY.json")})
+        print(f"synthetic: ready in {root}")
+        return
+    from fsanet.data.prepare import prepare_dataset
+
+    summary = prepare_dataset(
+        args.name, args.root, workers=args.workers, check_split_sizes=cfg.data.check_split_sizes,
+        progress=_progress(args), force=args.force,
+    )
+    if args.marker:
+        from fsanet.io import write_json
+
+        write_json(args.marker, {"dataset": args.name, **summary})
+    splits = ", ".join(f"{k} {v}" for k, v in summary.get("splits", {}).items())
+    print(f"{args.name}: prepared ({splits}; {summary.get('converted', 0)} files converted)")
+
+
+def _run_data_stats(args: argparse.Namespace) -> None:
+    from fsanet.data.prepare import dataset_stats
+
+    for split, st in dataset_stats(args.name, args.root, args.split, _progress(args)).items():
+        classes = st["classes"]
+        total = sum(classes.values()) or 1
+        unit = "objects" if args.name == "coco" else "pixels"
+        print(f"{args.name}/{split}: {st['samples']} samples, {sum(classes.values())} labelled {unit}"
+              + (f", {st['ignore']} ignored" if "ignore" in st else ""))
+        width = max(len(c) for c in classes)
+        for k, (cls, count) in enumerate(classes.items()):
+            print(f"  {k:3d} {cls:<{width}} {count:>14d} {100 * count / total:7.3f}%")
+
+
+def _run_data_show(args: argparse.Namespace) -> None:
+    from fsanet.data.prepare import show_samples
+
+    print(f"{args.name}: wrote {show_samples(args.name, args.root, args.out, args.split, args.n)}")
+
+
+class _IntermixedParser(argparse.ArgumentParser):
+    """Lets ``key=value`` overrides and options come in any order (train, eval)."""
+
+    _inner = False
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        if self._inner:
+            return super().parse_known_args(args, namespace)
+        self._inner = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inner = False
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    """`fsanet train` (engine)."""
+    """`fsanet train` and `fsanet mlflow init` (engine)."""
+    p = sub.add_parser(
+        "train", help="train (or resume) one model",
+        description="Iteration-based training (mmseg protocol). Rerunning the same command resumes from "
+        "the newest checkpoint in --out-dir. Multi-GPU: torchrun --nproc-per-node N -m fsanet.cli train ...",
+    )
+    p.__class__ = _IntermixedParser
+    _config_args(p)
+    p.add_argument("--out-dir", type=Path, default=None, metavar="DIR",
+                   help="run folder (default: results/runs/<model>_<dataset>_s<seed>)")
+    p.set_defaults(handler=_run_train)
+
+    mlflow = sub.add_parser("mlflow", help="MLflow store helpers").add_subparsers(dest="what", required=True)
+    p = mlflow.add_parser(
+        "init", help="create the store, experiment and a study's parent run (once, before parallel jobs)",
+        description="Creates the tracking store (avoiding the fresh-SQLite migration race of parallel "
+        "jobs), the experiment and the study's parent run, and writes a marker JSON with the parent run id; "
+        "runs started with tracking.study_marker=MARKER become its children.",
+    )
+    p.add_argument("--experiment", required=True, help="experiment name, e.g. fsanet/ablation-band")
+    p.add_argument("--study", required=True, help="name of the parent run")
+    p.add_argument("--out", required=True, type=Path, metavar="MARKER.json", help="marker file to write")
+    p.add_argument("--uri", default=None,
+                   help="tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db at the project root)")
+    p.set_defaults(handler=_run_mlflow_init)
+
+
+def _run_train(args: argparse.Namespace) -> None:
+    import os
+
+    from fsanet.config import load_config
+    from fsanet.engine.train import NonFiniteLossError, default_run_name, train
+
+    cfg = load_config(args.config, args.overrides)
+    out_dir = args.out_dir or Path("results/runs") / default_run_name(cfg)
+    try:
+        result = train(cfg, out_dir)
+    except NonFiniteLossError as err:
+        raise SystemExit(f"fsanet train: error: {err}") from None
+    if int(os.environ.get("RANK", "0")) == 0:  # one line per run, not per torchrun process
+        loss = "n/a" if result.final_loss is None else f"{result.final_loss:.4f}"
+        print(f"train: {result.iterations} iterations, final loss {loss}; model: {result.model_path}")
+
+
+def _run_mlflow_init(args: argparse.Namespace) -> None:
+    from fsanet.tracking import TrackingError, init_study
+
+    try:
+        marker = init_study(args.experiment, args.study, args.out, uri=args.uri)
+    except TrackingError as err:
+        raise SystemExit(f"fsanet mlflow init: error: {err}") from None
+    print(f"mlflow: study '{marker['study']}' parent run {marker['parent_run_id']} "
+          f"in '{marker['experiment']}' at {marker['tracking_uri']}; marker {args.out}")
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     """`fsanet eval` (engine)."""
+    p = sub.add_parser(
+        "eval", help="evaluate a checkpoint: mIoU/mAcc/aAcc, tables, confusion matrix, examples",
+        description="Evaluates --checkpoint with the config stored in it, updated by --config files and "
+        "key=value overrides, e.g. eval.eval_band=[0,8,0,8] (band truncation without retraining), "
+        "eval.mode=slide, eval.scales=[0.5,0.75,1.0,1.25,1.5,1.75] eval.flip=true.",
+    )
+    p.__class__ = _IntermixedParser
+    p.add_argument("--checkpoint", required=True, type=Path, metavar="PATH", help="model.pt or checkpoints/iter_N.pt")
+    _config_args(p)
+    p.add_argument("--out-dir", type=Path, default=None, metavar="DIR",
+                   help="report folder (default: <run dir>/eval/<split>[_band…][_slide][_ms][_flip])")
+    p.set_defaults(handler=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> None:
+    from fsanet.engine.evaluate import default_eval_dir, eval_config, evaluate
+
+    cfg = eval_config(args.checkpoint, args.config, args.overrides)
+    out_dir = args.out_dir or default_eval_dir(args.checkpoint, cfg)
+    m = evaluate(cfg, args.checkpoint, out_dir)
+    fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
+    print(f"eval: mIoU {fmt(m['mIoU'])}  mAcc {fmt(m['mAcc'])}  aAcc {fmt(m['aAcc'])} "
+          f"({m['num_images']} images); reports in {out_dir}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,7 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_data, _add_train, _add_eval, _add_bench, _add_tables):
+    for add in (_add_data, _add_train, _add_eval, _add_bench, _add_tables, _add_plots):
         add(sub)
     return parser
 

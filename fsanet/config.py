@@ -244,8 +244,8 @@ class TrainConfig:
     ``data.train_split``; DataLoader workers are ``data.num_workers``.
     """
 
-    max_iters: int = 200
-    batch_size: int = 4
+    max_iters: int = 300  # CPU profile: 60–95 ms/it at batch 8 on one core (synthetic 96×96) → ≤ 35 s a model
+    batch_size: int = 8
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4

@@ -111,7 +111,8 @@ def test_timeout_is_recorded_not_raised():
 
 
 def test_oom_is_recorded_not_raised():
-    cfg = _tiny_cfg(**{"bench.memory_budget_gb": 1e-9, "bench.channels": 64, "bench.paper_size": "[64,64]"})
+    # the 4096×4096 attention map needs 64 MiB; the budget allows 16 MiB
+    cfg = _tiny_cfg(**{"bench.memory_budget_gb": 1 / 64, "bench.channels": 16, "bench.paper_size": "[64,64]"})
     case = next(c for c in build_cases(cfg) if c.module == "nonlocal")
     row = measure_case(case, cfg, CPU)
     assert row["status"] == "oom"

@@ -12,6 +12,6 @@ rule bench_attention:
     threads: workflow.cores
     params:
         code=CODE_HASH,
-        overrides=dotlist(config.get("bench_overrides", [])),
+        overrides=quoted(config.get("bench_overrides", [])),
     shell:
         "fsanet bench attention --config {input.params} --out {output} {params.overrides} > {log} 2>&1"

@@ -14,9 +14,102 @@ def fsanet_source_hash():
     return digest.hexdigest()[:16]
 
 
-def dotlist(items):
-    """Join fsanet CLI overrides (key=value) into one shell-quoted string."""
-    return " ".join(f"'{item}'" for item in items)
-
-
 CODE_HASH = fsanet_source_hash()
+RUNS = "results/runs/{dataset}/{model}/band~{band}/seed~{seed}"
+
+
+def quoted(items):
+    """Join fsanet CLI overrides (key=value) into one shell-quoted string."""
+    escaped = (str(item).replace("'", "'\\''") for item in items)
+    return " ".join(f"'{item}'" for item in escaped)
+
+
+def prepared_marker(dataset):
+    return f"results/data/{dataset}.prepared.json"
+
+
+def download_step(wildcards):
+    """The synthetic set is generated; every other dataset is downloaded (and checksummed) first."""
+    if wildcards.dataset == "synthetic":
+        return "true"
+    return f"fsanet -q data download {wildcards.dataset} --root {config['data_root']} {fsanet_configs(wildcards)}"
+
+
+def band_value(band):
+    """The `band` wildcard as an fsanet override value: 'none' (no attention band), 'full', or n (n×n)."""
+    if band in ("none", "full"):
+        return "null"
+    return f"[0,{int(band)},0,{int(band)}]"
+
+
+def fsanet_configs(wildcards):
+    return " ".join(f"--config {p}" for p in config["fsanet_configs"][wildcards.dataset])
+
+
+def train_overrides(wildcards, threads):
+    items = [
+        f"data.name={wildcards.dataset}",
+        f"model.name={wildcards.model}",
+        f"train.seed={wildcards.seed}",
+        f"train.threads={threads}",
+        "train.progress=false",
+        f"tracking.experiment={config['experiment']}",
+        f"tracking.study_marker=results/mlflow/{config['study']}.json",
+        f"tracking.run_name={wildcards.model}_b{wildcards.band}_{wildcards.dataset}_s{wildcards.seed}",
+    ]
+    if wildcards.model == "fsanet":
+        items.append(f"model.attention.band={band_value(wildcards.band)}")
+    return quoted(items + list(config.get("train_overrides", [])))
+
+
+def eval_overrides(wildcards, threads):
+    items = [
+        f"eval.threads={threads}",
+        f"tracking.experiment={config['experiment']}",
+        f"tracking.study_marker=results/mlflow/{config['study']}.json",
+    ]
+    if wildcards.ev != "none":
+        items.append(f"eval.eval_band={band_value(wildcards.ev)}")
+    return quoted(items + list(config.get("eval_overrides", [])))
+
+
+def method_band(model):
+    return config["fsanet_default_band"] if model == "fsanet" else "none"
+
+
+def study_evaluations():
+    """Every metrics.json of the study: methods × seeds, FsaNet bands, NL truncation bands."""
+    out = set()
+    for ds in config["datasets"]:
+        for m in config["methods"]:
+            for s in config["method_seeds"]:
+                out.add(
+                    f"results/runs/{ds}/{m}/band~{method_band(m)}/seed~{s}/eval/none/metrics.json"
+                )
+        if "fsanet" in config["methods"]:
+            for b in config["fsanet_bands"]:
+                for s in config["band_seeds"]:
+                    out.add(f"results/runs/{ds}/fsanet/band~{b}/seed~{s}/eval/none/metrics.json")
+        t = config.get("truncation_model")
+        if t:
+            for b in config["truncation_bands"]:
+                for s in config["band_seeds"]:
+                    out.add(f"results/runs/{ds}/{t}/band~none/seed~{s}/eval/{b}/metrics.json")
+    return sorted(out)
+
+
+def qualitative_checkpoints(wildcards):
+    """One trained model per method (first method seed): the qualitative grid's columns."""
+    s = config["method_seeds"][0]
+    return {
+        m: f"results/runs/{wildcards.dataset}/{m}/band~{method_band(m)}/seed~{s}/model.pt"
+        for m in config["methods"]
+    }
+
+
+def qualitative_args(wildcards, input):
+    return " ".join(f"--checkpoint {label}={path}" for label, path in input.items())
+
+
+def table_files(stem, datasets):
+    return [f"results/tables/{stem}_{ds}.{ext}" for ds in datasets for ext in ("md", "tex", "csv")]

@@ -16,3 +16,117 @@ rule table_efficiency:
     shell:
         "fsanet tables efficiency --bench {input.bench} --out-dir {params.out_dir} "
         "--plot {output.plot} > {log} 2>&1"
+
+
+rule summary:
+    input:
+        study_evaluations(),
+    output:
+        "results/metrics/summary.json",
+    log:
+        "logs/tables/summary.log",
+    conda:
+        "../../environment.yml"
+    params:
+        code=CODE_HASH,
+    shell:
+        "fsanet -q tables summary --metrics {input} --out {output} > {log} 2>&1"
+
+
+rule table_ablation:
+    input:
+        summary="results/metrics/summary.json",
+    output:
+        md="results/tables/ablation.md",
+        tex="results/tables/ablation.tex",
+        csv="results/tables/ablation.csv",
+    log:
+        "logs/tables/ablation.log",
+    conda:
+        "../../environment.yml"
+    params:
+        code=CODE_HASH,
+        out_dir=subpath(output.md, parent=True),
+        truncated=config["truncation_model"],
+    shell:
+        "fsanet -q tables ablation --summary {input.summary} --out-dir {params.out_dir} "
+        "--truncated-model {params.truncated} > {log} 2>&1"
+
+
+rule table_methods:
+    input:
+        summary="results/metrics/summary.json",
+        costs="results/bench/models_{dataset}.json",
+    output:
+        md="results/tables/methods_{dataset}.md",
+        tex="results/tables/methods_{dataset}.tex",
+        csv="results/tables/methods_{dataset}.csv",
+        per_class_md="results/tables/per_class_{dataset}.md",
+        per_class_tex="results/tables/per_class_{dataset}.tex",
+        per_class_csv="results/tables/per_class_{dataset}.csv",
+    log:
+        "logs/tables/methods_{dataset}.log",
+    conda:
+        "../../environment.yml"
+    params:
+        code=CODE_HASH,
+        out_dir=subpath(output.md, parent=True),
+    shell:
+        "(fsanet -q tables methods --summary {input.summary} --costs {input.costs} "
+        "--dataset {wildcards.dataset} --out-dir {params.out_dir} && "
+        "fsanet -q tables per-class --summary {input.summary} --dataset {wildcards.dataset} "
+        "--out-dir {params.out_dir}) > {log} 2>&1"
+
+
+rule bench_models:
+    input:
+        data=lambda wc: prepared_marker(wc.dataset),
+    output:
+        "results/bench/models_{dataset}.json",
+    log:
+        "logs/bench/models_{dataset}.log",
+    conda:
+        "../../environment.yml"
+    threads: 1
+    params:
+        code=CODE_HASH,
+        configs=fsanet_configs,
+        bands=" ".join(f"--band {b}" for b in config["fsanet_bands"]),
+        models=" ".join(config["methods"]),
+    shell:
+        "fsanet -q bench models {params.configs} --models {params.models} {params.bands} "
+        "--threads {threads} --out {output} > {log} 2>&1"
+
+
+rule plot_ablation:
+    input:
+        summary="results/metrics/summary.json",
+    output:
+        png="results/plots/ablation.png",
+        csv="results/plots/ablation.csv",
+    log:
+        "logs/plots/ablation.log",
+    conda:
+        "../../environment.yml"
+    params:
+        code=CODE_HASH,
+    shell:
+        "fsanet -q plots ablation --summary {input.summary} --out {output.png} --csv {output.csv} "
+        "> {log} 2>&1"
+
+
+rule plot_qualitative:
+    input:
+        unpack(qualitative_checkpoints),
+    output:
+        "results/plots/qualitative_{dataset}.png",
+    log:
+        "logs/plots/qualitative_{dataset}.log",
+    conda:
+        "../../environment.yml"
+    threads: 1
+    params:
+        code=CODE_HASH,
+        checkpoints=qualitative_args,
+    shell:
+        "fsanet -q plots qualitative {params.checkpoints} --out {output} -n 4 > {log} 2>&1"

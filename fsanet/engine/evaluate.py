@@ -1,0 +1,322 @@
+"""``fsanet eval``: score a trained checkpoint with mmseg's inference and metrics, write reports.
+
+The config is the one stored in the checkpoint, with ``--config`` files and ``key=value`` overrides
+merged on top (e.g. ``eval.eval_band=[0,8,0,8]`` for band truncation without retraining,
+``eval.mode=slide``, ``eval.scales=[0.5,0.75,1.0,1.25,1.5,1.75] eval.flip=true`` for MS+flip).
+
+Outputs in ``out_dir`` (each written atomically): ``metrics.json``, ``per_class.csv`` and
+``per_class.md`` (IoU/Acc per class), ``confusion.csv`` and ``confusion.png`` (rows: truth, columns:
+prediction), ``qualitative.png`` (image | truth | prediction in the dataset's palette).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from fsanet.config import ConfigError, Device, InferenceMode, load_config, to_container
+from fsanet.engine.checkpoint import load_checkpoint
+from fsanet.engine.distributed import resolve_device
+from fsanet.engine.inference import predict
+from fsanet.engine.metrics import SegmentationMetric
+from fsanet.engine.train import BuildDataset, BuildModel, default_run_name, describe, run_tags
+from fsanet.io import atomic_path, write_json, write_text
+from fsanet.repro import deterministic_mode, seed_everything
+from fsanet.tracking import Tracker, flatten, sanitize_key
+
+__all__ = ["apply_eval_band", "default_eval_dir", "eval_config", "eval_tag", "evaluate"]
+
+log = logging.getLogger(__name__)
+
+
+def eval_config(checkpoint: str | Path, paths: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> DictConfig:
+    """The checkpoint's stored config with ``paths`` and ``overrides`` merged on top, validated."""
+    checkpoint = Path(checkpoint)
+    state = load_checkpoint(checkpoint)
+    with tempfile.TemporaryDirectory() as tmp:
+        stored = Path(tmp) / "stored_config.yaml"
+        stored.write_text(OmegaConf.to_yaml(OmegaConf.create(state["config"])))
+        try:
+            return load_config([stored, *paths], overrides)
+        except ConfigError as err:
+            raise ConfigError(str(err).replace(str(stored), f"{checkpoint} (stored config)")) from None
+
+
+def eval_tag(cfg: DictConfig) -> str:
+    """A short name for the evaluation setting: ``val``, ``val_band0-8-0-8_slide_ms_flip`` …"""
+    ec = cfg.eval
+    parts = [cfg.data.val_split]
+    if ec.eval_band is not None:
+        parts.append("band" + "-".join(str(int(b)) for b in ec.eval_band))
+    if InferenceMode(ec.mode) is InferenceMode.slide:
+        parts.append("slide")
+    if list(ec.scales) != [1.0]:
+        parts.append("ms")
+    if ec.flip:
+        parts.append("flip")
+    if ec.limit:
+        parts.append(f"first{ec.limit}")
+    return "_".join(parts)
+
+
+def default_eval_dir(checkpoint: str | Path, cfg: DictConfig) -> Path:
+    """``<run dir>/eval/<tag>`` for ``<run dir>/model.pt`` (or ``<run dir>/checkpoints/iter_N.pt``)."""
+    checkpoint = Path(checkpoint)
+    run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+    return run_dir / "eval" / eval_tag(cfg)
+
+
+def apply_eval_band(model: torch.nn.Module, band: Optional[Sequence[int]]) -> int:
+    """Set ``eval_band`` on every attention module of ``model``; returns how many there are.
+
+    Raises:
+        ValueError: a band is given but the model has no attention module (e.g. ``fcn``).
+    """
+    modules = model.attention_modules()
+    if band is not None and not modules:
+        raise ValueError(
+            f"eval.eval_band={list(band)}: model '{getattr(model, 'name', type(model).__name__)}' has no "
+            "attention modules to truncate"
+        )
+    for module in modules:
+        module.eval_band = None if band is None else list(band)
+    return len(modules)
+
+
+def _nan_to_none(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    return value
+
+
+def evaluate(
+    cfg: DictConfig,
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    *,
+    build_model: Optional[BuildModel] = None,
+    build_dataset: Optional[BuildDataset] = None,
+) -> dict[str, Any]:
+    """Evaluate ``checkpoint`` on ``cfg.data.val_split`` and write the reports to ``out_dir``.
+
+    Args:
+        cfg: the resolved config (usually :func:`eval_config`).
+        checkpoint: ``model.pt`` or a training checkpoint.
+        out_dir: where the reports go.
+        build_model: default ``fsanet.models.build_model``.
+        build_dataset: default ``fsanet.data.build_dataset``.
+
+    Returns:
+        The content of ``metrics.json`` (percentages; ``None`` for classes without pixels).
+    """
+    if build_model is None:
+        from fsanet.models import build_model
+    if build_dataset is None:
+        from fsanet.data import build_dataset
+    ec, out_dir, checkpoint = cfg.eval, Path(out_dir), Path(checkpoint)
+    state = load_checkpoint(checkpoint)
+    threads_before = torch.get_num_threads()
+    if ec.threads > 0:
+        torch.set_num_threads(ec.threads)
+    try:
+        with deterministic_mode(cfg.train.deterministic, cfg.train.warn_only):
+            return _evaluate(cfg, state, checkpoint, out_dir, build_model, build_dataset)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _evaluate(
+    cfg: DictConfig, state: dict[str, Any], checkpoint: Path, out_dir: Path,
+    build_model: BuildModel, build_dataset: BuildDataset,
+) -> dict[str, Any]:
+    ec = cfg.eval
+    device = resolve_device(Device(ec.device).value)
+    seed_everything(cfg.train.seed)
+    dataset = build_dataset(cfg.data, cfg.data.val_split, False, seed=cfg.train.seed)
+    classes = [str(c) for c in dataset.CLASSES]
+    if classes != list(state.get("classes", classes)):
+        raise ValueError(
+            f"{checkpoint}: trained on classes {state['classes']} but dataset '{cfg.data.name}' has {classes}"
+        )
+    num_classes = len(classes)
+    model = build_model(cfg.model, num_classes)
+    model.load_state_dict(state["model"])
+    model.to(device).eval()
+    band = None if ec.eval_band is None else [int(b) for b in ec.eval_band]
+    if band is not None:
+        count = apply_eval_band(model, band)
+        log.info("eval_band %s set on %d attention module(s)", band, count)
+
+    tag = eval_tag(cfg)
+    tags = run_tags(cfg, "eval", device, out_dir)
+    tags.update({"eval_band": str(band), "eval.tag": tag, "checkpoint": str(checkpoint),
+                 "train_run_id": str(state.get("mlflow_run_id"))})
+    tracker = Tracker(cfg.tracking, out_dir, f"{default_run_name(cfg)}_eval_{tag}", tags)
+    try:
+        result = _run_inference(cfg, model, dataset, device, classes, out_dir)
+        info = describe(cfg)
+        metrics = {
+            "mIoU": result["mIoU"], "mAcc": result["mAcc"], "aAcc": result["aAcc"], "units": "percent",
+            "IoU": result["IoU"], "Acc": result["Acc"],
+            "dataset": info["dataset"], "split": cfg.data.val_split, "model": info["model"],
+            "band": info["band"], "eval_band": band, "seed": info["seed"],
+            "checkpoint": str(checkpoint), "iteration": state.get("iteration"),
+            "mode": InferenceMode(ec.mode).value, "scales": list(ec.scales), "flip": bool(ec.flip),
+            "num_images": result["num_images"], "mlflow_run_id": tracker.run_id,
+            "train_mlflow_run_id": state.get("mlflow_run_id"),
+        }
+        metrics = _nan_to_none(metrics)
+        write_json(out_dir / "metrics.json", metrics)
+        _write_tables(out_dir, classes, result)
+        _write_confusion(out_dir, classes, result["confusion"])
+        _write_qualitative(out_dir, result["samples"], np.asarray(dataset.PALETTE, dtype=np.uint8),
+                           cfg.data.mean, cfg.data.std, cfg.data.ignore_index)
+        resolved = to_container(cfg)
+        write_text(out_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
+        tracker.log_params({**flatten(resolved), "checkpoint": str(checkpoint)})
+        scalars = {f"test/{k}": result[k] for k in ("mIoU", "mAcc", "aAcc") if not math.isnan(result[k])}
+        for name, value in result["IoU"].items():
+            if not math.isnan(value):
+                scalars[f"test/IoU/{sanitize_key(name)}"] = value
+        tracker.log_metrics(scalars, step=int(state.get("iteration") or 0))
+        for name in ("config.yaml", "metrics.json", "per_class.csv", "per_class.md", "confusion.csv", "confusion.png",
+                     "qualitative.png"):
+            tracker.log_artifact(out_dir / name, "eval")
+        tracker.finish("FINISHED")
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    log.info("%s: mIoU %.2f  mAcc %.2f  aAcc %.2f  (%d images)", tag, result["mIoU"], result["mAcc"],
+             result["aAcc"], result["num_images"])
+    return metrics
+
+
+@torch.inference_mode()
+def _run_inference(
+    cfg: DictConfig, model: torch.nn.Module, dataset: Any, device: torch.device, classes: list[str], out_dir: Path
+) -> dict[str, Any]:
+    ec = cfg.eval
+    n = len(dataset) if ec.limit <= 0 else min(ec.limit, len(dataset))
+    metric = SegmentationMetric(len(classes), cfg.data.ignore_index)
+    samples = []
+    for i in tqdm(range(n), desc=f"eval {cfg.data.val_split}", unit="img", mininterval=1.0, dynamic_ncols=True,
+                  disable=not cfg.train.progress):
+        item = dataset[i]
+        label = item["label"]
+        probs = predict(
+            model, item["image"].to(device), tuple(label.shape[-2:]), len(classes),
+            mode=InferenceMode(ec.mode).value, crop=list(ec.crop_size), stride=list(ec.stride),
+            scales=list(ec.scales), flip=bool(ec.flip), align_corners=bool(ec.align_corners),
+        )
+        pred = probs.argmax(0).cpu()  # (H, W) at the label's (original) size
+        metric.update(pred, label)
+        if len(samples) < ec.num_qualitative:
+            samples.append((item["image"].cpu(), label.cpu(), pred, str(item.get("name", i))))
+    result = metric.compute(classes)
+    result["confusion"] = metric.cm
+    result["samples"] = samples
+    result["num_images"] = n
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Reports
+# --------------------------------------------------------------------------------------------
+def _fmt(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.2f}"
+
+
+def _write_tables(out_dir: Path, classes: list[str], result: dict[str, Any]) -> None:
+    rows = [(c, result["IoU"][c], result["Acc"][c], result["area_label"][c], result["area_pred"][c]) for c in classes]
+    csv = ["class,IoU,Acc,label_pixels,pred_pixels"]
+    csv += [f"{_csv_cell(c)},{'' if math.isnan(i) else repr(i)},{'' if math.isnan(a) else repr(a)},{lp},{pp}"
+            for c, i, a, lp, pp in rows]
+    write_text(out_dir / "per_class.csv", "\n".join(csv) + "\n")
+    md = ["| class | IoU (%) | Acc (%) | label pixels | predicted pixels |", "|---|---:|---:|---:|---:|"]
+    md += [f"| {c} | {_fmt(i)} | {_fmt(a)} | {lp} | {pp} |" for c, i, a, lp, pp in rows]
+    md.append(f"| **mean** | **{_fmt(result['mIoU'])}** | **{_fmt(result['mAcc'])}** | | |")
+    md.append("")
+    md.append(f"aAcc {_fmt(result['aAcc'])} %. Means are NaN-means over classes with pixels in the labels or "
+              "the predictions (mmseg).")
+    write_text(out_dir / "per_class.md", "\n".join(md) + "\n")
+
+
+def _csv_cell(text: str) -> str:
+    return f'"{text}"' if any(ch in text for ch in ',"\n') else text
+
+
+def _write_confusion(out_dir: Path, classes: list[str], cm: torch.Tensor) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines = ["true\\pred," + ",".join(_csv_cell(c) for c in classes)]
+    lines += [_csv_cell(c) + "," + ",".join(str(int(v)) for v in row) for c, row in zip(classes, cm.tolist())]
+    write_text(out_dir / "confusion.csv", "\n".join(lines) + "\n")
+
+    counts = cm.double()
+    norm = (counts / counts.sum(1, keepdim=True).clamp(min=1)).numpy()  # each true class's row sums to 1
+    k = len(classes)
+    size = min(max(4.0, 0.35 * k + 2), 16)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    im = ax.imshow(norm, vmin=0, vmax=1, cmap="Blues")
+    fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of the true class")
+    if k <= 40:
+        ax.set_xticks(range(k), classes, rotation=90, fontsize=7)
+        ax.set_yticks(range(k), classes, fontsize=7)
+    ax.set_xlabel("prediction")
+    ax.set_ylabel("truth")
+    ax.set_title("confusion matrix (row-normalised)")
+    fig.tight_layout()
+    with atomic_path(out_dir / "confusion.png") as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+
+
+def _colorize(label: np.ndarray, palette: np.ndarray, ignore_index: int) -> np.ndarray:
+    out = np.zeros((*label.shape, 3), dtype=np.uint8)  # ignored pixels stay black
+    valid = (label >= 0) & (label < len(palette)) & (label != ignore_index)
+    out[valid] = palette[label[valid]]
+    return out
+
+
+def _write_qualitative(
+    out_dir: Path, samples: list, palette: np.ndarray, mean: Sequence[float], std: Sequence[float],
+    ignore_index: int,
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch.nn.functional as F
+
+    rows = max(len(samples), 1)
+    fig, axes = plt.subplots(rows, 3, figsize=(9, 3 * rows), squeeze=False)
+    for r, (image, label, pred, name) in enumerate(samples):
+        if tuple(image.shape[-2:]) != tuple(label.shape):
+            image = F.interpolate(image[None].float(), size=tuple(label.shape), mode="bilinear",
+                                  align_corners=False)[0]
+        rgb = image.permute(1, 2, 0).numpy() * np.asarray(std) + np.asarray(mean)
+        panels = (np.clip(rgb, 0, 255).astype(np.uint8), _colorize(label.numpy(), palette, ignore_index),
+                  _colorize(pred.numpy(), palette, ignore_index))
+        for c, (panel, title) in enumerate(zip(panels, ("image", "truth", "prediction"))):
+            axes[r, c].imshow(panel, interpolation="nearest")
+            axes[r, c].set_title(f"{name}: {title}" if c == 0 else title, fontsize=8)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.tight_layout()
+    with atomic_path(out_dir / "qualitative.png") as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)

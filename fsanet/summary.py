@@ -1,0 +1,413 @@
+"""``results/metrics/summary.json``: one record per evaluation, built from the ``metrics.json`` files.
+
+The study's tables and plots read this file (never MLflow). Each record says what was evaluated::
+
+    {"dataset": "synthetic", "model": "fsanet", "band": [0, 5, 0, 5], "eval_band": null, "seed": 0,
+     "retrained": true, "mIoU": 71.2, "mAcc": ..., "aAcc": ..., "mlflow_run_id": "...", ...}
+
+* ``band``: the DCT band the model was trained with; null for the full spectrum, and null for models
+  whose decode head has no band option (everything but :data:`BAND_MODELS`), whatever their config says.
+* ``eval_band``: the band applied at evaluation time (truncation without retraining), or null.
+* ``retrained``: true unless ``eval_band`` is set: a truncated row is a full-band model cut down
+  after training, not a model trained at that band.
+* ``setting``: ``<split>/<mode>/<ss|ms>[+flip]``, so single-scale and multi-scale evaluations of the same
+  checkpoint stay apart.
+
+The top level carries provenance (git SHA, a hash over the runs' resolved configs, the inputs' SHA-256,
+how many files) and ``aggregate``: mIoU mean/std/n per group, a flat view for ``dvc metrics``.
+Records are sorted, and nothing time-dependent is written, so the same inputs give the same bytes.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import logging
+import math
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from fsanet.config import config_hash
+from fsanet.io import read_json, write_json
+
+__all__ = [
+    "BAND_MODELS",
+    "SummaryError",
+    "ablation_points",
+    "band_label",
+    "band_size",
+    "build_summary",
+    "expand_inputs",
+    "load_summary",
+    "mean_std",
+    "normalize_band",
+    "read_metrics",
+    "select_runs",
+    "write_summary",
+]
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+#: models whose decode head reads ``model.attention.band`` (fsanet.models.heads: only FSAHead);
+#: a test keeps this in step with fsanet.models.MODELS.
+BAND_MODELS = frozenset({"fsanet"})
+REQUIRED_KEYS = ("mIoU", "mAcc", "aAcc", "dataset", "model", "band", "eval_band", "seed")
+RUN_KEYS = ("dataset", "model", "band", "eval_band", "seed", "retrained", "mIoU", "mAcc", "aAcc", "mlflow_run_id")
+_GLOB_CHARS = set("*?[")
+
+
+class SummaryError(ValueError):
+    """A metrics or summary file is missing a key or holds a bad value; the message names the file."""
+
+
+# --------------------------------------------------------------------------------------------
+# Bands
+# --------------------------------------------------------------------------------------------
+def normalize_band(band: Any, where: str = "band") -> Optional[list[int]]:
+    """``None`` or ``[u0, u1, v0, v1]`` from a stored band (``[n_u, n_v]`` means ``[0, n_u, 0, n_v]``).
+
+    Raises:
+        SummaryError: not null, not 2 or 4 integers, or negative values other than ``-1`` upper bounds.
+    """
+    if band is None:
+        return None
+    if not isinstance(band, (list, tuple)) or len(band) not in (2, 4) or not all(
+        isinstance(b, int) and not isinstance(b, bool) for b in band
+    ):
+        raise SummaryError(f"{where}: expected null, [n_u, n_v] or [u0, u1, v0, v1] integers, got {band!r}")
+    b = [0, band[0], 0, band[1]] if len(band) == 2 else list(band)
+    if b[0] < 0 or b[2] < 0 or b[1] < -1 or b[3] < -1 or (b[1] != -1 and b[1] <= b[0]) or (
+        b[3] != -1 and b[3] <= b[2]
+    ):
+        raise SummaryError(f"{where}: {band!r} is not a valid band (need 0 <= u0 < u1, 0 <= v0 < v1; -1 = to the end)")
+    return b
+
+
+def _is_full(band: Optional[Sequence[int]]) -> bool:
+    return band is None or (band[0] == 0 and band[2] == 0 and band[1] == -1 and band[3] == -1)
+
+
+def band_label(band: Optional[Sequence[int]], pretty: bool = False) -> str:
+    """``full``, ``5x5`` or ``4x4@(2,2)`` (``×`` with ``pretty``); open upper bounds read ``2:end``."""
+    if _is_full(band):
+        return "full"
+    u0, u1, v0, v1 = band  # type: ignore[misc]
+    times = "×" if pretty else "x"
+
+    def side(a: int, b: int) -> str:
+        return f"{a}:end" if b == -1 else str(b - a)
+
+    text = f"{side(u0, u1)}{times}{side(v0, v1)}"
+    if (u0, v0) != (0, 0) and u1 != -1 and v1 != -1:
+        text += f"@({u0},{v0})"
+    return text
+
+
+def band_size(band: Optional[Sequence[int]]) -> float:
+    """Number of kept coefficients K; ``inf`` for the full spectrum or an open-ended band."""
+    if band is None or band[1] == -1 or band[3] == -1:
+        return math.inf
+    return float((band[1] - band[0]) * (band[3] - band[2]))
+
+
+def _band_key(band: Optional[Sequence[int]]) -> tuple:
+    return (band_size(band), band_label(band))
+
+
+# --------------------------------------------------------------------------------------------
+# Reading metrics files
+# --------------------------------------------------------------------------------------------
+def expand_inputs(patterns: Iterable[str | Path]) -> list[Path]:
+    """Files named directly or by glob pattern, sorted and without duplicates.
+
+    Raises:
+        FileNotFoundError: a named file does not exist, or a pattern matches nothing.
+    """
+    found: set[Path] = set()
+    for pattern in patterns:
+        text = str(pattern)
+        if Path(text).is_file():
+            found.add(Path(text))
+        elif _GLOB_CHARS & set(text):
+            matches = [Path(m) for m in glob.glob(text, recursive=True) if Path(m).is_file()]
+            if not matches:
+                raise FileNotFoundError(f"{text}: the pattern matches no file")
+            found.update(matches)
+        else:
+            raise FileNotFoundError(f"{text}: metrics file not found (make it with `fsanet eval`)")
+    return sorted(found, key=lambda p: p.as_posix())
+
+
+def _number(value: Any, where: str) -> Optional[float]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SummaryError(f"{where}: expected a number or null, got {value!r}")
+    return None if math.isnan(value) else float(value)
+
+
+def _run_dir(metrics_path: Path, checkpoint: Optional[str]) -> Optional[Path]:
+    """The training folder: beside the checkpoint (``model.pt`` / ``checkpoints/iter_N.pt``), else
+    three levels above ``<run>/eval/<tag>/metrics.json``."""
+    candidates = []
+    if checkpoint:
+        ckpt = Path(checkpoint)
+        candidates.append(ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent)
+    candidates.append(metrics_path.parent.parent.parent)
+    for folder in candidates:
+        if (folder / "run_info.json").is_file():
+            return folder
+    return None
+
+
+def _train_info(run_dir: Optional[Path]) -> dict[str, Any]:
+    if run_dir is None:
+        return {"train_seconds": None, "train_git_sha": None, "train_status": None}
+    try:
+        info = read_json(run_dir / "run_info.json")
+    except (ValueError, FileNotFoundError) as err:
+        log.warning("ignoring %s", err)
+        return {"train_seconds": None, "train_git_sha": None, "train_status": None}
+    env = info.get("environment") or {}
+    return {
+        "train_seconds": info.get("train_seconds"),
+        "train_git_sha": env.get("git_sha"),
+        "train_status": info.get("status"),
+    }
+
+
+def _config_hash_of(metrics_path: Path) -> Optional[str]:
+    """Hash of the resolved config ``fsanet eval`` wrote beside the metrics (None when absent)."""
+    path = metrics_path.parent / "config.yaml"
+    if not path.is_file():
+        return None
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise SummaryError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    return config_hash(data if isinstance(data, dict) else {"value": data})
+
+
+def _setting(split: str, mode: str, scales: Sequence[float], flip: bool) -> str:
+    ss = "ss" if list(scales) == [1.0] else "ms"
+    return f"{split}/{mode}/{ss}{'+flip' if flip else ''}"
+
+
+def read_metrics(path: str | Path) -> dict[str, Any]:
+    """One summary record from an ``fsanet eval`` ``metrics.json``.
+
+    Raises:
+        FileNotFoundError: the file is missing.
+        SummaryError: not JSON, not an object, a missing key or a bad value (the message names file and key).
+    """
+    path = Path(path)
+    try:
+        m = read_json(path)
+    except ValueError as err:
+        raise SummaryError(str(err)) from None
+    if not isinstance(m, dict):
+        raise SummaryError(f"{path}: expected a JSON object written by `fsanet eval`, got {type(m).__name__}")
+    missing = [k for k in REQUIRED_KEYS if k not in m]
+    if missing:
+        raise SummaryError(f"{path}: missing key(s) {', '.join(missing)}; is this an `fsanet eval` metrics.json?")
+    for key in ("dataset", "model"):
+        if not isinstance(m[key], str) or not m[key]:
+            raise SummaryError(f"{path}: key '{key}' must be a non-empty string, got {m[key]!r}")
+    if isinstance(m["seed"], bool) or not isinstance(m["seed"], int):
+        raise SummaryError(f"{path}: key 'seed' must be an integer, got {m['seed']!r}")
+    band = normalize_band(m["band"], f"{path}: key 'band'")
+    eval_band = normalize_band(m["eval_band"], f"{path}: key 'eval_band'")
+    if m["model"] not in BAND_MODELS:
+        band = None  # the head has no band option: the config value is meaningless
+    scores = {k: _number(m[k], f"{path}: key '{k}'") for k in ("mIoU", "mAcc", "aAcc")}
+    if scores["mIoU"] is None:
+        log.warning("%s: mIoU is null (no labelled pixels?)", path)
+    iou = m.get("IoU")
+    if iou is not None and not isinstance(iou, (dict, list)):
+        raise SummaryError(f"{path}: key 'IoU' must map class names to values (or list them), got {type(iou).__name__}")
+    if isinstance(iou, dict):
+        iou = {str(c): _number(v, f"{path}: key 'IoU.{c}'") for c, v in iou.items()}
+    elif isinstance(iou, list):
+        iou = [_number(v, f"{path}: key 'IoU[{i}]'") for i, v in enumerate(iou)]
+    split = str(m.get("split", "val"))
+    mode = str(m.get("mode", "whole"))
+    scales = m.get("scales", [1.0]) or [1.0]
+    flip = bool(m.get("flip", False))
+    checkpoint = m.get("checkpoint")
+    record = {
+        "dataset": m["dataset"], "model": m["model"], "band": band, "eval_band": eval_band, "seed": m["seed"],
+        "retrained": eval_band is None, **scores, "mlflow_run_id": m.get("mlflow_run_id"),
+        "train_mlflow_run_id": m.get("train_mlflow_run_id"),
+        "split": split, "mode": mode, "scales": [float(s) for s in scales], "flip": flip,
+        "setting": _setting(split, mode, scales, flip),
+        "num_images": m.get("num_images"), "iteration": m.get("iteration"), "checkpoint": checkpoint,
+        "metrics_file": path.as_posix(), "config_hash": _config_hash_of(path),
+        **_train_info(_run_dir(path, checkpoint)),
+        "IoU": iou,
+    }
+    return record
+
+
+def _record_key(r: Mapping[str, Any]) -> tuple:
+    eb = r["eval_band"]
+    return (r["dataset"], r["model"], _band_key(r["band"]), eb is not None, _band_key(eb), r["seed"], r["setting"],
+            r["metrics_file"])
+
+
+def _group_name(r: Mapping[str, Any]) -> str:
+    trunc = "none" if r["eval_band"] is None else band_label(r["eval_band"])
+    return f"{r['dataset']}/{r['model']}/band={band_label(r['band'])}/eval_band={trunc}/{r['setting']}"
+
+
+def mean_std(values: Iterable[Optional[float]]) -> tuple[Optional[float], Optional[float], int]:
+    """Mean, sample standard deviation (ddof=1; None for one value) and count of the non-null values."""
+    vals = [float(v) for v in values if v is not None and not math.isnan(v)]
+    if not vals:
+        return None, None, 0
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else None), len(vals)
+
+
+def build_summary(files: Sequence[str | Path]) -> dict[str, Any]:
+    """The summary of ``files`` (``metrics.json`` paths): records, aggregate and provenance."""
+    from fsanet.provenance import git_info
+
+    paths = sorted({Path(f) for f in files}, key=lambda p: p.as_posix())
+    if not paths:
+        raise SummaryError("no metrics files given: pass --metrics FILE... (or glob patterns)")
+    runs = sorted((read_metrics(p) for p in paths), key=_record_key)
+    digest = hashlib.sha256()
+    for p in paths:
+        digest.update(p.as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
+    groups: dict[str, list[Optional[float]]] = {}
+    for r in runs:
+        groups.setdefault(_group_name(r), []).append(r["mIoU"])
+    aggregate = {}
+    for name, values in groups.items():
+        mean, std, n = mean_std(values)
+        aggregate[name] = {"mIoU_mean": mean, "mIoU_std": std, "n": n}
+    git = git_info()
+    provenance = {
+        "git_sha": git["git_sha"],
+        "git_dirty": git["git_dirty"],
+        "config_hash": config_hash({"run_configs": [r["config_hash"] for r in runs]}),
+        "inputs_sha256": digest.hexdigest(),
+        "created_from": len(paths),
+        "train_git_shas": sorted({r["train_git_sha"] for r in runs if r["train_git_sha"]}),
+        "runs_without_config": sum(r["config_hash"] is None for r in runs),
+    }
+    return {"schema": SCHEMA_VERSION, "provenance": provenance, "runs": runs, "aggregate": aggregate}
+
+
+def write_summary(files: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
+    """Build the summary of ``files`` (paths or glob patterns) and write it atomically to ``out``."""
+    summary = build_summary(expand_inputs(files))
+    write_json(out, summary)
+    log.info("wrote %s (%d evaluations)", out, len(summary["runs"]))
+    return summary
+
+
+# --------------------------------------------------------------------------------------------
+# Reading it back (tables, plots)
+# --------------------------------------------------------------------------------------------
+def load_summary(path: str | Path) -> dict[str, Any]:
+    """Read ``summary.json`` and check its schema.
+
+    Raises:
+        FileNotFoundError / SummaryError: naming the file and what is wrong with it.
+    """
+    try:
+        data = read_json(path)
+    except ValueError as err:
+        raise SummaryError(str(err)) from None
+    if not isinstance(data, dict) or "runs" not in data or "provenance" not in data:
+        raise SummaryError(f"{path}: not a study summary (expected keys 'runs' and 'provenance'); "
+                           "make it with `fsanet tables summary --metrics ... --out PATH`")
+    if data.get("schema") != SCHEMA_VERSION:
+        raise SummaryError(f"{path}: summary schema {data.get('schema')!r}, expected {SCHEMA_VERSION}; rebuild it")
+    for i, r in enumerate(data["runs"]):
+        missing = [k for k in (*RUN_KEYS, "setting") if k not in r]
+        if missing:
+            raise SummaryError(f"{path}: runs[{i}] lacks key(s) {', '.join(missing)}; rebuild the summary")
+    return data
+
+
+def select_runs(
+    summary: Mapping[str, Any], dataset: Optional[str] = None, setting: Optional[str] = None
+) -> list[dict[str, Any]]:
+    """The records of one evaluation setting, optionally of one dataset.
+
+    Args:
+        summary: a loaded summary.
+        dataset: keep only this dataset.
+        setting: e.g. ``val/slide/ms+flip``; None keeps the single-scale, no-flip evaluations.
+
+    Raises:
+        SummaryError: two evaluations of the same run in the same setting (named), or nothing left.
+    """
+    runs = [r for r in summary["runs"] if dataset is None or r["dataset"] == dataset]
+    if setting is None:
+        runs = [r for r in runs if r["setting"].split("/")[-1] == "ss"]
+    else:
+        runs = [r for r in runs if r["setting"] == setting]
+    seen: dict[tuple, dict[str, Any]] = {}
+    for r in runs:
+        key = (r["dataset"], r["model"], band_label(r["band"]), band_label(r["eval_band"]) if r["eval_band"] else None,
+               r["seed"], r["setting"])
+        if key in seen:
+            raise SummaryError(
+                f"two evaluations of the same run in setting {r['setting']}: {seen[key].get('metrics_file')} and "
+                f"{r.get('metrics_file')}; pass only one of them (or choose a setting)"
+            )
+        seen[key] = r
+    if not runs:
+        settings = sorted({r["setting"] for r in summary["runs"]})
+        raise SummaryError(
+            f"no evaluations for dataset={dataset or 'any'} setting={setting or '<single-scale>'}; "
+            f"the summary has settings {settings} and datasets {sorted({r['dataset'] for r in summary['runs']})}"
+        )
+    return runs
+
+
+def ablation_points(
+    runs: Sequence[Mapping[str, Any]], retrained_model: str = "fsanet", truncated_model: str = "nonlocal"
+) -> list[dict[str, Any]]:
+    """The band ablation (T2 and its plot) of one dataset's records.
+
+    Two series: ``retrained``: ``retrained_model`` trained at each band (no eval-time truncation);
+    ``truncated``: ``truncated_model`` trained once at the full band and evaluated at each ``eval_band``
+    (its ``full`` point is the untruncated evaluation). Each point: ``series``, ``band``, ``label``,
+    ``K`` (coefficients; inf = full), ``mean``, ``std``, ``n``, ``seeds``, ``run_ids``, ``delta`` (mean minus
+    the series' full-band mean; None without a full point).
+    """
+    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    bands: dict[tuple[str, str], Optional[list[int]]] = {}
+    for r in runs:
+        if r["model"] == retrained_model and r["eval_band"] is None:
+            series, band = "retrained", r["band"]
+        elif r["model"] == truncated_model and (r["model"] not in BAND_MODELS or _is_full(r["band"])):
+            series, band = "truncated", r["eval_band"]
+        else:
+            continue
+        key = (series, band_label(band))
+        groups.setdefault(key, []).append(r)
+        bands[key] = band
+    points = []
+    for (series, label), rs in groups.items():
+        mean, std, n = mean_std(r["mIoU"] for r in rs)
+        band = bands[(series, label)]
+        points.append({
+            "series": series, "band": band, "label": label, "K": band_size(band), "mean": mean, "std": std, "n": n,
+            "seeds": sorted(r["seed"] for r in rs),
+            "run_ids": sorted(str(r["mlflow_run_id"]) for r in rs if r.get("mlflow_run_id")),
+        })
+    full = {p["series"]: p["mean"] for p in points if p["label"] == "full"}
+    for p in points:
+        ref = full.get(p["series"])
+        p["delta"] = None if ref is None or p["mean"] is None else p["mean"] - ref
+    points.sort(key=lambda p: (p["series"] != "retrained", p["K"], p["label"]))
+    return points

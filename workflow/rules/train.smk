@@ -1,0 +1,44 @@
+localrules:
+    mlflow_init,
+
+
+rule mlflow_init:
+    output:
+        f"results/mlflow/{config['study']}.json",
+    log:
+        f"logs/mlflow/{config['study']}.log",
+    conda:
+        "../../environment.yml"
+    params:
+        experiment=config["experiment"],
+        study=config["study"],
+    shell:
+        "fsanet -q mlflow init --experiment {params.experiment} --study {params.study} --out {output} > {log} 2>&1"
+
+
+rule train:
+    input:
+        data=lambda wc: prepared_marker(wc.dataset),
+        study=f"results/mlflow/{config['study']}.json",
+    output:
+        model=f"{RUNS}/model.pt",
+        info=f"{RUNS}/run_info.json",
+    log:
+        "logs/train/{dataset}/{model}/band~{band}/seed~{seed}.log",
+    benchmark:
+        "benchmarks/train/{dataset}/{model}/band~{band}/seed~{seed}.tsv"
+    wildcard_constraints:
+        band=r"none|full|\d+",
+        seed=r"\d+",
+    conda:
+        "../../environment.yml"
+    threads: config["train_threads"]
+    resources:
+        gpu=config["gpus_per_job"],
+    params:
+        code=CODE_HASH,
+        configs=fsanet_configs,
+        overrides=train_overrides,
+        out_dir=subpath(output.model, parent=True),
+    shell:
+        "fsanet -q train {params.configs} --out-dir {params.out_dir} {params.overrides} > {log} 2>&1"
