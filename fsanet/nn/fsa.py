@@ -40,6 +40,17 @@ flipped on an existing instance):
     reference; linsoftmax ≈ 0.19 against ≈ 1.56 GMAC. The reference cost is dominated by the
     spatial ``out_conv`` (C·C'·N), which the fused path moves onto the K tokens.
 
+In ``linsoftmax`` the per-position normalisation does not commute with the transform; the fused
+path keeps it linear in N with K×K Gram algebra (``‖q_i‖² = p_iᵀ QfᵀQf p_i``, never the C'×N maps)
+and ends with one ``baddbmm``: ``x + [scale·W_out·Vf, shift] @ [Wmix; 1]`` with the (K, N) mixing
+weights ``Wmix``. The full band (``band=None``) makes K = N: fine for tests, not for large maps.
+
+Training-mode BN statistics on the fused path are exact: per image, the spatial mean and the
+spatial variance of the pre-BN map come from the tokens, and they are combined as within-image
+plus between-image variance (no ``E[z²] − mean²`` cancellation). Under ``torch.distributed``
+(``sync_stats``) the sums and then the squared deviations are all-reduced with autograd, so the
+result equals ``nn.BatchNorm2d`` on the concatenated batch, as ``SyncBatchNorm`` does.
+
 ``flops(h, w, batch)`` returns 2× the MACs of the instance's impl, mode and BN state, and adds the
 eval-band low-pass when ``eval_band`` is set; it matches ``torch.utils.flop_counter.FlopCounterMode``.
 """
@@ -376,12 +387,7 @@ class FrequencySelfAttention(AttentionModule):
         u0, u1, v0, v1 = self.resolve_band(h, w)
         kh, kw = u1 - u0, v1 - v0
         K, N, C, Ci = kh * kw, h * w, self.channels, self.inner
-        macs = 0
-        if self.eval_band is not None:  # lowpass(x, eval_band): dct2 + idct2
-            e0, e1, f0, f1 = normalize_band(self.eval_band, h, w)
-            if (e0, e1, f0, f1) != (0, h, 0, w):
-                eh, ew = e1 - e0, f1 - f0
-                macs += C * (h * w * ew + eh * h * ew + h * eh * ew + h * ew * w)
+        macs = self.eval_band_macs(h, w)  # lowpass(x, eval_band), 0 when unset
         qkv = 3 * Ci * C * K
         if self.impl == "reference":
             macs += C * N * K + qkv + Ci * C * N  # DCT, θφg, out_conv
