@@ -1,6 +1,7 @@
 # fsanet: the two commands a user needs are `make tables` and `make test`.
 # Both create or refresh .venv from the pinned requirements; when nothing changed they take seconds.
 SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -14,7 +15,7 @@ export DO_NOT_TRACK := true
 export MPLBACKEND := Agg
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: venv test test-all tables lint clean-results
+.PHONY: venv test test-slow test-all tables bench dvc-repro lint clean-results
 
 venv: $(STAMP)
 
@@ -22,13 +23,18 @@ venv: $(STAMP)
 $(STAMP): $(REQS)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check \
-		-r requirements/requirements.in -c requirements/constraints.txt
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+		-r requirements/requirements.in -c requirements/constraints.txt 2>&1 | { grep -v "is ignored: it is neither" || true; }
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e . \
+		2>&1 | { grep -v "is ignored: it is neither" || true; }
 	@touch $@
 
 ## make test: the test suite (fast; slow end-to-end checks are behind `-m slow`)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+## make test-slow: only the slow end-to-end checks
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
 
 ## make test-all: the suite including the slow end-to-end checks
 test-all: $(STAMP)
@@ -37,6 +43,16 @@ test-all: $(STAMP)
 ## make tables: the whole study on the default profile
 tables: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) all_tables
+
+## make bench: the full efficiency sweep (32² … 256², ~17 min on 2 cores), apart from the study
+bench: $(STAMP)
+	$(BIN)/fsanet bench attention --config params/bench.yaml --out results/bench/attention_full.json
+	$(BIN)/fsanet tables efficiency --bench results/bench/attention_full.json \
+		--out-dir results/tables/full --plot results/plots/efficiency_scaling_full.png
+
+## make dvc-repro: the same study through DVC
+dvc-repro: $(STAMP)
+	$(BIN)/dvc repro
 
 lint: $(STAMP)
 	$(BIN)/ruff check fsanet tests

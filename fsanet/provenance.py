@@ -18,7 +18,7 @@ __all__ = ["environment", "git_info", "source_hash"]
 PACKAGE_ROOT = Path(__file__).resolve().parent
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def git_info(cwd: str | None = None) -> dict[str, Any]:
     """The git SHA of the checkout and whether tracked files differ from it.
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import random
 from collections.abc import Iterator
 from typing import Any
@@ -65,7 +66,18 @@ def configure_determinism(enabled: bool, warn_only: bool = True) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.backends.cudnn.benchmark = not enabled
     torch.backends.cudnn.deterministic = enabled
-    torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+    _set_deterministic_algorithms(enabled, warn_only)
+
+
+def _set_deterministic_algorithms(enabled: bool, warn_only: bool) -> None:
+    # The public `torch.use_deterministic_algorithms` also imports torch._inductor to set its config
+    # (1.9 s per process here, in every train/eval job); that config only matters to torch.compile,
+    # which this project does not use. Set the ATen flag directly unless inductor is loaded anyway.
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if setter is None or "torch._inductor" in sys.modules:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+    else:
+        setter(enabled, warn_only=warn_only)
 
 
 @contextlib.contextmanager
