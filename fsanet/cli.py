@@ -238,22 +238,8 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     """`fsanet data {download,prepare,stats,show}` (datasets)."""
     names = ["synthetic", "cityscapes", "ade20k", "voc", "coco_stuff", "coco"]
 
-    class Intermixed(argparse.ArgumentParser):
-        """Lets `key=value` overrides follow options (`NAME --root DIR key=value`)."""
-
-        _inner = False
-
-        def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
-            if self._inner:
-                return super().parse_known_args(args, namespace)
-            self._inner = True
-            try:
-                return self.parse_known_intermixed_args(args, namespace)
-            finally:
-                self._inner = False
-
     data = sub.add_parser("data", help="download, prepare and inspect datasets").add_subparsers(
-        dest="what", required=True, parser_class=Intermixed
+        dest="what", required=True, parser_class=_IntermixedParser
     )
 
     def common(p: argparse.ArgumentParser, config: bool = True) -> None:

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import random
+import sys
 from collections.abc import Iterator
 from typing import Any
 
