@@ -16,8 +16,8 @@ Protocol (``fsanet bench attention``):
   weak reference to it reports it freed. Peak = the maximum of the running total, observed after each op.
   This is the CUDA definition transposed to CPU: bytes of tensor storage allocated during the forward
   and alive at the same time, the input excluded. It does not see scratch memory that a kernel
-  allocates outside ATen (e.g. inside MKL), which CUDA's counter would also miss unless it came from the
-  caching allocator. ``tests/test_bench.py`` checks it to the byte on known allocation patterns and
+  allocates outside ATen (e.g. inside MKL, or the few-KiB per-map rows of the numba DCT kernels), which
+  CUDA's counter would also miss unless it came from the caching allocator. ``tests/test_bench.py`` checks it to the byte on known allocation patterns and
   against the N² attention map of a non-local block.
 * **Latency.** The median (and min/max) of ``repeats`` ≥ 20 timed forwards after ``warmup`` untimed ones,
   under ``torch.inference_mode``, fp32, with the thread count recorded (CUDA: synchronised).
@@ -60,7 +60,7 @@ from tqdm import tqdm
 
 from fsanet.config import to_container
 from fsanet.io import write_json
-from fsanet.nn import ATTENTION
+from fsanet.nn import ATTENTION, dct_ops
 from fsanet.nn.dct import normalize_band
 from fsanet.provenance import environment
 
@@ -413,7 +413,12 @@ def run_attention_benchmark(cfg: DictConfig, out: str | Path) -> dict[str, Any]:
         )
         results.append(row)
     report = {
-        "env": {**environment(device), "threads": torch.get_num_threads(), "allocator": allocator},
+        "env": {
+            **environment(device),
+            "threads": torch.get_num_threads(),
+            "allocator": allocator,
+            "dct_kernels": dct_ops.describe(),
+        },
         "config": to_container(cfg),
         "results": results,
     }

@@ -25,12 +25,12 @@ flipped on an existing instance):
 ``fused``
     Everything that commutes with the transform runs on the K tokens. The only passes over the N
     positions are one separable forward DCT of ``x`` and one inverse DCT fused with the residual
-    add (``out = addmm(x, Z, C_W)``); ``out_conv`` and BN (including its training-mode batch
-    statistics, via the DC coefficient and Parseval) act on the tokens. Forward cost in MACs
-    (B = 1, ``kw' = kw + 1`` when the band lacks the DC coefficient, else ``kw``)::
+    add (:mod:`fsanet.nn.dct_ops`: streaming CPU kernels, BLAS elsewhere); ``out_conv`` and BN
+    (including its training-mode batch statistics, via the DC coefficient and Parseval) act on the
+    tokens. Forward cost in MACs (B = 1)::
 
         transforms: C·H·W·kw + C·kh·H·kw                    (forward DCT)
-                    C·H·kh·kw + C·H·kw'·W                   (inverse DCT + residual)
+                    C·H·kh·kw + C·H·kw·W                    (inverse DCT + residual)
         dot:        transforms + 3·C'·C·K + 2·C'·K² + C·C'·K
         linsoftmax: C·H·W·kw + C·kh·H·kw + 3·C'·C·K + C·C'·K + 3·C'·K²
                     + 5·K²·N + 2·K·N + C·(K + 1)·N
@@ -67,6 +67,7 @@ from torch import Tensor, nn
 
 from fsanet.nn.base import AttentionModule
 from fsanet.nn.dct import Band, BandLike, band_bases, dense_basis, normalize_band
+from fsanet.nn.dct_ops import band_dct2, band_idct2
 
 __all__ = ["IMPLS", "MODES", "FrequencySelfAttention"]
 
@@ -236,10 +237,8 @@ class FrequencySelfAttention(AttentionModule):
         return x + z
 
     def _tokens(self, xa: Tensor, ch: Tensor, cw: Tensor) -> Tensor:
-        """Separable forward DCT: ``(B, C, H, W)`` -> ``(B, C, K)``, one skinny GEMM over ``x``."""
-        B, C, H, W = xa.shape
-        t = xa.reshape(B * C * H, W) @ cw.T  # (B·C·H, kw)
-        return (ch @ t.view(B * C, H, -1)).view(B, C, -1)  # (B·C, kh, kw) -> (B, C, K)
+        """Separable forward DCT: ``(B, C, H, W)`` -> ``(B, C, K)``, one streaming pass over ``x``."""
+        return band_dct2(xa, ch, cw).flatten(-2)  # (B, C, kh, kw) -> (B, C, K)
 
     def _qkv(self, xf: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         return tuple(conv.weight[:, :, 0] @ xf for conv in (self.theta, self.phi, self.g))  # (B, C', K)
@@ -266,15 +265,11 @@ class FrequencySelfAttention(AttentionModule):
         us = u * scale[:, None]  # (B, C, K)
         if has_dc:  # the constant shift lives in the DC coefficient
             us[:, :, 0] += shift * math.sqrt(N)
-        # C_H,bandᵀ on every channel; einsum runs it as one (H, kh) @ (kh, B·C·kw) GEMM, which is
-        # faster here than B·C tiny batched products
-        z = torch.einsum("uh,cuv->chv", ch, us.view(B * C, kh, kw)).view(B, C, H, kw)  # (B, C, H, kw)
-        if not has_dc:  # no DC token: carry the shift as an extra column of ones in C_W
-            z = torch.cat([z, shift.view(1, C, 1, 1).expand(B, C, H, 1)], -1)  # (B, C, H, kw + 1)
-            cw = torch.cat([cw, cw.new_ones(1, W)])  # (kw + 1, W)
+        # no DC token (band without DC): the constant shift is added in the same pass
+        shift_map = None if has_dc else shift.to(x.dtype).expand(B, C)
         with _full_precision(x):  # the residual stream keeps x's dtype, as x + BN(...) does
-            out = torch.addmm(x.reshape(B * C * H, W), z.reshape(B * C * H, -1).to(x.dtype), cw)  # x + IDCT
-        return out.view(B, C, H, W)
+            out = band_idct2(us.view(B, C, kh, kw).to(x.dtype), ch, cw, residual=x, shift=shift_map)
+        return out  # (B, C, H, W) = x + IDCT(us) [+ shift], one pass over x
 
     def _forward_fused_linsoftmax(self, x: Tensor, band: Band) -> Tensor:
         B, C, H, W = x.shape
@@ -400,9 +395,8 @@ class FrequencySelfAttention(AttentionModule):
         use_batch = bn.training or (bn.running_mean is None and bn.running_var is None)
         macs += C * h * w * kw + C * kh * h * kw + qkv  # forward DCT, θφg
         if self.mode == "dot":
-            kw_out = kw if (u0 == 0 and v0 == 0) else kw + 1
             macs += 2 * Ci * K * K + C * Ci * K  # attention, out_conv on tokens
-            macs += C * h * kh * kw + C * h * kw_out * w  # inverse DCT + residual
+            macs += C * h * kh * kw + C * h * kw * w  # inverse DCT + residual (+ shift: elementwise)
         else:
             macs += C * Ci * K + 3 * K * Ci * K  # out_conv on tokens, Grams
             macs += 5 * K * K * N + 2 * K * N  # norms, D, numerator, r, denominator

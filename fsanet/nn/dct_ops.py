@@ -1,0 +1,349 @@
+"""The banded separable DCT as two torch custom ops, with streaming CPU kernels (numba).
+
+Fused FSA touches the N positions only twice: one forward transform of ``x`` and one inverse
+transform added to the residual. For a narrow band both are *skinny* products,
+``(B·C·H, W) @ (W, kw)`` and ``(B·C·H, kw) @ (kw, W)`` with kw ≈ 5, which BLAS runs well below memory
+bandwidth on CPU; and an out-of-place ``addmm`` first copies ``x`` into the output, so the inverse
+makes two passes over the map. The kernels here make one streaming pass each:
+
+``band_dct2(x, C_H, C_W)`` -> ``C_H · x · C_Wᵀ``
+    per map: each row of ``x`` is read once from memory and dotted with the kw basis rows (held in
+    cache); the kw results are folded into the (kh, kw) coefficients with ``C_H``'s column.
+``band_idct2(y, C_H, C_W, residual, shift)`` -> ``residual + C_Hᵀ · y · C_W + shift``
+    per map and row: ``z_h = C_Hᵀ[h] · y`` (kw numbers), then the output row
+    ``residual_h + shift + Σ_j z_h[j] · C_W[j]`` is written once, four basis rows per pass.
+
+Both run in parallel over the leading (batch × channel) maps with ``numba.prange``; each map's
+arithmetic is sequential, so results do not depend on the thread count. Shapes: ``x``/``residual``
+``(..., H, W)``, ``y`` ``(..., kh, kw)``, ``C_H`` ``(kh, H)``, ``C_W`` ``(kw, W)``, ``shift`` ``(...)``.
+
+The torch path (the same products with ``matmul``/``addmm``) runs where the kernels do not apply:
+other devices (CUDA's GEMMs handle skinny shapes well), dtypes other than float32/float64, bands
+wider than :data:`MAX_KERNEL_BAND` along W, or when :func:`use_kernels` turns them off. Parity
+tests compare the two. As custom ops the transforms carry their own autograd (each is the other's
+adjoint), a fake implementation for tracing, and a FLOP formula, so ``FlopCounterMode`` counts
+them as the matrix products they are: ``2·M·H·kw·(W + kh)`` for either direction, M maps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+from collections.abc import Iterator
+from typing import Optional
+
+import torch
+from torch import Tensor
+from torch.utils.flop_counter import register_flop_formula
+
+__all__ = ["GROUP", "MAX_KERNEL_BAND", "band_dct2", "band_idct2", "describe", "kernels_available", "use_kernels"]
+
+log = logging.getLogger(__name__)
+
+#: Widest band along W that the CPU kernels take; wider bands use BLAS, which is efficient there.
+MAX_KERNEL_BAND = 16
+_state = {"enabled": True}
+#: Basis rows the kernels combine per pass over a row (the paper's 5×5 band takes one pass).
+GROUP = 5
+
+
+@contextlib.contextmanager
+def use_kernels(enabled: bool) -> Iterator[None]:
+    """Turn the numba kernels on or off inside the block (off: the torch path everywhere)."""
+    before = _state["enabled"]
+    _state["enabled"] = bool(enabled)
+    try:
+        yield
+    finally:
+        _state["enabled"] = before
+
+
+@functools.cache
+def _kernels() -> Optional[tuple]:
+    """Compile (or load from numba's cache) the two kernels; ``None`` if numba is missing."""
+    try:
+        import numba
+        import numpy as np
+    except ImportError:  # pragma: no cover - numba is a dependency; this keeps a broken install usable
+        log.warning("numba is not importable: the banded DCT falls back to BLAS (slower on CPU)")
+        return None
+    njit = functools.partial(numba.njit, parallel=True, fastmath=True, cache=True, nogil=True)
+
+    # Both kernels take C_W zero-padded to a multiple of 8 rows (cw8) and work on the basis rows in
+    # groups of 8: one vectorised pass over a cached row per group, with 8 scalar weights held in
+    # registers. Parallel over the M maps; within a map the order of operations is fixed.
+
+    @njit
+    def dct2_kernel(x, ch, cw8, y):
+        # x (M·H, W), ch (kh, H), cw8 (kw8, W) -> y (M, kh, kw) = ch @ x[m] @ cw.T per map
+        m_maps, kh, kw = y.shape
+        h_size, kw8 = ch.shape[1], cw8.shape[0]
+        w_size = x.shape[1]
+        zero = cw8[0, 0] - cw8[0, 0]  # 0 in the inputs' dtype (a literal 0 would promote float32 to 64)
+        for m in numba.prange(m_maps):
+            t = np.empty((kw8, h_size), y.dtype)  # t[j, h] = x[m, h] · cw[j]
+            for h in range(h_size):
+                r = m * h_size + h
+                for g in range(0, kw8, GROUP):  # GROUP dot products in one pass over the row
+                    s0, s1, s2, s3, s4 = zero, zero, zero, zero, zero
+                    for w in range(w_size):
+                        v = x[r, w]
+                        s0 += v * cw8[g, w]
+                        s1 += v * cw8[g + 1, w]
+                        s2 += v * cw8[g + 2, w]
+                        s3 += v * cw8[g + 3, w]
+                        s4 += v * cw8[g + 4, w]
+                    t[g, h], t[g + 1, h], t[g + 2, h], t[g + 3, h], t[g + 4, h] = s0, s1, s2, s3, s4
+            for u in range(kh):  # fold the H axis: y[m, u, j] = Σ_h ch[u, h] t[j, h]
+                for j in range(kw):
+                    s = zero
+                    for h in range(h_size):
+                        s += ch[u, h] * t[j, h]
+                    y[m, u, j] = s
+
+    @njit
+    def idct2_kernel(y, ch, cw8, residual, shift, out, has_residual):
+        # y (M, kh, kw), ch (kh, H), cw8 (kw8, W), residual/out (M·H, W), shift (M,)
+        # out[m·H + h] = residual[m·H + h] + shift[m] + Σ_j z[j, h] cw[j] with z = (ch.T @ y[m]).T
+        m_maps, kh, kw = y.shape
+        h_size, kw8 = ch.shape[1], cw8.shape[0]
+        w_size = out.shape[1]
+        for m in numba.prange(m_maps):
+            z = np.zeros((kw8, h_size), out.dtype)  # rows kw.. stay 0, matching cw8's padding
+            for u in range(kh):
+                for j in range(kw):
+                    a = y[m, u, j]
+                    for h in range(h_size):
+                        z[j, h] += a * ch[u, h]
+            b = shift[m]
+            for h in range(h_size):
+                r = m * h_size + h
+                for g in range(0, kw8, GROUP):
+                    z0, z1, z2, z3, z4 = z[g, h], z[g + 1, h], z[g + 2, h], z[g + 3, h], z[g + 4, h]
+                    if g == 0 and has_residual:  # the one pass over memory: read residual, write out
+                        for w in range(w_size):
+                            out[r, w] = (
+                                residual[r, w] + b
+                                + z0 * cw8[0, w] + z1 * cw8[1, w] + z2 * cw8[2, w] + z3 * cw8[3, w] + z4 * cw8[4, w]
+                            )  # fmt: skip
+                    elif g == 0:
+                        for w in range(w_size):
+                            out[r, w] = (
+                                b + z0 * cw8[0, w] + z1 * cw8[1, w] + z2 * cw8[2, w] + z3 * cw8[3, w] + z4 * cw8[4, w]
+                            )  # fmt: skip
+                    else:  # further groups of basis rows, on the output row now in L1
+                        for w in range(w_size):
+                            out[r, w] += (
+                                z0 * cw8[g, w] + z1 * cw8[g + 1, w] + z2 * cw8[g + 2, w] + z3 * cw8[g + 3, w]
+                                + z4 * cw8[g + 4, w]
+                            )  # fmt: skip
+
+    return numba, dct2_kernel, idct2_kernel
+
+
+def kernels_available() -> bool:
+    """Whether the numba kernels can run in this environment."""
+    return _kernels() is not None
+
+
+def describe() -> str:
+    """What runs the CPU transforms, for benchmark reports: numba's version and threading layer, or why not."""
+    if not _state["enabled"]:
+        return "off (torch/BLAS path)"
+    kernels = _kernels()
+    if kernels is None:
+        return "unavailable (numba not importable; torch/BLAS path)"
+    numba = kernels[0]
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # no parallel kernel has run yet in this process
+        layer = "not yet chosen"
+    return f"numba {numba.__version__} (threading layer {layer}, group {GROUP}, bands up to {MAX_KERNEL_BAND} wide)"
+
+
+def _kernel_applies(*tensors: Tensor, kw: int) -> bool:
+    if not _state["enabled"] or kw > MAX_KERNEL_BAND:
+        return False
+    dtype = tensors[0].dtype
+    if dtype not in (torch.float32, torch.float64):
+        return False
+    if any(t.device.type != "cpu" or t.dtype != dtype for t in tensors):
+        return False
+    return _kernels() is not None
+
+
+def _np(t: Tensor):  # noqa: ANN202 - numpy array view of a contiguous CPU tensor
+    return t.detach().contiguous().numpy()
+
+
+def _pad8(cw: Tensor) -> Tensor:
+    """``cw`` with zero rows appended up to a multiple of 8 (the kernels' group size)."""
+    return torch.nn.functional.pad(cw, (0, 0, 0, -cw.shape[0] % GROUP))
+
+
+def _set_threads(numba) -> None:  # noqa: ANN001
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+
+
+def _check(x: Tensor, ch: Tensor, cw: Tensor, name: str) -> None:
+    if ch.dim() != 2 or cw.dim() != 2:
+        raise ValueError(f"{name}: bases must be 2-D (kh, H) and (kw, W), got {tuple(ch.shape)}, {tuple(cw.shape)}")
+    if ch.requires_grad or cw.requires_grad:
+        raise ValueError(f"{name}: the DCT bases are constants; pass them without requires_grad")
+
+
+# ---------------------------------------------------------------------------------- forward DCT
+@torch.library.custom_op("fsanet::band_dct2", mutates_args=())
+def _band_dct2_op(x: Tensor, ch: Tensor, cw: Tensor) -> Tensor:
+    *lead, h, w = x.shape
+    kh, kw = ch.shape[0], cw.shape[0]
+    x3 = x.reshape(-1, h, w)  # (M, H, W)
+    if _kernel_applies(x, ch, cw, kw=kw):
+        numba, dct2_kernel, _ = _kernels()
+        _set_threads(numba)
+        y = x.new_empty(x3.shape[0], kh, kw)
+        dct2_kernel(_np(x3).reshape(-1, w), _np(ch), _np(_pad8(cw)), y.numpy())
+    else:
+        t = x3.reshape(-1, w) @ cw.T  # (M·H, kw): one skinny GEMM over x
+        y = ch @ t.view(x3.shape[0], h, kw)  # (M, kh, kw)
+    return y.view(*lead, kh, kw)
+
+
+@_band_dct2_op.register_fake
+def _(x: Tensor, ch: Tensor, cw: Tensor) -> Tensor:
+    return x.new_empty(*x.shape[:-2], ch.shape[0], cw.shape[0])
+
+
+def _band_dct2_setup(ctx, inputs, output) -> None:  # noqa: ANN001
+    _, ch, cw = inputs
+    ctx.save_for_backward(ch, cw)
+
+
+def _band_dct2_backward(ctx, gy: Tensor):  # noqa: ANN001, ANN202
+    ch, cw = ctx.saved_tensors
+    return _band_idct2_op(gy.contiguous(), ch, cw, None, None), None, None
+
+
+_band_dct2_op.register_autograd(_band_dct2_backward, setup_context=_band_dct2_setup)
+
+
+def band_dct2(x: Tensor, ch: Tensor, cw: Tensor) -> Tensor:
+    """Forward 2-D DCT onto a band: ``C_H · x · C_Wᵀ``.
+
+    Args:
+        x: ``(..., H, W)`` maps.
+        ch: ``(kh, H)``, the band's rows of the H-axis basis (:func:`fsanet.nn.dct.band_bases`).
+        cw: ``(kw, W)``, the band's rows of the W-axis basis.
+
+    Returns:
+        ``(..., kh, kw)`` coefficients.
+    """
+    _check(x, ch, cw, "band_dct2")
+    if x.shape[-2:] != (ch.shape[1], cw.shape[1]):
+        raise ValueError(
+            f"band_dct2: map {tuple(x.shape[-2:])} does not match bases for {ch.shape[1]}×{cw.shape[1]}"
+        )
+    return _band_dct2_op(x, ch, cw)
+
+
+# ---------------------------------------------------------------------------------- inverse DCT (+ residual)
+@torch.library.custom_op("fsanet::band_idct2", mutates_args=())
+def _band_idct2_op(
+    y: Tensor, ch: Tensor, cw: Tensor, residual: Optional[Tensor], shift: Optional[Tensor]
+) -> Tensor:
+    *lead, kh, kw = y.shape
+    h, w = ch.shape[1], cw.shape[1]
+    y3 = y.reshape(-1, kh, kw)  # (M, kh, kw)
+    m_maps = y3.shape[0]
+    parts = [y, ch, cw] + [t for t in (residual, shift) if t is not None]
+    if _kernel_applies(*parts, kw=kw):
+        numba, _, idct2_kernel = _kernels()
+        _set_threads(numba)
+        out = y.new_empty(m_maps * h, w)
+        res = residual.reshape(m_maps * h, w) if residual is not None else out  # unread when absent
+        sh = shift.reshape(m_maps) if shift is not None else y.new_zeros(m_maps)
+        idct2_kernel(_np(y3), _np(ch), _np(_pad8(cw)), _np(res), _np(sh), out.numpy(), residual is not None)
+    else:
+        z = torch.einsum("uh,muv->mhv", ch, y3)  # (M, H, kw): C_Hᵀ on every map as one GEMM
+        if shift is not None:  # carry the shift as an extra basis row of ones
+            z = torch.cat([z, shift.reshape(m_maps, 1, 1).expand(m_maps, h, 1).to(z.dtype)], -1)
+            cw = torch.cat([cw, cw.new_ones(1, w)])  # (kw + 1, W)
+        z2 = z.reshape(m_maps * h, -1)
+        if residual is not None:
+            out = torch.addmm(residual.reshape(m_maps * h, w), z2, cw)  # residual + IDCT, one GEMM
+        else:
+            out = z2 @ cw
+    return out.view(*lead, h, w)
+
+
+@_band_idct2_op.register_fake
+def _(y: Tensor, ch: Tensor, cw: Tensor, residual: Optional[Tensor], shift: Optional[Tensor]) -> Tensor:
+    return y.new_empty(*y.shape[:-2], ch.shape[1], cw.shape[1])
+
+
+def _band_idct2_setup(ctx, inputs, output) -> None:  # noqa: ANN001
+    _, ch, cw, residual, shift = inputs
+    ctx.save_for_backward(ch, cw)
+    ctx.has_residual, ctx.has_shift = residual is not None, shift is not None
+
+
+def _band_idct2_backward(ctx, g: Tensor):  # noqa: ANN001, ANN202
+    ch, cw = ctx.saved_tensors
+    gy = _band_dct2_op(g.contiguous(), ch, cw)
+    g_res = g if ctx.has_residual else None
+    g_shift = g.sum((-2, -1)) if ctx.has_shift else None
+    return gy, None, None, g_res, g_shift
+
+
+_band_idct2_op.register_autograd(_band_idct2_backward, setup_context=_band_idct2_setup)
+
+
+def band_idct2(
+    y: Tensor, ch: Tensor, cw: Tensor, residual: Optional[Tensor] = None, shift: Optional[Tensor] = None
+) -> Tensor:
+    """Inverse 2-D DCT from band coefficients, optionally added to a residual: ``res + C_Hᵀ · y · C_W + shift``.
+
+    Args:
+        y: ``(..., kh, kw)`` coefficients.
+        ch: ``(kh, H)`` and ``cw``: ``(kw, W)``, the bases :func:`band_dct2` used.
+        residual: ``(..., H, W)`` added to the result in the same pass, or ``None``.
+        shift: ``(...)``, one constant per map added in the same pass, or ``None``.
+
+    Returns:
+        ``(..., H, W)``, in ``y``'s dtype.
+    """
+    _check(y, ch, cw, "band_idct2")
+    lead = y.shape[:-2]
+    if y.shape[-2:] != (ch.shape[0], cw.shape[0]):
+        raise ValueError(
+            f"band_idct2: coefficients {tuple(y.shape[-2:])} do not match bases ({ch.shape[0]}×{cw.shape[0]})"
+        )
+    if residual is not None and residual.shape != (*lead, ch.shape[1], cw.shape[1]):
+        raise ValueError(
+            f"band_idct2: residual {tuple(residual.shape)} must be {(*lead, ch.shape[1], cw.shape[1])}"
+        )
+    if shift is not None and shift.shape != lead:
+        raise ValueError(f"band_idct2: shift {tuple(shift.shape)} must be {tuple(lead)}")
+    return _band_idct2_op(y, ch, cw, residual, shift)
+
+
+# ---------------------------------------------------------------------------------- FLOP formulas
+@register_flop_formula(torch.ops.fsanet.band_dct2)
+def _band_dct2_flops(x_shape, ch_shape, cw_shape, *args, out_shape=None, **kwargs) -> int:  # noqa: ANN001
+    *lead, h, w = x_shape
+    maps = 1
+    for d in lead:
+        maps *= d
+    kh, kw = ch_shape[0], cw_shape[0]
+    return 2 * maps * h * kw * (w + kh)  # (M·H, W)@(W, kw), then (kh, H)@(H, kw) per map
+
+
+@register_flop_formula(torch.ops.fsanet.band_idct2)
+def _band_idct2_flops(y_shape, ch_shape, cw_shape, *args, out_shape=None, **kwargs) -> int:  # noqa: ANN001
+    *lead, kh, kw = y_shape
+    maps = 1
+    for d in lead:
+        maps *= d
+    h, w = ch_shape[1], cw_shape[1]
+    return 2 * maps * h * kw * (kh + w)  # (H, kh)@(kh, kw) per map, then (M·H, kw)@(kw, W)
