@@ -93,7 +93,7 @@ def deterministic_mode(enabled: bool, warn_only: bool = True) -> Iterator[None]:
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        _set_deterministic_algorithms(before[0], before[1])
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = before[2], before[3]
 
 

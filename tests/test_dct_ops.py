@@ -44,7 +44,8 @@ def size_and_band(draw, max_size: int = 24):
 def test_kernels_match_torch_path(hwb, dtype):
     h, w, band = hwb
     x, y, shift, ch, cw = _case(h, w, band, dtype)
-    fast = band_dct2(x, ch, cw), band_idct2(y, ch, cw, x, shift), band_idct2(y, ch, cw)
+    with use_kernels(True):
+        fast = band_dct2(x, ch, cw), band_idct2(y, ch, cw, x, shift), band_idct2(y, ch, cw)
     with use_kernels(False):
         ref = band_dct2(x, ch, cw), band_idct2(y, ch, cw, x, shift), band_idct2(y, ch, cw)
     tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
@@ -53,8 +54,24 @@ def test_kernels_match_torch_path(hwb, dtype):
         torch.testing.assert_close(a, b, **tol)
 
 
+@pytest.fixture(autouse=True)
+def _kernels_on_small_inputs(request):
+    """Tests use tiny maps: force the kernels (by default they start at MIN_KERNEL_ELEMENTS)."""
+    if "no_force" in request.keywords:
+        yield
+        return
+    with use_kernels(True):
+        yield
+
+
+@pytest.mark.parametrize("kernels", [True, False])
 @pytest.mark.parametrize("band", [(0, 5, 0, 5), (0, 8, 0, 8), (2, 6, 1, 12), (0, 1, 0, 1)])
-def test_kernels_match_scipy(band):
+def test_kernels_match_scipy(band, kernels):
+    with use_kernels(kernels):
+        _scipy_check(band)
+
+
+def _scipy_check(band):
     h, w = 19, 23
     x, y, shift, ch, cw = _case(h, w, band)
     u0, u1, v0, v1 = normalize_band(band, h, w)
@@ -67,6 +84,7 @@ def test_kernels_match_scipy(band):
     torch.testing.assert_close(got, x + torch.from_numpy(inv) + shift[..., None, None], rtol=0, atol=1e-12)
 
 
+@pytest.mark.no_force
 def test_kernels_are_used_and_can_be_turned_off(monkeypatch):
     calls = []
     real = dct_ops._kernels
@@ -78,15 +96,24 @@ def test_kernels_are_used_and_can_be_turned_off(monkeypatch):
     monkeypatch.setattr(dct_ops, "_kernels", spy)
     x, y, shift, ch, cw = _case(9, 9, (0, 5, 0, 5), torch.float32)
     band_dct2(x, ch, cw)
-    assert calls, "float32 CPU input with a 5-wide band should take the numba kernel"
+    assert not calls, "a map below MIN_KERNEL_ELEMENTS takes the torch path by default"
+    with use_kernels(True):
+        band_dct2(x, ch, cw)
+    assert calls
+    calls.clear()
+    big, _, _, chb, cwb = _case(128, 128, (0, 5, 0, 5), torch.float32, lead=(1, 64))
+    assert big.numel() >= dct_ops.MIN_KERNEL_ELEMENTS
+    band_dct2(big, chb, cwb)
+    assert calls, "a float32 CPU map past the size threshold with a 5-wide band takes the numba kernel"
     calls.clear()
     with use_kernels(False):
-        band_dct2(x, ch, cw)
+        band_dct2(big, chb, cwb)
     assert not calls
     # wider than the kernels take, or a dtype they do not: the torch path
     xw, _, _, chw, cww = _case(20, 20, (0, 3, 0, dct_ops.MAX_KERNEL_BAND + 1), torch.float32)
-    band_dct2(xw, chw, cww)
-    band_dct2(x.half(), ch.half(), cw.half())
+    with use_kernels(True):
+        band_dct2(xw, chw, cww)
+        band_dct2(x.half(), ch.half(), cw.half())
     assert not calls
 
 

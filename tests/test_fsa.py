@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from fsanet.nn.dct import lowpass
+from fsanet.nn.dct_ops import use_kernels
 from fsanet.nn.fsa import IMPLS, MODES, FrequencySelfAttention
 
 F64 = torch.float64
@@ -60,12 +61,15 @@ SIZES = [(8, 8), (7, 9)]
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
 @pytest.mark.parametrize("band", BANDS, ids=str)
 @pytest.mark.parametrize("mode", MODES)
-def test_fused_matches_reference(mode, band, size, train):
+@pytest.mark.parametrize("kernels", [False, True], ids=["blas", "numba"])
+def test_fused_matches_reference(mode, band, size, train, kernels):
     fused = make(band=band, mode=mode, impl="fused").train(train)
     ref = flipped(fused)
     x = torch.randn(2, 8, *size, dtype=F64, requires_grad=True)
     xr = x.detach().clone().requires_grad_()
-    y, yr = fused(x), ref(xr)
+    with use_kernels(kernels):  # the fused path's transforms: numba kernels or BLAS (dct_ops)
+        y = fused(x)
+    yr = ref(xr)
     assert rel(y, yr, yr - xr) <= 1e-9  # relative to the attention branch, not to the residual
     g = torch.randn_like(y)
     (y * g).sum().backward()
@@ -101,12 +105,15 @@ def test_fused_matches_reference_bn_variants(mode, bn_kw):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_float32_fused_close_to_float64_reference(mode):
+@pytest.mark.parametrize("kernels", [False, True], ids=["blas", "numba"])
+def test_float32_fused_close_to_float64_reference(mode, kernels):
     m = make(channels=32, band=(5, 5), mode=mode, dtype=torch.float32).eval()
     x = torch.randn(2, 32, 24, 20)
     ref = flipped(m).double()
     y64 = ref(x.double())
-    assert rel(m(x).double(), y64, y64 - x.double()) <= 1e-4
+    with use_kernels(kernels):
+        y = m(x)
+    assert rel(y.double(), y64, y64 - x.double()) <= 1e-4
 
 
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])

@@ -19,7 +19,8 @@ arithmetic is sequential, so results do not depend on the thread count. Shapes: 
 
 The torch path (the same products with ``matmul``/``addmm``) runs where the kernels do not apply:
 other devices (CUDA's GEMMs handle skinny shapes well), dtypes other than float32/float64, bands
-wider than :data:`MAX_KERNEL_BAND` along W, or when :func:`use_kernels` turns them off. Parity
+wider than :data:`MAX_KERNEL_BAND` along W, maps smaller than :data:`MIN_KERNEL_ELEMENTS` in all
+(unless :func:`use_kernels` forces them), or when :func:`use_kernels` turns them off. Parity
 tests compare the two. As custom ops the transforms carry their own autograd (each is the other's
 adjoint), a fake implementation for tracing, and a FLOP formula, so ``FlopCounterMode`` counts
 them as the matrix products they are: ``2·M·H·kw·(W + kh)`` for either direction, M maps.
@@ -37,20 +38,35 @@ import torch
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
-__all__ = ["GROUP", "MAX_KERNEL_BAND", "band_dct2", "band_idct2", "describe", "kernels_available", "use_kernels"]
+__all__ = [
+    "GROUP",
+    "MAX_KERNEL_BAND",
+    "MIN_KERNEL_ELEMENTS",
+    "band_dct2",
+    "band_idct2",
+    "describe",
+    "kernels_available",
+    "use_kernels",
+]
 
 log = logging.getLogger(__name__)
 
 #: Widest band along W that the CPU kernels take; wider bands use BLAS, which is efficient there.
 MAX_KERNEL_BAND = 16
-_state = {"enabled": True}
+#: Below this many map elements (M·H·W) the torch path runs by default: the kernels' gain there is
+#: smaller than the ~1 s it takes a process to import numba and load them (e.g. the study's 12×12 maps).
+MIN_KERNEL_ELEMENTS = 1 << 20
+_state: dict[str, Optional[bool]] = {"enabled": None}  # None: by size; True/False: forced
 #: Basis rows the kernels combine per pass over a row (the paper's 5×5 band takes one pass).
 GROUP = 5
 
 
 @contextlib.contextmanager
 def use_kernels(enabled: bool) -> Iterator[None]:
-    """Turn the numba kernels on or off inside the block (off: the torch path everywhere)."""
+    """Force the numba kernels on (for every size they support) or off (the torch path everywhere).
+
+    Outside such a block the kernels run on maps of at least :data:`MIN_KERNEL_ELEMENTS` elements.
+    """
     before = _state["enabled"]
     _state["enabled"] = bool(enabled)
     try:
@@ -149,7 +165,7 @@ def kernels_available() -> bool:
 
 def describe() -> str:
     """What runs the CPU transforms, for benchmark reports: numba's version and threading layer, or why not."""
-    if not _state["enabled"]:
+    if _state["enabled"] is False:
         return "off (torch/BLAS path)"
     kernels = _kernels()
     if kernels is None:
@@ -159,11 +175,15 @@ def describe() -> str:
         layer = numba.threading_layer()
     except ValueError:  # no parallel kernel has run yet in this process
         layer = "not yet chosen"
-    return f"numba {numba.__version__} (threading layer {layer}, group {GROUP}, bands up to {MAX_KERNEL_BAND} wide)"
+    return (
+        f"numba {numba.__version__} (threading layer {layer}; maps of ≥ {MIN_KERNEL_ELEMENTS} elements, "
+        f"bands up to {MAX_KERNEL_BAND} wide, {GROUP} basis rows per pass)"
+    )
 
 
-def _kernel_applies(*tensors: Tensor, kw: int) -> bool:
-    if not _state["enabled"] or kw > MAX_KERNEL_BAND:
+def _kernel_applies(*tensors: Tensor, kw: int, elements: int) -> bool:
+    enabled = _state["enabled"]
+    if enabled is False or kw > MAX_KERNEL_BAND or (enabled is None and elements < MIN_KERNEL_ELEMENTS):
         return False
     dtype = tensors[0].dtype
     if dtype not in (torch.float32, torch.float64):
@@ -188,7 +208,9 @@ def _set_threads(numba) -> None:  # noqa: ANN001
 
 def _check(x: Tensor, ch: Tensor, cw: Tensor, name: str) -> None:
     if ch.dim() != 2 or cw.dim() != 2:
-        raise ValueError(f"{name}: bases must be 2-D (kh, H) and (kw, W), got {tuple(ch.shape)}, {tuple(cw.shape)}")
+        raise ValueError(
+            f"{name}: bases must be 2-D (kh, H) and (kw, W), got {tuple(ch.shape)}, {tuple(cw.shape)}"
+        )
     if ch.requires_grad or cw.requires_grad:
         raise ValueError(f"{name}: the DCT bases are constants; pass them without requires_grad")
 
@@ -199,7 +221,7 @@ def _band_dct2_op(x: Tensor, ch: Tensor, cw: Tensor) -> Tensor:
     *lead, h, w = x.shape
     kh, kw = ch.shape[0], cw.shape[0]
     x3 = x.reshape(-1, h, w)  # (M, H, W)
-    if _kernel_applies(x, ch, cw, kw=kw):
+    if _kernel_applies(x, ch, cw, kw=kw, elements=x.numel()):
         numba, dct2_kernel, _ = _kernels()
         _set_threads(numba)
         y = x.new_empty(x3.shape[0], kh, kw)
@@ -257,7 +279,7 @@ def _band_idct2_op(
     y3 = y.reshape(-1, kh, kw)  # (M, kh, kw)
     m_maps = y3.shape[0]
     parts = [y, ch, cw] + [t for t in (residual, shift) if t is not None]
-    if _kernel_applies(*parts, kw=kw):
+    if _kernel_applies(*parts, kw=kw, elements=m_maps * h * w):
         numba, _, idct2_kernel = _kernels()
         _set_threads(numba)
         out = y.new_empty(m_maps * h, w)
