@@ -20,14 +20,16 @@ export PATH := $(abspath $(BIN)):$(PATH)
 venv: $(STAMP)
 
 # torch is held at 2.13.0 by the constraints file, so no resolver can swap in a CUDA build.
-# --no-compile: byte-compiling all 2 GB of site-packages took ~1 min of the install; Python compiles
-# the modules it actually imports on first use instead.
+# --no-compile, then compileall on all cores: pip byte-compiles the 2 GB of site-packages on one core
+# (~1 min here). The .pyc files must exist: with PYTHONDONTWRITEBYTECODE set (as on this machine)
+# every process would otherwise recompile torch, mlflow, ... from source on import.
 $(STAMP): $(REQS)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-compile \
 		-r requirements/requirements.in -c requirements/constraints.txt 2>&1 | { grep -v "is ignored: it is neither" || true; }
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-compile --no-deps --no-build-isolation -e . \
 		2>&1 | { grep -v "is ignored: it is neither" || true; }
+	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib > /dev/null || true
 	@touch $@
 
 ## make test: the test suite (fast; slow end-to-end checks are behind `-m slow`)
