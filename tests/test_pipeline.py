@@ -45,6 +45,12 @@ def test_snakemake_lint_is_clean():
     assert res.returncode == 0, res.stdout + res.stderr
 
 
+def test_dvc_yaml_is_valid_and_wraps_the_study():
+    res = _run([str(BIN / "dvc"), "stage", "list"], ROOT, 120)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert "study" in res.stdout and "smoke" in res.stdout, res.stdout
+
+
 def test_snakefmt_check_is_clean():
     res = _run([str(BIN / "snakefmt"), "--check", "Snakefile", "workflow"], ROOT, 120)
     assert res.returncode == 0, res.stdout + res.stderr
