@@ -142,7 +142,8 @@ def test_dvc_exp_run_trains_only_the_new_band(tmp_path):
         assert _run(cmd, repo, 60).returncode == 0
     res = _run([str(BIN / "dvc"), "repro", "study"], repo, 600, **env)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert _run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qam", "lock"],
+    assert _run(["git", "add", "dvc.lock"], repo, 60).returncode == 0
+    assert _run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "lock"],
                 repo, 60).returncode == 0
     res = _run([str(BIN / "dvc"), "exp", "run", "-S",
                 'params/profiles/default.yaml:fsanet_bands=["1","2","4","full"]', "study"], repo, 600, **env)
