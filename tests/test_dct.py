@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import scipy.fft
 import torch
+from bands import size_and_band
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -13,17 +14,6 @@ from fsanet.nn.dct import band_bases, dct2, dct_matrix, dense_basis, idct2, lowp
 
 BANDS = [None, (3, 2), (1, 4, 2, -1), (0, -1, 3, 5), (2, 3, 1, 2)]
 SIZES = [(6, 9), (7, 5), (5, 5)]
-
-
-@st.composite
-def size_and_band(draw, max_size: int = 9):
-    h = draw(st.integers(1, max_size))
-    w = draw(st.integers(1, max_size))
-    u0 = draw(st.integers(0, h - 1))
-    v0 = draw(st.integers(0, w - 1))
-    u1 = draw(st.integers(u0 + 1, h))
-    v1 = draw(st.integers(v0 + 1, w))
-    return h, w, (u0, u1, v0, v1)
 
 
 @pytest.mark.parametrize("band", BANDS)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import scipy.fft
 import torch
+from bands import size_and_band
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.flop_counter import FlopCounterMode
@@ -28,19 +29,8 @@ def _case(h: int, w: int, band, dtype=torch.float64, lead=(2, 3), seed: int = 0)
     return x, y, shift, ch, cw
 
 
-@st.composite
-def size_and_band(draw, max_size: int = 24):
-    h = draw(st.integers(1, max_size))
-    w = draw(st.integers(1, max_size))
-    u0 = draw(st.integers(0, h - 1))
-    v0 = draw(st.integers(0, w - 1))
-    u1 = draw(st.integers(u0 + 1, min(h, u0 + 12)))
-    v1 = draw(st.integers(v0 + 1, min(w, v0 + dct_ops.MAX_KERNEL_BAND)))
-    return h, w, (u0, u1, v0, v1)
-
-
 @settings(max_examples=40, deadline=None)
-@given(hwb=size_and_band(), dtype=st.sampled_from([torch.float32, torch.float64]))
+@given(hwb=size_and_band(max_size=24, max_kh=12, max_kw=dct_ops.MAX_KERNEL_BAND), dtype=st.sampled_from([torch.float32, torch.float64]))
 def test_kernels_match_torch_path(hwb, dtype):
     h, w, band = hwb
     x, y, shift, ch, cw = _case(h, w, band, dtype)

@@ -11,7 +11,7 @@ makes two passes over the map. The kernels here make one streaming pass each:
     cache); the kw results are folded into the (kh, kw) coefficients with ``C_H``'s column.
 ``band_idct2(y, C_H, C_W, residual, shift)`` -> ``residual + C_Hᵀ · y · C_W + shift``
     per map and row: ``z_h = C_Hᵀ[h] · y`` (kw numbers), then the output row
-    ``residual_h + shift + Σ_j z_h[j] · C_W[j]`` is written once, four basis rows per pass.
+    ``residual_h + shift + Σ_j z_h[j] · C_W[j]`` is written once, :data:`GROUP` basis rows per pass.
 
 Both run in parallel over the leading (batch × channel) maps with ``numba.prange``; each map's
 arithmetic is sequential, so results do not depend on the thread count. Shapes: ``x``/``residual``
@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 from collections.abc import Iterator
 from typing import Optional
 
@@ -57,7 +58,8 @@ MAX_KERNEL_BAND = 16
 #: smaller than the ~1 s it takes a process to import numba and load them (e.g. the study's 12×12 maps).
 MIN_KERNEL_ELEMENTS = 1 << 20
 _state: dict[str, Optional[bool]] = {"enabled": None}  # None: by size; True/False: forced
-#: Basis rows the kernels combine per pass over a row (the paper's 5×5 band takes one pass).
+#: Basis rows the kernels combine per pass over a row (the paper's 5×5 band takes one pass). The
+#: kernels unroll exactly this many terms, so changing it means rewriting their inner loops.
 GROUP = 5
 
 
@@ -86,30 +88,30 @@ def _kernels() -> Optional[tuple]:
         return None
     njit = functools.partial(numba.njit, parallel=True, fastmath=True, cache=True, nogil=True)
 
-    # Both kernels take C_W zero-padded to a multiple of 8 rows (cw8) and work on the basis rows in
-    # groups of 8: one vectorised pass over a cached row per group, with 8 scalar weights held in
-    # registers. Parallel over the M maps; within a map the order of operations is fixed.
+    # Both kernels take C_W zero-padded to a multiple of GROUP rows (cwg) and work on the basis rows
+    # in groups of GROUP: one vectorised pass over a cached row per group, with GROUP scalar weights
+    # held in registers. Parallel over the M maps; within a map the order of operations is fixed.
 
     @njit
-    def dct2_kernel(x, ch, cw8, y):
-        # x (M·H, W), ch (kh, H), cw8 (kw8, W) -> y (M, kh, kw) = ch @ x[m] @ cw.T per map
+    def dct2_kernel(x, ch, cwg, y):
+        # x (M·H, W), ch (kh, H), cwg (kwg, W) -> y (M, kh, kw) = ch @ x[m] @ cw.T per map
         m_maps, kh, kw = y.shape
-        h_size, kw8 = ch.shape[1], cw8.shape[0]
+        h_size, kwg = ch.shape[1], cwg.shape[0]
         w_size = x.shape[1]
-        zero = cw8[0, 0] - cw8[0, 0]  # 0 in the inputs' dtype (a literal 0 would promote float32 to 64)
+        zero = cwg[0, 0] - cwg[0, 0]  # 0 in the inputs' dtype (a literal 0 would promote float32 to 64)
         for m in numba.prange(m_maps):
-            t = np.empty((kw8, h_size), y.dtype)  # t[j, h] = x[m, h] · cw[j]
+            t = np.empty((kwg, h_size), y.dtype)  # t[j, h] = x[m, h] · cw[j]
             for h in range(h_size):
                 r = m * h_size + h
-                for g in range(0, kw8, GROUP):  # GROUP dot products in one pass over the row
+                for g in range(0, kwg, GROUP):  # GROUP dot products in one pass over the row
                     s0, s1, s2, s3, s4 = zero, zero, zero, zero, zero
                     for w in range(w_size):
                         v = x[r, w]
-                        s0 += v * cw8[g, w]
-                        s1 += v * cw8[g + 1, w]
-                        s2 += v * cw8[g + 2, w]
-                        s3 += v * cw8[g + 3, w]
-                        s4 += v * cw8[g + 4, w]
+                        s0 += v * cwg[g, w]
+                        s1 += v * cwg[g + 1, w]
+                        s2 += v * cwg[g + 2, w]
+                        s3 += v * cwg[g + 3, w]
+                        s4 += v * cwg[g + 4, w]
                     t[g, h], t[g + 1, h], t[g + 2, h], t[g + 3, h], t[g + 4, h] = s0, s1, s2, s3, s4
             for u in range(kh):  # fold the H axis: y[m, u, j] = Σ_h ch[u, h] t[j, h]
                 for j in range(kw):
@@ -119,14 +121,14 @@ def _kernels() -> Optional[tuple]:
                     y[m, u, j] = s
 
     @njit
-    def idct2_kernel(y, ch, cw8, residual, shift, out, has_residual):
-        # y (M, kh, kw), ch (kh, H), cw8 (kw8, W), residual/out (M·H, W), shift (M,)
+    def idct2_kernel(y, ch, cwg, residual, shift, out, has_residual):
+        # y (M, kh, kw), ch (kh, H), cwg (kwg, W), residual/out (M·H, W), shift (M,)
         # out[m·H + h] = residual[m·H + h] + shift[m] + Σ_j z[j, h] cw[j] with z = (ch.T @ y[m]).T
         m_maps, kh, kw = y.shape
-        h_size, kw8 = ch.shape[1], cw8.shape[0]
+        h_size, kwg = ch.shape[1], cwg.shape[0]
         w_size = out.shape[1]
         for m in numba.prange(m_maps):
-            z = np.zeros((kw8, h_size), out.dtype)  # rows kw.. stay 0, matching cw8's padding
+            z = np.zeros((kwg, h_size), out.dtype)  # rows kw.. stay 0, matching cwg's padding
             for u in range(kh):
                 for j in range(kw):
                     a = y[m, u, j]
@@ -135,24 +137,24 @@ def _kernels() -> Optional[tuple]:
             b = shift[m]
             for h in range(h_size):
                 r = m * h_size + h
-                for g in range(0, kw8, GROUP):
+                for g in range(0, kwg, GROUP):
                     z0, z1, z2, z3, z4 = z[g, h], z[g + 1, h], z[g + 2, h], z[g + 3, h], z[g + 4, h]
                     if g == 0 and has_residual:  # the one pass over memory: read residual, write out
                         for w in range(w_size):
                             out[r, w] = (
                                 residual[r, w] + b
-                                + z0 * cw8[0, w] + z1 * cw8[1, w] + z2 * cw8[2, w] + z3 * cw8[3, w] + z4 * cw8[4, w]
+                                + z0 * cwg[0, w] + z1 * cwg[1, w] + z2 * cwg[2, w] + z3 * cwg[3, w] + z4 * cwg[4, w]
                             )  # fmt: skip
                     elif g == 0:
                         for w in range(w_size):
                             out[r, w] = (
-                                b + z0 * cw8[0, w] + z1 * cw8[1, w] + z2 * cw8[2, w] + z3 * cw8[3, w] + z4 * cw8[4, w]
+                                b + z0 * cwg[0, w] + z1 * cwg[1, w] + z2 * cwg[2, w] + z3 * cwg[3, w] + z4 * cwg[4, w]
                             )  # fmt: skip
                     else:  # further groups of basis rows, on the output row now in L1
                         for w in range(w_size):
                             out[r, w] += (
-                                z0 * cw8[g, w] + z1 * cw8[g + 1, w] + z2 * cw8[g + 2, w] + z3 * cw8[g + 3, w]
-                                + z4 * cw8[g + 4, w]
+                                z0 * cwg[g, w] + z1 * cwg[g + 1, w] + z2 * cwg[g + 2, w] + z3 * cwg[g + 3, w]
+                                + z4 * cwg[g + 4, w]
                             )  # fmt: skip
 
     return numba, dct2_kernel, idct2_kernel
@@ -197,8 +199,8 @@ def _np(t: Tensor):  # noqa: ANN202 - numpy array view of a contiguous CPU tenso
     return t.detach().contiguous().numpy()
 
 
-def _pad8(cw: Tensor) -> Tensor:
-    """``cw`` with zero rows appended up to a multiple of 8 (the kernels' group size)."""
+def _pad_to_group(cw: Tensor) -> Tensor:
+    """``cw`` with zero rows appended up to a multiple of :data:`GROUP` (the kernels' group size)."""
     return torch.nn.functional.pad(cw, (0, 0, 0, -cw.shape[0] % GROUP))
 
 
@@ -225,7 +227,7 @@ def _band_dct2_op(x: Tensor, ch: Tensor, cw: Tensor) -> Tensor:
         numba, dct2_kernel, _ = _kernels()
         _set_threads(numba)
         y = x.new_empty(x3.shape[0], kh, kw)
-        dct2_kernel(_np(x3).reshape(-1, w), _np(ch), _np(_pad8(cw)), y.numpy())
+        dct2_kernel(_np(x3).reshape(-1, w), _np(ch), _np(_pad_to_group(cw)), y.numpy())
     else:
         t = x3.reshape(-1, w) @ cw.T  # (M·H, kw): one skinny GEMM over x
         y = ch @ t.view(x3.shape[0], h, kw)  # (M, kh, kw)
@@ -285,7 +287,9 @@ def _band_idct2_op(
         out = y.new_empty(m_maps * h, w)
         res = residual.reshape(m_maps * h, w) if residual is not None else out  # unread when absent
         sh = shift.reshape(m_maps) if shift is not None else y.new_zeros(m_maps)
-        idct2_kernel(_np(y3), _np(ch), _np(_pad8(cw)), _np(res), _np(sh), out.numpy(), residual is not None)
+        idct2_kernel(
+            _np(y3), _np(ch), _np(_pad_to_group(cw)), _np(res), _np(sh), out.numpy(), residual is not None
+        )
     else:
         z = torch.einsum("uh,muv->mhv", ch, y3)  # (M, H, kw): C_Hᵀ on every map as one GEMM
         if shift is not None:  # carry the shift as an extra basis row of ones
@@ -354,9 +358,7 @@ def band_idct2(
 @register_flop_formula(torch.ops.fsanet.band_dct2)
 def _band_dct2_flops(x_shape, ch_shape, cw_shape, *args, out_shape=None, **kwargs) -> int:  # noqa: ANN001
     *lead, h, w = x_shape
-    maps = 1
-    for d in lead:
-        maps *= d
+    maps = math.prod(lead)
     kh, kw = ch_shape[0], cw_shape[0]
     return 2 * maps * h * kw * (w + kh)  # (M·H, W)@(W, kw), then (kh, H)@(H, kw) per map
 
@@ -364,8 +366,6 @@ def _band_dct2_flops(x_shape, ch_shape, cw_shape, *args, out_shape=None, **kwarg
 @register_flop_formula(torch.ops.fsanet.band_idct2)
 def _band_idct2_flops(y_shape, ch_shape, cw_shape, *args, out_shape=None, **kwargs) -> int:  # noqa: ANN001
     *lead, kh, kw = y_shape
-    maps = 1
-    for d in lead:
-        maps *= d
+    maps = math.prod(lead)
     h, w = ch_shape[1], cw_shape[1]
     return 2 * maps * h * kw * (kh + w)  # (H, kh)@(kh, kw) per map, then (M·H, kw)@(kw, W)
