@@ -89,8 +89,12 @@ def _kernels() -> Optional[tuple]:
     njit = functools.partial(numba.njit, parallel=True, fastmath=True, cache=True, nogil=True)
 
     # Both kernels take C_W zero-padded to a multiple of GROUP rows (cwg) and work on the basis rows
-    # in groups of GROUP: one vectorised pass over a cached row per group, with GROUP scalar weights
-    # held in registers. Parallel over the M maps; within a map the order of operations is fixed.
+    # in groups of GROUP: one vectorised pass over cached rows per group, with the GROUP weights of
+    # each row held in registers. Each pass handles two rows of a map, h and h + ceil(H/2), so every
+    # thread streams two ascending regions of memory at once (one stream per thread leaves this CPU's
+    # memory bandwidth idle: ~0.87 vs ~1.4 ms for the forward at 512×128², 2 threads), and each basis
+    # row loaded serves both. For odd H the last pass pairs the middle row with itself. Parallel over
+    # the M maps; within a map the order of operations is fixed.
 
     @njit
     def dct2_kernel(x, ch, cwg, y):
@@ -98,21 +102,36 @@ def _kernels() -> Optional[tuple]:
         m_maps, kh, kw = y.shape
         h_size, kwg = ch.shape[1], cwg.shape[0]
         w_size = x.shape[1]
+        half = (h_size + 1) // 2
         zero = cwg[0, 0] - cwg[0, 0]  # 0 in the inputs' dtype (a literal 0 would promote float32 to 64)
         for m in numba.prange(m_maps):
             t = np.empty((kwg, h_size), y.dtype)  # t[j, h] = x[m, h] · cw[j]
-            for h in range(h_size):
-                r = m * h_size + h
-                for g in range(0, kwg, GROUP):  # GROUP dot products in one pass over the row
+            for p in range(half):
+                ha = p
+                hb = p + half if p + half < h_size else p  # odd H: the middle row pairs with itself
+                ra, rb = m * h_size + ha, m * h_size + hb
+                for g in range(0, kwg, GROUP):  # 2·GROUP dot products in one pass over two rows
                     s0, s1, s2, s3, s4 = zero, zero, zero, zero, zero
+                    q0, q1, q2, q3, q4 = zero, zero, zero, zero, zero
                     for w in range(w_size):
-                        v = x[r, w]
-                        s0 += v * cwg[g, w]
-                        s1 += v * cwg[g + 1, w]
-                        s2 += v * cwg[g + 2, w]
-                        s3 += v * cwg[g + 3, w]
-                        s4 += v * cwg[g + 4, w]
-                    t[g, h], t[g + 1, h], t[g + 2, h], t[g + 3, h], t[g + 4, h] = s0, s1, s2, s3, s4
+                        a, b = x[ra, w], x[rb, w]
+                        c = cwg[g, w]
+                        s0 += a * c
+                        q0 += b * c
+                        c = cwg[g + 1, w]
+                        s1 += a * c
+                        q1 += b * c
+                        c = cwg[g + 2, w]
+                        s2 += a * c
+                        q2 += b * c
+                        c = cwg[g + 3, w]
+                        s3 += a * c
+                        q3 += b * c
+                        c = cwg[g + 4, w]
+                        s4 += a * c
+                        q4 += b * c
+                    t[g, ha], t[g + 1, ha], t[g + 2, ha], t[g + 3, ha], t[g + 4, ha] = s0, s1, s2, s3, s4
+                    t[g, hb], t[g + 1, hb], t[g + 2, hb], t[g + 3, hb], t[g + 4, hb] = q0, q1, q2, q3, q4
             for u in range(kh):  # fold the H axis: y[m, u, j] = Σ_h ch[u, h] t[j, h]
                 for j in range(kw):
                     s = zero
@@ -127,6 +146,8 @@ def _kernels() -> Optional[tuple]:
         m_maps, kh, kw = y.shape
         h_size, kwg = ch.shape[1], cwg.shape[0]
         w_size = out.shape[1]
+        half = (h_size + 1) // 2
+        zero = cwg[0, 0] - cwg[0, 0]
         for m in numba.prange(m_maps):
             z = np.zeros((kwg, h_size), out.dtype)  # rows kw.. stay 0, matching cwg's padding
             for u in range(kh):
@@ -135,27 +156,30 @@ def _kernels() -> Optional[tuple]:
                     for h in range(h_size):
                         z[j, h] += a * ch[u, h]
             b = shift[m]
-            for h in range(h_size):
-                r = m * h_size + h
+            for p in range(half):
+                ha = p
+                hb = p + half if p + half < h_size else p  # odd H: the middle row pairs with itself
+                ra, rb = m * h_size + ha, m * h_size + hb
                 for g in range(0, kwg, GROUP):
-                    z0, z1, z2, z3, z4 = z[g, h], z[g + 1, h], z[g + 2, h], z[g + 3, h], z[g + 4, h]
+                    z0, z1, z2, z3, z4 = z[g, ha], z[g + 1, ha], z[g + 2, ha], z[g + 3, ha], z[g + 4, ha]
+                    v0, v1, v2, v3, v4 = z[g, hb], z[g + 1, hb], z[g + 2, hb], z[g + 3, hb], z[g + 4, hb]
                     if g == 0 and has_residual:  # the one pass over memory: read residual, write out
                         for w in range(w_size):
-                            out[r, w] = (
-                                residual[r, w] + b
-                                + z0 * cwg[0, w] + z1 * cwg[1, w] + z2 * cwg[2, w] + z3 * cwg[3, w] + z4 * cwg[4, w]
-                            )  # fmt: skip
-                    elif g == 0:
+                            c0, c1, c2, c3, c4 = cwg[0, w], cwg[1, w], cwg[2, w], cwg[3, w], cwg[4, w]
+                            out[ra, w] = residual[ra, w] + b + z0 * c0 + z1 * c1 + z2 * c2 + z3 * c3 + z4 * c4
+                            out[rb, w] = residual[rb, w] + b + v0 * c0 + v1 * c1 + v2 * c2 + v3 * c3 + v4 * c4
+                    elif g == 0:  # (writing a self-paired row twice stores the same value twice)
                         for w in range(w_size):
-                            out[r, w] = (
-                                b + z0 * cwg[0, w] + z1 * cwg[1, w] + z2 * cwg[2, w] + z3 * cwg[3, w] + z4 * cwg[4, w]
-                            )  # fmt: skip
-                    else:  # further groups of basis rows, on the output row now in L1
+                            c0, c1, c2, c3, c4 = cwg[0, w], cwg[1, w], cwg[2, w], cwg[3, w], cwg[4, w]
+                            out[ra, w] = b + z0 * c0 + z1 * c1 + z2 * c2 + z3 * c3 + z4 * c4
+                            out[rb, w] = b + v0 * c0 + v1 * c1 + v2 * c2 + v3 * c3 + v4 * c4
+                    else:  # further groups of basis rows, on the output rows now in L1
+                        if hb == ha:  # a self-paired row must get each term once, not twice
+                            v0, v1, v2, v3, v4 = zero, zero, zero, zero, zero
                         for w in range(w_size):
-                            out[r, w] += (
-                                z0 * cwg[g, w] + z1 * cwg[g + 1, w] + z2 * cwg[g + 2, w] + z3 * cwg[g + 3, w]
-                                + z4 * cwg[g + 4, w]
-                            )  # fmt: skip
+                            c0, c1, c2, c3, c4 = cwg[g, w], cwg[g + 1, w], cwg[g + 2, w], cwg[g + 3, w], cwg[g + 4, w]  # fmt: skip
+                            out[ra, w] += z0 * c0 + z1 * c1 + z2 * c2 + z3 * c3 + z4 * c4
+                            out[rb, w] += v0 * c0 + v1 * c1 + v2 * c2 + v3 * c3 + v4 * c4
 
     return numba, dct2_kernel, idct2_kernel
 
