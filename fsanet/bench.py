@@ -21,6 +21,13 @@ Protocol (``fsanet bench attention``):
   against the N² attention map of a non-local block.
 * **Latency.** The median (and min/max) of ``repeats`` ≥ 20 timed forwards after ``warmup`` untimed ones,
   under ``torch.inference_mode``, fp32, with the thread count recorded (CUDA: synchronised).
+* **Paired floor.** On a shared machine the floor itself moves by ±30 % between minutes (other tenants'
+  memory traffic), so a module's ratio to a floor timed at another moment moves with it. With
+  ``paired_floor`` (default) each module's timed runs alternate with runs of the floor on the same input
+  (module, floor, module, …): the row records that floor's median as ``floor_latency_ms`` and
+  ``x_floor = latency_ms / floor_latency_ms``. The alternation evicts the module's data from the caches
+  between its runs, which can only make the module slower, so the ratio is not flattered. The separate
+  ``floor`` rows are still timed on their own.
 * **Allocator.** glibc returns every buffer of 32 MiB or more to the OS on free and page-faults it in
   again on the next allocation (~0.4 ms per MiB here), so at 128² and above *every* module, the floor
   included, would mostly measure page faults, and the result would swing with glibc's dynamic
@@ -208,17 +215,41 @@ def time_once(fn: Callable[[], Any], device: torch.device) -> float:
 
 def measure_latency(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> list[float]:
     """Wall-clock milliseconds of ``repeats`` calls after ``warmup`` untimed ones; GC is paused while timing."""
+    return measure_latency_paired(fn, None, device, warmup, repeats)[0]
+
+
+def measure_latency_paired(
+    fn: Callable[[], Any], ref: Optional[Callable[[], Any]], device: torch.device, warmup: int, repeats: int
+) -> tuple[list[float], list[float]]:
+    """Milliseconds of ``repeats`` calls of ``fn`` and, in alternation with them, of ``ref``.
+
+    Args:
+        fn: the call to time.
+        ref: timed right after each timed call of ``fn`` (``fn, ref, fn, ref, …``), so that both see the
+            same machine state; ``None`` times ``fn`` alone.
+        device: synchronised around each call on CUDA.
+        warmup: untimed calls of each first.
+        repeats: timed calls of each.
+
+    Returns:
+        ``(times of fn, times of ref)``; the second list is empty when ``ref`` is ``None``.
+    """
     for _ in range(warmup):
         fn()
-    times = []
+        if ref is not None:
+            ref()
+    times: list[float] = []
+    ref_times: list[float] = []
     gc.collect()
     gc.disable()
     try:
         for _ in range(repeats):
             times.append(time_once(fn, device) * 1e3)
+            if ref is not None:
+                ref_times.append(time_once(ref, device) * 1e3)
     finally:
         gc.enable()
-    return times
+    return times, ref_times
 
 
 # --------------------------------------------------------------------------------------------
@@ -315,6 +346,8 @@ def _row(case: Case, cfg: DictConfig) -> dict[str, Any]:
         "latency_ms": None,
         "latency_ms_min": None,
         "latency_ms_max": None,
+        "floor_latency_ms": None,  # the floor timed in alternation with this row (paired_floor)
+        "x_floor": None,  # latency_ms / floor_latency_ms
         "repeats": 0,
         "status": "ok",
         "note": None,
@@ -329,13 +362,16 @@ def measure_case(case: Case, cfg: DictConfig, device: torch.device) -> dict[str,
     try:
         with torch.inference_mode():
             x = torch.randn(cfg.batch, cfg.channels, case.h, case.w, device=device)
+            floor: Callable[[], Any] = lambda: torch.add(x, x)  # noqa: E731
+            paired: Optional[Callable[[], Any]] = None
             if case.module == "floor":
                 module = None
-                fn: Callable[[], Any] = lambda: torch.add(x, x)  # noqa: E731
+                fn: Callable[[], Any] = floor
                 row["params"] = 0
             else:
                 module = build_module(case, cfg.channels).to(device).eval()
                 fn = lambda: module(x)  # noqa: E731
+                paired = floor if cfg.paired_floor else None
                 row["params"] = sum(p.numel() for p in module.parameters())
                 row["flops_analytic"] = int(module.flops(case.h, case.w, cfg.batch))
             with memory_limit(device, budget):
@@ -347,8 +383,11 @@ def measure_case(case: Case, cfg: DictConfig, device: torch.device) -> dict[str,
                     raise Timeout(f"one forward took {first:.2f} s > the {limit} s limit")
                 row["flops"] = count_flops(fn)
                 row["peak_memory_bytes"] = measure_peak_memory(fn, device)
-                times = measure_latency(fn, device, max(cfg.warmup - 1, 0), cfg.repeats)
+                times, floor_times = measure_latency_paired(fn, paired, device, max(cfg.warmup - 1, 0), cfg.repeats)
         row["latency_ms"] = statistics.median(times)
+        if floor_times:
+            row["floor_latency_ms"] = statistics.median(floor_times)
+            row["x_floor"] = row["latency_ms"] / row["floor_latency_ms"]
         row["latency_ms_min"] = min(times)
         row["latency_ms_max"] = max(times)
         row["repeats"] = len(times)

@@ -76,6 +76,9 @@ class BenchConfig:
     device: Device = Device.auto
     seed: int = 0
     pin_allocator: bool = True  # CPU: keep freed large buffers (see fsanet.bench)
+    # Time every module in alternation with the floor (module, floor, module, …) and record that paired
+    # floor and the ratio, so both see the same machine state (see fsanet.bench).
+    paired_floor: bool = True
 
 
 # --------------------------------------------------------------------------------------------

@@ -65,6 +65,16 @@ def _pct(value: float | None, ref: float | None) -> float | None:
     return 100.0 * (value - ref) / ref
 
 
+def _x_floor(row: dict[str, Any], floor: Optional[dict[str, Any]]) -> Optional[float]:
+    """Latency over the floor: the floor timed in alternation with the row when the report has it
+    (``x_floor``, see :mod:`fsanet.bench`), else the size's separate floor row."""
+    if row["module"] == "floor":
+        return 1.0
+    if row.get("x_floor") is not None:
+        return row["x_floor"]
+    return row["latency_ms"] / floor["latency_ms"] if floor and row["latency_ms"] is not None else None
+
+
 def efficiency_frame(report: dict[str, Any], setting: str = "paper") -> pd.DataFrame:
     """The paper-layout efficiency table: one row per module configuration, reductions against non-local."""
     rows = [r for r in report["results"] if r.get("setting", "paper") == setting]
@@ -88,7 +98,7 @@ def efficiency_frame(report: dict[str, Any], setting: str = "paper") -> pd.DataF
             "ΔMemory (%)": _pct(mem, ref and ref["peak_memory_bytes"]) if ok and r["module"] != "floor" else None,
             "Latency (ms)": r["latency_ms"] if ok else None,
             "ΔLatency (%)": _pct(r["latency_ms"], ref and ref["latency_ms"]) if ok and r["module"] != "floor" else None,
-            "× floor": (r["latency_ms"] / floor["latency_ms"]) if ok and floor else None,
+            "× floor": _x_floor(r, floor) if ok else None,
             "Status": r["status"],
         })
     return pd.DataFrame(out)
@@ -103,9 +113,11 @@ def sweep_frame(report: dict[str, Any], value: str = "latency_ms") -> pd.DataFra
     table: dict[str, dict[str, Any]] = {}
     for r in rows:
         key = _label(r)
-        cell = r[value] if r["status"] == "ok" else r["status"]
+        cell = r.get(value) if r["status"] == "ok" else r["status"]
         if value == "peak_memory_bytes" and r["status"] == "ok":
             cell = r[value] / 2**20
+        if value == "x_floor" and r["status"] == "ok" and r["module"] == "floor":
+            cell = 1.0
         table.setdefault(key, {})[f"{r['h']}²"] = cell
     return pd.DataFrame.from_dict(table, orient="index", columns=[f"{s}²" for s in sizes])
 
@@ -133,7 +145,8 @@ def _caption(report: dict[str, Any]) -> str:
         f"({env.get('device_name') or 'unknown'}; {env.get('threads')} threads; torch {env.get('torch')}). "
         "Inputs are random tensors: no dataset is involved. FLOPs from torch.utils.flop_counter "
         "(2 per multiply-accumulate); memory = peak tensor bytes allocated during one forward, input excluded; "
-        "latency = median of the timed runs. Δ = change against the non-local block."
+        "latency = median of the timed runs. Δ = change against the non-local block. × floor = latency over "
+        "the median of torch.add(x, x) timed in alternation with the module (paired floor)."
     )
 
 
@@ -165,6 +178,12 @@ def efficiency_tables(bench_json: str | Path, out_dir: str | Path) -> list[Path]
             "**Scaling sweep: latency (ms)** over square maps (same run; `timeout`/`oom`/`skipped` "
             "where a module did not finish).", "", lat.map(_fmt).to_markdown(), "",
         ]
+        ratio = sweep_frame(report, "x_floor")
+        if not ratio.empty and ratio.map(lambda v: isinstance(v, float)).any().any():
+            md += [
+                "**Scaling sweep: latency × floor**, each against `torch.add(x, x)` timed in alternation with "
+                "it (paired floor).", "", ratio.map(_fmt).to_markdown(), "",
+            ]
         mem = sweep_frame(report, "peak_memory_bytes")
         md += ["**Scaling sweep: peak memory (MiB).**", "", mem.map(_fmt).to_markdown(), ""]
     md += [f"_{footer}_", ""]

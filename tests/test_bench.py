@@ -12,6 +12,7 @@ from fsanet.bench import (
     build_cases,
     count_flops,
     measure_case,
+    measure_latency_paired,
     measure_peak_memory,
     memory_limit,
     run_attention_benchmark,
@@ -133,6 +134,11 @@ def test_end_to_end_report_tables_and_plot(tmp_path):
         assert row["latency_ms_min"] <= row["latency_ms"] <= row["latency_ms_max"]
         if row["module"] != "floor":
             assert row["flops"] == row["flops_analytic"], row
+            # paired floor: timed in alternation with the module, and the ratio of the two medians
+            assert row["floor_latency_ms"] > 0
+            assert row["x_floor"] == pytest.approx(row["latency_ms"] / row["floor_latency_ms"])
+        else:
+            assert row["floor_latency_ms"] is None and row["x_floor"] is None
     assert {r["module"] for r in data["results"]} == {"floor", "fsa", "nonlocal", "linear"}
     frame = efficiency_frame(report)
     nl = frame[frame["Module"].str.startswith("Non-local")].iloc[0]
@@ -141,6 +147,7 @@ def test_end_to_end_report_tables_and_plot(tmp_path):
     assert [p.name for p in paths] == ["efficiency.md", "efficiency.tex", "efficiency.csv"]
     md = paths[0].read_text()
     assert "random tensors" in md and "Provenance: git" in md and "Scaling sweep" in md
+    assert "latency × floor" in md and "paired floor" in md
     assert "\\begin{table}" in paths[1].read_text()
     png = efficiency_plot(out, tmp_path / "plots" / "eff.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -165,7 +172,10 @@ def test_reduction_percentages_by_hand():
     assert fsa["ΔFLOPs (%)"] == pytest.approx(-98.0)
     assert fsa["ΔMemory (%)"] == pytest.approx(-90.0)
     assert fsa["ΔLatency (%)"] == pytest.approx(-97.5)
-    assert fsa["× floor"] == pytest.approx(0.5)
+    assert fsa["× floor"] == pytest.approx(0.5)  # no paired floor in the row: the floor row's latency
+    assert f.loc["floor: torch.add(x, x)", "× floor"] == 1.0
+    report["results"][2]["x_floor"] = 0.75  # a paired floor wins over the separate floor row
+    assert efficiency_frame(report).set_index("Module").loc["FSA 2×2 dot fused", "× floor"] == 0.75
     assert f.loc["Linear attention", "Status"] == "timeout"
 
 
@@ -182,3 +192,15 @@ def test_tables_refuse_a_non_report(tmp_path, capsys):
 def test_default_bench_config_matches_the_paper_setting():
     cfg = OmegaConf.structured(BenchConfig)
     assert list(cfg.paper_size) == [97, 97] and cfg.channels == 512 and cfg.repeats >= 20
+
+
+def test_paired_timing_alternates_and_can_be_turned_off():
+    calls = []
+    times, ref_times = measure_latency_paired(lambda: calls.append("f"), lambda: calls.append("r"), CPU, 2, 5)
+    assert calls == ["f", "r"] * 7 and len(times) == len(ref_times) == 5
+    times, ref_times = measure_latency_paired(lambda: calls.append("f"), None, CPU, 0, 3)
+    assert len(times) == 3 and ref_times == []
+    cfg = _tiny_cfg(**{"bench.paired_floor": "false"})
+    case = next(c for c in build_cases(cfg) if c.module == "fsa")
+    row = measure_case(case, cfg, CPU)
+    assert row["status"] == "ok" and row["floor_latency_ms"] is None and row["x_floor"] is None
