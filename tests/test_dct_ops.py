@@ -188,3 +188,22 @@ def test_bad_arguments_name_the_problem():
         band_idct2(y, ch, cw, shift=shift[:, :1])
     with pytest.raises(ValueError, match="constants"):
         band_dct2(x, ch.clone().requires_grad_(), cw)
+
+
+def test_plain_eager_calls_skip_the_op_and_match_it(monkeypatch):
+    x, y, shift, ch, cw = _case(9, 11, (0, 4, 0, 3))
+    via_op = dct_ops._band_dct2_op(x, ch, cw), dct_ops._band_idct2_op(y, ch, cw, x, shift)
+    calls = []
+    for name in ("_band_dct2_op", "_band_idct2_op"):
+        real = getattr(dct_ops, name)
+        monkeypatch.setattr(dct_ops, name, lambda *a, _real=real, _n=name: calls.append(_n) or _real(*a))
+    with torch.inference_mode():
+        direct = band_dct2(x, ch, cw), band_idct2(y, ch, cw, residual=x, shift=shift)
+    assert calls == []  # nothing to record: the implementations ran directly
+    for a, b in zip(direct, via_op):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    band_dct2(x.requires_grad_(), ch, cw)  # a gradient to record: through the op (its autograd)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:  # a dispatch mode: the op
+        band_idct2(y, ch, cw)
+    assert calls == ["_band_dct2_op", "_band_idct2_op"]
+    assert counter.get_total_flops() == 2 * 6 * 9 * 3 * (4 + 11)
