@@ -44,7 +44,7 @@ class FrequencyFilter(AttentionModule):
     ``k``). LayerNorm, softmax, pooling and interpolation are not counted.
 
     With ``eval_band`` set, ``flops`` adds the low-pass of the attention input (2-D DCT + inverse,
-    ``C·(H·W·kw + kh·H·kw + H·kh·kw + H·kw·W)`` MACs).
+    ``C·(kh·H·W + kh·W·kw + H·kh·kw + H·kw·W)`` MACs).
 
     Args:
         channels: input/output channels C; must be divisible by ``num_heads`` and by the number of

@@ -58,8 +58,8 @@ class AttentionModule(nn.Module):
         if (u0, u1, v0, v1) == (0, h, 0, w):
             return 0
         kh, kw = u1 - u0, v1 - v0
-        # dct2: x @ C_Wᵀ (H·W·kw), C_H @ · (kh·H·kw); idct2: C_Hᵀ @ y (H·kh·kw), · @ C_W (H·kw·W)
-        return self.channels * (h * w * kw + kh * h * kw + h * kh * kw + h * kw * w)
+        # dct2: C_H @ x (kh·H·W), · @ C_Wᵀ (kh·W·kw); idct2: C_Hᵀ @ y (H·kh·kw), · @ C_W (H·kw·W)
+        return self.channels * (kh * h * w + kh * w * kw + h * kh * kw + h * kw * w)
 
     def check_input(self, x: Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != self.channels:

@@ -32,7 +32,7 @@ class CrissCrossAttention(AttentionModule):
     Cost in MACs (N = H·W), per step: ``N·C·(2d + C) + N·(H + W)·(d + C)``; times ``recurrence``.
 
     With ``eval_band`` set, ``flops`` adds the low-pass of the attention input (2-D DCT + inverse,
-    ``C·(H·W·kw + kh·H·kw + H·kh·kw + H·kw·W)`` MACs, once per recurrence step).
+    ``C·(kh·H·W + kh·W·kw + H·kh·kw + H·kw·W)`` MACs, once per recurrence step).
 
     Args:
         channels: input/output channels C.

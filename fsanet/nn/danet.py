@@ -24,7 +24,7 @@ class PositionAttention(AttentionModule):
     Cost in MACs (N = H·W): ``N·C·(2d + C) + N²·(d + C)`` per image.
 
     With ``eval_band`` set, ``flops`` adds the low-pass of the attention input (2-D DCT + inverse,
-    ``C·(H·W·kw + kh·H·kw + H·kh·kw + H·kw·W)`` MACs).
+    ``C·(kh·H·W + kh·W·kw + H·kh·kw + H·kw·W)`` MACs).
 
     Args:
         channels: input/output channels C.
@@ -66,7 +66,7 @@ class ChannelAttention(AttentionModule):
     Cost in MACs (N = H·W): ``2·C²·N`` per image.
 
     With ``eval_band`` set, ``flops`` adds the low-pass of the attention input (2-D DCT + inverse,
-    ``C·(H·W·kw + kh·H·kw + H·kh·kw + H·kw·W)`` MACs).
+    ``C·(kh·H·W + kh·W·kw + H·kh·kw + H·kw·W)`` MACs).
 
     Args:
         channels: input/output channels C.

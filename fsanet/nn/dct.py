@@ -143,8 +143,8 @@ def dct2(x: Tensor, band: BandLike = None) -> Tensor:
     """
     h, w = x.shape[-2:]
     ch, cw = band_bases(h, w, band, x.device, x.dtype)
-    # (..., H, W) @ (W, kw) -> (..., H, kw); then (kh, H) @ (..., H, kw) -> (..., kh, kw)
-    return ch @ (x @ cw.T)
+    # (kh, H) @ (..., H, W) -> (..., kh, W); then (..., kh, W) @ (W, kw) -> (..., kh, kw)
+    return (ch @ x) @ cw.T
 
 
 def idct2(y: Tensor, size: tuple[int, int], band: BandLike = None) -> Tensor:

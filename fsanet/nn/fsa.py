@@ -29,10 +29,10 @@ flipped on an existing instance):
     (including its training-mode batch statistics, via the DC coefficient and Parseval) act on the
     tokens. Forward cost in MACs (B = 1)::
 
-        transforms: C·H·W·kw + C·kh·H·kw                    (forward DCT)
+        transforms: C·kh·H·W + C·kh·W·kw                    (forward DCT)
                     C·H·kh·kw + C·H·kw·W                    (inverse DCT + residual)
         dot:        transforms + 3·C'·C·K + 2·C'·K² + C·C'·K
-        linsoftmax: C·H·W·kw + C·kh·H·kw + 3·C'·C·K + C·C'·K + 3·C'·K²
+        linsoftmax: C·kh·H·W + C·kh·W·kw + 3·C'·C·K + C·C'·K + 3·C'·K²
                     + 5·K²·N + 2·K·N + C·(K + 1)·N
                     [+ K²·N + C·K + C·K² for the training-mode BN statistics]
 
@@ -393,7 +393,7 @@ class FrequencySelfAttention(AttentionModule):
             return 2 * batch * macs
         bn = self.bn
         use_batch = bn.training or (bn.running_mean is None and bn.running_var is None)
-        macs += C * h * w * kw + C * kh * h * kw + qkv  # forward DCT, θφg
+        macs += C * kh * h * w + C * kh * w * kw + qkv  # forward DCT (H axis first), θφg
         if self.mode == "dot":
             macs += 2 * Ci * K * K + C * Ci * K  # attention, out_conv on tokens
             macs += C * h * kh * kw + C * h * kw * w  # inverse DCT + residual (+ shift: elementwise)

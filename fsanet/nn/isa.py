@@ -76,7 +76,7 @@ class InterlacedSparseSelfAttention(AttentionModule):
         + N·2C·C                                             # fusion conv on cat[ISA(x), x]
 
     With ``eval_band`` set, ``flops`` adds the low-pass of the attention input (2-D DCT + inverse,
-    ``C·(H·W·kw + kh·H·kw + H·kh·kw + H·kw·W)`` MACs).
+    ``C·(kh·H·W + kh·W·kw + H·kh·kw + H·kw·W)`` MACs).
 
     Args:
         channels: input/output channels C.

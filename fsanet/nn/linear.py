@@ -31,7 +31,7 @@ class LinearAttention(AttentionModule):
     ``N·d`` term (< 0.02 % at C=512).
 
     With ``eval_band`` set, ``flops`` adds the low-pass of the attention input (2-D DCT + inverse,
-    ``C·(H·W·kw + kh·H·kw + H·kh·kw + H·kw·W)`` MACs).
+    ``C·(kh·H·W + kh·W·kw + H·kh·kw + H·kw·W)`` MACs).
 
     Args:
         channels: input/output channels C.

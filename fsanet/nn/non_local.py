@@ -32,7 +32,7 @@ class NonLocal2d(AttentionModule):
     are not counted.
 
     With ``eval_band`` set, ``flops`` adds the low-pass of the attention input (2-D DCT + inverse,
-    ``C·(H·W·kw + kh·H·kw + H·kh·kw + H·kw·W)`` MACs).
+    ``C·(kh·H·W + kh·W·kw + H·kh·kw + H·kw·W)`` MACs).
 
     Args:
         channels: input/output channels C.
