@@ -1,6 +1,7 @@
 """The benchmark harness: the CPU peak-memory method, failure handling, and the report schema."""
 
 import json
+import time
 
 import pytest
 import torch
@@ -109,6 +110,37 @@ def test_timeout_is_recorded_not_raised():
     cfg = _tiny_cfg(**{"bench.timeout_s": 0.0})
     row = measure_case(build_cases(cfg)[0], cfg, CPU)
     assert row["status"] == "timeout" and row["latency_ms"] is None
+
+
+def test_a_slow_first_forward_alone_is_not_a_timeout(monkeypatch):
+    import fsanet.bench as bench
+
+    class SlowOnce(torch.nn.Module):  # pays a one-time cost (as a lazy compile would) on its first call
+        calls = 0
+
+        def forward(self, x):
+            SlowOnce.calls += 1
+            if SlowOnce.calls == 1:
+                time.sleep(0.3)
+            return x + 1
+
+        def flops(self, h, w, b):
+            return 0
+
+    cfg = _tiny_cfg(**{"bench.timeout_s": 0.2})
+    case = next(c for c in build_cases(cfg) if c.module == "linear" and c.setting == "paper")
+    monkeypatch.setattr(bench, "build_module", lambda case, channels: SlowOnce())
+    row = measure_case(case, cfg, CPU)
+    assert row["status"] == "ok" and SlowOnce.calls > 2
+
+    class AlwaysSlow(SlowOnce):
+        def forward(self, x):
+            time.sleep(0.25)
+            return x + 1
+
+    monkeypatch.setattr(bench, "build_module", lambda case, channels: AlwaysSlow())
+    row = measure_case(case, cfg, CPU)
+    assert row["status"] == "timeout" and "the first" in row["note"]
 
 
 def test_oom_is_recorded_not_raised():

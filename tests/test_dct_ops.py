@@ -207,3 +207,13 @@ def test_plain_eager_calls_skip_the_op_and_match_it(monkeypatch):
         band_idct2(y, ch, cw)
     assert calls == ["_band_dct2_op", "_band_idct2_op"]
     assert counter.get_total_flops() == 2 * 6 * 9 * 3 * (4 + 11)
+
+
+def test_warm_up_compiles_both_dtypes_before_any_real_call():
+    assert dct_ops.warm_up() > 0.0
+    _, dct2_kernel, idct2_kernel = dct_ops._kernels()
+    for kernel in (dct2_kernel, idct2_kernel):  # one compiled specialisation per dtype
+        dtypes = {sig[0].dtype.name for sig in kernel.signatures}
+        assert {"float32", "float64"} <= dtypes, kernel.signatures
+    with use_kernels(False):
+        assert dct_ops.warm_up() == 0.0
