@@ -217,3 +217,5 @@ def test_warm_up_compiles_both_dtypes_before_any_real_call():
         assert {"float32", "float64"} <= dtypes, kernel.signatures
     with use_kernels(False):
         assert dct_ops.warm_up() == 0.0
+    with pytest.raises(ValueError, match="float32 and float64, not"):
+        dct_ops.warm_up((torch.float16,))

@@ -222,21 +222,27 @@ def kernels_available() -> bool:
     return _kernels() is not None
 
 
-def warm_up() -> float:
-    """Compile the kernels now (or load them from numba's on-disk cache) for float32 and float64.
+def warm_up(dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.float64)) -> float:
+    """Compile the kernels now (or load them from numba's on-disk cache) for each of ``dtypes``.
 
     numba compiles a kernel on its first call for each dtype: seconds to tens of seconds on a 2-core
     CPU, in whatever call comes first. A benchmark calls this before timing anything, so that no
     module's first forward (its time-out probe) pays for the compile.
 
+    Args:
+        dtypes: float32 and/or float64, the dtypes the kernels take.
+
     Returns:
         The seconds it took; 0.0 when the kernels are turned off or numba is missing.
     """
+    bad = [d for d in dtypes if d not in (torch.float32, torch.float64)]
+    if bad:
+        raise ValueError(f"warm_up: the kernels take float32 and float64, not {bad}")
     if _state["enabled"] is False or _kernels() is None:
         return 0.0
     t0 = time.perf_counter()
     with use_kernels(True), torch.no_grad():
-        for dtype in (torch.float32, torch.float64):
+        for dtype in dtypes:
             x = torch.ones(1, 4, 4, dtype=dtype)  # (M, H, W): one map of 4 rows, one 4-row pass
             ch, cw = torch.ones(1, 4, dtype=dtype), torch.ones(1, 4, dtype=dtype)  # (kh, H), (kw, W)
             y = band_dct2(x, ch, cw)  # (M, 1, 1)
