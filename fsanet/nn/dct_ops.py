@@ -68,6 +68,8 @@ _state: dict[str, Optional[bool]] = {"enabled": None}  # None: by size; True/Fal
 #: Basis rows the kernels combine per pass over four rows (the paper's 5×5 band takes one pass). The
 #: kernels unroll exactly this many terms, so changing it means rewriting their inner loops.
 GROUP = 5
+#: The dtypes the kernels are compiled for; others take the torch path.
+_KERNEL_DTYPES = (torch.float32, torch.float64)
 
 
 @contextlib.contextmanager
@@ -123,13 +125,13 @@ def _kernels() -> Optional[tuple]:
                 # loop the forward was 1.2-1.9x slower at 512×64²…256² (2 threads, AMD EPYC)
                 for p in range(q):
                     ha, hb, hc, hd = p, p + q, p + 2 * q, p + 3 * q
-                    ra, rb, rc, rd = base + ha, base + hb, base + hc, base + hd
+                    xa, xb, xc, xd = base + ha, base + hb, base + hc, base + hd  # rows of x
                     a0, a1, a2, a3, a4 = chg[g, ha], chg[g + 1, ha], chg[g + 2, ha], chg[g + 3, ha], chg[g + 4, ha]
                     b0, b1, b2, b3, b4 = chg[g, hb], chg[g + 1, hb], chg[g + 2, hb], chg[g + 3, hb], chg[g + 4, hb]
                     c0, c1, c2, c3, c4 = chg[g, hc], chg[g + 1, hc], chg[g + 2, hc], chg[g + 3, hc], chg[g + 4, hc]
                     d0, d1, d2, d3, d4 = chg[g, hd], chg[g + 1, hd], chg[g + 2, hd], chg[g + 3, hd], chg[g + 4, hd]
                     for w in range(w_size):
-                        va, vb, vc, vd = x[ra, w], x[rb, w], x[rc, w], x[rd, w]
+                        va, vb, vc, vd = x[xa, w], x[xb, w], x[xc, w], x[xd, w]
                         r[g, w] += a0 * va + b0 * vb + c0 * vc + d0 * vd
                         r[g + 1, w] += a1 * va + b1 * vb + c1 * vc + d1 * vd
                         r[g + 2, w] += a2 * va + b2 * vb + c2 * vc + d2 * vd
@@ -222,7 +224,7 @@ def kernels_available() -> bool:
     return _kernels() is not None
 
 
-def warm_up(dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.float64)) -> float:
+def warm_up(dtypes: tuple[torch.dtype, ...] = _KERNEL_DTYPES) -> float:
     """Compile the kernels now (or load them from numba's on-disk cache) for each of ``dtypes``.
 
     numba compiles a kernel on its first call for each dtype: seconds to tens of seconds on a 2-core
@@ -235,7 +237,7 @@ def warm_up(dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.float64)) ->
     Returns:
         The seconds it took; 0.0 when the kernels are turned off or numba is missing.
     """
-    bad = [d for d in dtypes if d not in (torch.float32, torch.float64)]
+    bad = [d for d in dtypes if d not in _KERNEL_DTYPES]
     if bad:
         raise ValueError(f"warm_up: the kernels take float32 and float64, not {bad}")
     if _state["enabled"] is False or _kernels() is None:
@@ -273,7 +275,7 @@ def _kernel_applies(*tensors: Tensor, band: int, elements: int) -> bool:
     if enabled is False or band > MAX_KERNEL_BAND or (enabled is None and elements < MIN_KERNEL_ELEMENTS):
         return False
     dtype = tensors[0].dtype
-    if dtype not in (torch.float32, torch.float64):
+    if dtype not in _KERNEL_DTYPES:
         return False
     if any(t.device.type != "cpu" or t.dtype != dtype for t in tensors):
         return False
