@@ -21,13 +21,23 @@ Protocol (``fsanet bench attention``):
   against the N² attention map of a non-local block.
 * **Latency.** The median (and min/max) of ``repeats`` ≥ 20 timed forwards after ``warmup`` untimed ones,
   under ``torch.inference_mode``, fp32, with the thread count recorded (CUDA: synchronised).
+* **Interleaved rounds.** A user's machine is never idle, so the cases of one setting group (the paper
+  setting; each sweep size) are timed together: their timed forwards are split over ``rounds`` rounds,
+  and in each round every case still alive gets its share (at least one forward) in turn, the visiting
+  order rotating by one case each round. A burst of load then hits every case alike instead of one case
+  alone. Each case is first prepared on its own (build, time-out probe, FLOPs, peak memory, warm-up);
+  the cases of a group share one input tensor. ``latency_ms`` is the median over all rounds;
+  ``latency_round_ms`` holds the median of each round and ``latency_spread_ms`` their [min, max], and
+  ``x_floor_round``/``x_floor_spread`` the same for the ratio to the paired floor. A finding whose spread
+  crosses its threshold is unstable (:func:`verdict`). With ``rounds=1`` each case's timed forwards run in
+  one block, in case order.
 * **Paired floor.** On a shared machine the floor itself moves by ±30 % between minutes (other tenants'
   memory traffic), so a module's ratio to a floor timed at another moment moves with it. With
   ``paired_floor`` (default) each module's timed runs alternate with runs of the floor on the same input
   (module, floor, module, …): the row records that floor's median as ``floor_latency_ms`` and
-  ``x_floor = latency_ms / floor_latency_ms``. The alternation evicts the module's data from the caches
-  between its runs, which can only make the module slower, so the ratio is not flattered. The separate
-  ``floor`` rows are still timed on their own.
+  ``x_floor = latency_ms / floor_latency_ms`` (and, per round, the ratio of the two round medians). The
+  alternation evicts the module's data from the caches between its runs, which can only make the module
+  slower, so the ratio is not flattered. The separate ``floor`` rows are still timed on their own.
 * **Allocator.** glibc returns every buffer of 32 MiB or more to the OS on free and page-faults it in
   again on the next allocation (~0.4 ms per MiB here), so at 128² and above *every* module, the floor
   included, would mostly measure page faults, and the result would swing with glibc's dynamic
@@ -40,7 +50,8 @@ Protocol (``fsanet bench attention``):
   as a lazy initialisation does not read as slowness; the CPU DCT kernels are compiled before any case,
   the seconds that took recorded as ``env.dct_kernels_warmup_s``); an allocation past
   ``memory_budget_gb`` (CPU: an address-space limit around the call; CUDA: the OOM error) as ``oom``. The
-  run carries on, and larger sizes of a module that failed are recorded as ``skipped``.
+  run carries on, and larger sizes of a module that failed are recorded as ``skipped``. A case that fails
+  during the rounds keeps that status and is left out of the later rounds.
 """
 
 from __future__ import annotations
@@ -49,6 +60,7 @@ import contextlib
 import ctypes
 import gc
 import logging
+import math
 import platform
 import resource
 import statistics
@@ -68,7 +80,7 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
-from fsanet.config import to_container
+from fsanet.config import ConfigError, to_container
 from fsanet.io import write_json
 from fsanet.nn import ATTENTION, dct_ops
 from fsanet.nn.dct import normalize_band
@@ -79,8 +91,11 @@ log = logging.getLogger(__name__)
 __all__ = [
     "Case",
     "PeakMemoryTracker",
+    "measure_group",
     "measure_peak_memory",
+    "round_shares",
     "run_attention_benchmark",
+    "verdict",
 ]
 
 MODULE_NAMES = ("fsa", "nonlocal", "danet_pam", "criss_cross", "isa", "linear", "aff")
@@ -147,12 +162,18 @@ def _is_cpu_oom(err: BaseException) -> bool:
 
 
 @contextlib.contextmanager
-def memory_limit(device: torch.device, budget_bytes: int) -> Iterator[None]:
+def memory_limit(device: torch.device, budget_bytes: int, release_cache: bool = True) -> Iterator[None]:
     """Turn an allocation past ``budget_bytes`` into :class:`OutOfMemory` instead of an OOM kill.
 
     On CPU this bounds the process's address space to its current size plus the budget for the
     duration of the block (allocations beyond it fail with a catchable error). On CUDA the device's own
     OOM error is translated.
+
+    Args:
+        device: where the block allocates.
+        budget_bytes: bytes the block may allocate beyond what the process holds on entry (CPU).
+        release_cache: on CUDA, empty the caching allocator on exit. Timing blocks pass ``False``, so
+            that the next timed forward does not pay for fresh device allocations.
     """
     old = None
     if device.type == "cpu" and budget_bytes > 0:
@@ -170,7 +191,7 @@ def memory_limit(device: torch.device, budget_bytes: int) -> Iterator[None]:
     finally:
         if old is not None:
             resource.setrlimit(resource.RLIMIT_AS, old)
-        if device.type == "cuda":
+        if device.type == "cuda" and release_cache:
             torch.cuda.empty_cache()
 
 
@@ -253,6 +274,63 @@ def measure_latency_paired(
     finally:
         gc.enable()
     return times, ref_times
+
+
+def round_shares(repeats: int, rounds: int) -> list[int]:
+    """Timed forwards of one case in each round: ``repeats`` split as evenly as possible, at least 1 each.
+
+    Args:
+        repeats: timed forwards a case needs in all; the shares add up to ``max(repeats, rounds)``.
+        rounds: number of rounds (>= 1).
+
+    Returns:
+        One share per round, the larger ones first.
+    """
+    if rounds < 1:
+        raise ValueError(f"bench.rounds must be >= 1, got {rounds}")
+    base, extra = divmod(max(repeats, rounds), rounds)
+    return [base + (1 if r < extra else 0) for r in range(rounds)]
+
+
+def rotated(items: list[Any], r: int) -> list[Any]:
+    """``items`` rotated left by ``r`` places: the visiting order of round ``r``."""
+    if not items:
+        return []
+    k = r % len(items)
+    return items[k:] + items[:k]
+
+
+# --------------------------------------------------------------------------------------------
+# Verdicts
+# --------------------------------------------------------------------------------------------
+def verdict(low: float, high: float, threshold: float, better: str = "lower") -> str:
+    """Judge a measured spread against a threshold: ``"pass"``, ``"fail"`` or ``"unstable"``.
+
+    A finding such as "x_floor <= 3" passes only if the whole spread ``[low, high]`` is on the good side
+    of the threshold, fails only if the whole spread is on the bad side, and is unstable when the spread
+    straddles it (the machine's load, not the module, decides which side a single run lands on).
+
+    Args:
+        low: the smallest figure of the spread (e.g. ``x_floor_spread[0]``).
+        high: the largest figure of the spread.
+        threshold: the bound of the finding; a figure equal to it is on the good side.
+        better: ``"lower"`` for findings of the form ``figure <= threshold``, ``"higher"`` for
+            ``figure >= threshold``.
+
+    Returns:
+        ``"pass"``, ``"fail"`` or ``"unstable"``.
+    """
+    if better not in ("lower", "higher"):
+        raise ValueError(f"verdict: better must be 'lower' or 'higher', got {better!r}")
+    if any(math.isnan(v) for v in (low, high, threshold)):
+        raise ValueError(f"verdict: NaN in low={low}, high={high}, threshold={threshold}")
+    if low > high:
+        raise ValueError(f"verdict: low={low} > high={high}")
+    if better == "lower":
+        good, bad = high <= threshold, low > threshold
+    else:
+        good, bad = low >= threshold, high < threshold
+    return "pass" if good else "fail" if bad else "unstable"
 
 
 # --------------------------------------------------------------------------------------------
@@ -346,56 +424,86 @@ def _row(case: Case, cfg: DictConfig) -> dict[str, Any]:
         "flops": None,
         "flops_analytic": None,
         "peak_memory_bytes": None,
-        "latency_ms": None,
+        "latency_ms": None,  # median over every timed forward of every round
         "latency_ms_min": None,
         "latency_ms_max": None,
+        "latency_round_ms": None,  # the median of each round
+        "latency_spread_ms": None,  # [min, max] of latency_round_ms
         "floor_latency_ms": None,  # the floor timed in alternation with this row (paired_floor)
         "x_floor": None,  # latency_ms / floor_latency_ms
+        "x_floor_round": None,  # per round: the module's round median / the paired floor's round median
+        "x_floor_spread": None,  # [min, max] of x_floor_round
         "repeats": 0,
+        "rounds": 0,
         "status": "ok",
         "note": None,
     }
 
 
-def measure_case(case: Case, cfg: DictConfig, device: torch.device) -> dict[str, Any]:
-    """Measure one case; failures become a status, never an exception."""
+def _time_limit(case: Case, cfg: DictConfig) -> float:
+    if case.setting == "sweep" and cfg.sweep_timeout_s is not None:
+        return cfg.sweep_timeout_s
+    return cfg.timeout_s
+
+
+@dataclass
+class _Timed:
+    """A prepared case waiting for its rounds: the calls to time and the timings so far (ms, per round)."""
+
+    case: Case
+    row: dict[str, Any]
+    fn: Callable[[], Any]
+    ref: Optional[Callable[[], Any]]  # the paired floor, or None
+    times: list[list[float]] = field(default_factory=list)
+    ref_times: list[list[float]] = field(default_factory=list)
+
+
+def _prepare_case(
+    case: Case, cfg: DictConfig, device: torch.device, x: torch.Tensor, rng: torch.Tensor
+) -> tuple[dict[str, Any], Optional[_Timed]]:
+    """Build one case and measure what is measured once: time-out probe, FLOPs, peak memory; then warm up.
+
+    Args:
+        case: the case.
+        cfg: the BenchConfig section.
+        device: where the case runs.
+        x: the group's input tensor.
+        rng: the CPU generator state right after ``x`` was drawn, restored before the module is built,
+            so that every case gets the weights it would get alone.
+
+    Returns:
+        ``(row, timed)``: ``timed`` is ``None`` when the case failed (its status is in ``row``).
+    """
     row = _row(case, cfg)
     budget = int(cfg.memory_budget_gb * 2**30)
-    torch.manual_seed(cfg.seed)
+    floor: Callable[[], Any] = lambda: torch.add(x, x)  # noqa: E731
+    paired: Optional[Callable[[], Any]] = None
     try:
-        with torch.inference_mode():
-            x = torch.randn(cfg.batch, cfg.channels, case.h, case.w, device=device)
-            floor: Callable[[], Any] = lambda: torch.add(x, x)  # noqa: E731
-            paired: Optional[Callable[[], Any]] = None
-            if case.module == "floor":
-                module = None
-                fn: Callable[[], Any] = floor
-                row["params"] = 0
-            else:
-                module = build_module(case, cfg.channels).to(device).eval()
-                fn = lambda: module(x)  # noqa: E731
-                paired = floor if cfg.paired_floor else None
-                row["params"] = sum(p.numel() for p in module.parameters())
-                row["flops_analytic"] = int(module.flops(case.h, case.w, cfg.batch))
-            with memory_limit(device, budget):
-                limit = cfg.timeout_s
-                if case.setting == "sweep" and cfg.sweep_timeout_s is not None:
-                    limit = cfg.sweep_timeout_s
-                probe = time_once(fn, device)  # the first call doubles as the time-out probe
-                if probe > limit:  # a one-time cost (lazy init, a compile) must not read as slowness
-                    first, probe = probe, time_once(fn, device)
-                    if probe > limit:
-                        raise Timeout(f"a forward took {probe:.2f} s (the first {first:.2f} s) > the {limit} s limit")
-                row["flops"] = count_flops(fn)
-                row["peak_memory_bytes"] = measure_peak_memory(fn, device)
-                times, floor_times = measure_latency_paired(fn, paired, device, max(cfg.warmup - 1, 0), cfg.repeats)
-        row["latency_ms"] = statistics.median(times)
-        if floor_times:
-            row["floor_latency_ms"] = statistics.median(floor_times)
-            row["x_floor"] = row["latency_ms"] / row["floor_latency_ms"]
-        row["latency_ms_min"] = min(times)
-        row["latency_ms_max"] = max(times)
-        row["repeats"] = len(times)
+        if case.module == "floor":
+            fn: Callable[[], Any] = floor
+            row["params"] = 0
+        else:
+            torch.set_rng_state(rng)
+            module = build_module(case, cfg.channels).to(device).eval()
+            fn = lambda: module(x)  # noqa: E731
+            paired = floor if cfg.paired_floor else None
+            row["params"] = sum(p.numel() for p in module.parameters())
+            row["flops_analytic"] = int(module.flops(case.h, case.w, cfg.batch))
+        with memory_limit(device, budget):
+            limit = _time_limit(case, cfg)
+            probe = time_once(fn, device)  # the first call doubles as the time-out probe
+            if probe > limit:  # a one-time cost (lazy init, a compile) must not read as slowness
+                first, probe = probe, time_once(fn, device)
+                if probe > limit:
+                    raise Timeout(
+                        f"a forward took {probe:.2f} s (the first {first:.2f} s) > the {limit} s limit"
+                    )
+            row["flops"] = count_flops(fn)
+            row["peak_memory_bytes"] = measure_peak_memory(fn, device)
+            for _ in range(max(cfg.warmup - 1, 0)):  # the probe was the first warm-up call
+                fn()
+                if paired is not None:
+                    paired()
         if row["flops_analytic"] is not None and row["flops_analytic"] != row["flops"]:
             log.warning(
                 "%s at %dx%d: analytic FLOPs %d differ from the counter's %d",
@@ -407,7 +515,143 @@ def measure_case(case: Case, cfg: DictConfig, device: torch.device) -> dict[str,
         row.update(status="oom", note=f"beyond memory_budget_gb={cfg.memory_budget_gb}: {err}")
     finally:
         gc.collect()
-    return row
+    if row["status"] != "ok":
+        return row, None
+    return row, _Timed(case, row, fn, paired)
+
+
+def _time_share(timed: _Timed, share: int, device: torch.device) -> tuple[list[float], list[float]]:
+    """One case's turn in a round: ``share`` timed forwards (ms), each followed by its paired floor."""
+    times: list[float] = []
+    ref_times: list[float] = []
+    for _ in range(share):
+        times.append(time_once(timed.fn, device) * 1e3)
+        if timed.ref is not None:
+            ref_times.append(time_once(timed.ref, device) * 1e3)
+    return times, ref_times
+
+
+def time_rounds(timed: list[_Timed], cfg: DictConfig, device: torch.device,
+                progress: Optional[Callable[[int], None]] = None) -> None:
+    """Time prepared cases in interleaved rounds, appending each round's timings to each case.
+
+    In round ``r`` the cases still ``ok`` are visited in their given order rotated left by ``r``, each
+    taking its share of timed forwards (:func:`round_shares`). GC is paused during a round. A case that
+    runs out of memory gets status ``oom`` and sits out the later rounds.
+
+    Args:
+        timed: the prepared cases of one setting group.
+        cfg: the BenchConfig section (``repeats``, ``rounds``, ``memory_budget_gb``).
+        device: where the cases run.
+        progress: called with 1 after each case's turn.
+    """
+    budget = int(cfg.memory_budget_gb * 2**30)
+    for r, share in enumerate(round_shares(cfg.repeats, cfg.rounds)):
+        alive = [t for t in timed if t.row["status"] == "ok"]
+        gc.collect()
+        gc.disable()
+        try:
+            for t in rotated(alive, r):
+                try:
+                    with memory_limit(device, budget, release_cache=False):
+                        times, ref_times = _time_share(t, share, device)
+                except OutOfMemory as err:
+                    t.row.update(status="oom", note=f"beyond memory_budget_gb={cfg.memory_budget_gb} "
+                                 f"in round {r + 1}: {err}")
+                else:
+                    t.times.append(times)
+                    t.ref_times.append(ref_times)
+                if progress is not None:
+                    progress(1)
+        finally:
+            gc.enable()
+        if progress is not None:
+            progress(len(timed) - len(alive))  # the turns of the cases that failed earlier
+
+
+def _spread(values: list[float]) -> list[float]:
+    return [min(values), max(values)]
+
+
+def _finish_row(timed: _Timed) -> None:
+    """Fill a timed case's latency fields from its per-round timings (failed cases keep theirs empty)."""
+    row = timed.row
+    if row["status"] != "ok":
+        return
+    times = [v for round_times in timed.times for v in round_times]
+    row["latency_ms"] = statistics.median(times)
+    row["latency_ms_min"] = min(times)
+    row["latency_ms_max"] = max(times)
+    row["latency_round_ms"] = [statistics.median(ts) for ts in timed.times]
+    row["latency_spread_ms"] = _spread(row["latency_round_ms"])
+    if timed.ref is not None:
+        row["floor_latency_ms"] = statistics.median([v for ts in timed.ref_times for v in ts])
+        row["x_floor"] = row["latency_ms"] / row["floor_latency_ms"]
+        row["x_floor_round"] = [
+            statistics.median(ts) / statistics.median(fs) for ts, fs in zip(timed.times, timed.ref_times)
+        ]
+        row["x_floor_spread"] = _spread(row["x_floor_round"])
+    row["repeats"] = len(times)
+    row["rounds"] = len(timed.times)
+
+
+def measure_group(
+    cases: list[Case], cfg: DictConfig, device: torch.device, progress: Optional[Callable[[int], None]] = None
+) -> list[dict[str, Any]]:
+    """Measure the cases of one setting group (one input size) together; failures become a status.
+
+    Each case is prepared on its own (:func:`_prepare_case`), then all that succeeded are timed in
+    interleaved rounds (:func:`time_rounds`).
+
+    Args:
+        cases: cases of one input size, in their visiting order.
+        cfg: the BenchConfig section.
+        device: where the cases run.
+        progress: called with the number of steps done (one per preparation, one per turn in a round).
+
+    Returns:
+        One result row per case, in the order of ``cases``.
+    """
+    if not cases:
+        return []
+    sizes = {(c.h, c.w) for c in cases}
+    if len(sizes) != 1:
+        raise ValueError(f"measure_group: cases of one group share one input size, got {sorted(sizes)}")
+    try:
+        return _measure_group(cases, cfg, device, progress)
+    finally:  # the group's modules and input are released by now
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def _measure_group(
+    cases: list[Case], cfg: DictConfig, device: torch.device, progress: Optional[Callable[[int], None]]
+) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    timed: list[_Timed] = []
+    with torch.inference_mode():
+        torch.manual_seed(cfg.seed)
+        x = torch.randn(cfg.batch, cfg.channels, cases[0].h, cases[0].w, device=device)
+        rng = torch.get_rng_state()
+        for case in cases:
+            row, t = _prepare_case(case, cfg, device, x, rng)
+            rows.append(row)
+            if t is not None:
+                timed.append(t)
+            elif progress is not None:
+                progress(cfg.rounds)  # the turns it will not take
+            if progress is not None:
+                progress(1)
+        time_rounds(timed, cfg, device, progress)
+    for t in timed:
+        _finish_row(t)
+    return rows
+
+
+def measure_case(case: Case, cfg: DictConfig, device: torch.device) -> dict[str, Any]:
+    """Measure one case on its own (a group of one); failures become a status, never an exception."""
+    return measure_group([case], cfg, device)[0]
 
 
 def pin_allocator() -> str:
@@ -428,12 +672,41 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def check_config(cfg: DictConfig) -> None:
+    """Refuse settings the protocol cannot run with, naming the key.
+
+    Raises:
+        ConfigError: e.g. ``bench.rounds`` below 1.
+    """
+    if cfg.rounds < 1:
+        raise ConfigError(f"bench.rounds must be >= 1 (rounds of interleaved timing), got {cfg.rounds}")
+
+
+def setting_groups(cases: list[Case]) -> list[list[Case]]:
+    """The cases timed together: those of one setting and input size, in run order."""
+    groups: dict[tuple[str, int, int], list[Case]] = {}
+    for case in cases:
+        groups.setdefault((case.setting, case.h, case.w), []).append(case)
+    return list(groups.values())
+
+
+def _fmt_spread(spread: Optional[list[float]], fmt: str = ".3f") -> str:
+    return f" ({spread[0]:{fmt}}-{spread[1]:{fmt}})" if spread else ""
+
+
 def run_attention_benchmark(cfg: DictConfig, out: str | Path) -> dict[str, Any]:
     """Run every case of ``cfg`` (a BenchConfig section) and write the JSON report to ``out`` atomically.
+
+    The cases of each setting group are timed together in interleaved rounds (see the module docstring).
+
+    Args:
+        cfg: the BenchConfig section.
+        out: path of the JSON report.
 
     Returns:
         ``{"env": {...}, "config": {...}, "results": [row, ...]}``.
     """
+    check_config(cfg)
     if cfg.repeats < 20:
         log.warning("bench.repeats=%d: the protocol asks for at least 20 timed runs", cfg.repeats)
     device = resolve_device(cfg.device.value if hasattr(cfg.device, "value") else str(cfg.device))
@@ -446,19 +719,25 @@ def run_attention_benchmark(cfg: DictConfig, out: str | Path) -> dict[str, Any]:
         log.info("dct kernels compiled or loaded in %.1f s, before any timing", kernels_warmup_s)
     failed: dict[str, str] = {}  # series -> status of the size that failed
     results = []
-    for case in tqdm(cases, desc="bench attention", unit="case"):
-        if case.setting == "sweep" and case.series in failed:
-            row = _row(case, cfg)
-            row.update(status="skipped", note=f"a smaller size ended in {failed[case.series]}")
-        else:
-            row = measure_case(case, cfg, device)
-            if row["status"] != "ok" and case.setting == "sweep":
-                failed[case.series] = row["status"]
-        log.info(
-            "%-28s %4dx%-4d %-8s %s ms", case.series, case.h, case.w, row["status"],
-            f"{row['latency_ms']:.3f}" if row["latency_ms"] is not None else "-",
-        )
-        results.append(row)
+    with tqdm(total=len(cases) * (1 + cfg.rounds), desc="bench attention", unit="step") as bar:
+        for group in setting_groups(cases):
+            skip = [c.setting == "sweep" and c.series in failed for c in group]
+            measured = iter(measure_group([c for c, s in zip(group, skip) if not s], cfg, device, bar.update))
+            for case, skipped in zip(group, skip):
+                if skipped:
+                    row = _row(case, cfg)
+                    row.update(status="skipped", note=f"a smaller size ended in {failed[case.series]}")
+                    bar.update(1 + cfg.rounds)
+                else:
+                    row = next(measured)
+                    if row["status"] != "ok" and case.setting == "sweep":
+                        failed[case.series] = row["status"]
+                log.info(
+                    "%-28s %4dx%-4d %-8s %s ms%s", case.series, case.h, case.w, row["status"],
+                    f"{row['latency_ms']:.3f}" if row["latency_ms"] is not None else "-",
+                    _fmt_spread(row["latency_spread_ms"]),
+                )
+                results.append(row)
     report = {
         "env": {
             **environment(device),
@@ -466,6 +745,7 @@ def run_attention_benchmark(cfg: DictConfig, out: str | Path) -> dict[str, Any]:
             "allocator": allocator,
             "dct_kernels": dct_ops.describe(),
             "dct_kernels_warmup_s": round(kernels_warmup_s, 3),
+            "timing": f"interleaved rounds: {cfg.rounds} (visiting order rotating by one case each round)",
         },
         "config": to_container(cfg),
         "results": results,

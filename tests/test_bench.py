@@ -1,24 +1,29 @@
 """The benchmark harness: the CPU peak-memory method, failure handling, and the report schema."""
 
 import json
+import re
 import time
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
+import fsanet.bench as bench
 from fsanet.bench import (
     OutOfMemory,
     PeakMemoryTracker,
     build_cases,
     count_flops,
     measure_case,
+    measure_group,
     measure_latency_paired,
     measure_peak_memory,
     memory_limit,
+    round_shares,
     run_attention_benchmark,
+    verdict,
 )
-from fsanet.config import BenchConfig, load_config
+from fsanet.config import BenchConfig, ConfigError, load_config
 from fsanet.tables import efficiency_frame, efficiency_plot, efficiency_tables
 
 MiB = 2**20
@@ -159,11 +164,13 @@ def test_end_to_end_report_tables_and_plot(tmp_path):
     assert data["env"]["threads"] >= 1 and "git_sha" in data["env"] and "torch" in data["env"]
     keys = {"module", "mode", "impl", "h", "w", "channels", "band", "params", "flops", "peak_memory_bytes",
             "latency_ms", "latency_ms_min", "latency_ms_max", "status"}
+    assert data["config"]["rounds"] == 5 and "interleaved rounds: 5" in data["env"]["timing"]
     for row in data["results"]:
         assert keys <= row.keys()
         assert row["status"] == "ok", row
-        assert row["repeats"] >= 20
+        assert row["repeats"] >= 20 and row["rounds"] == 5
         assert row["latency_ms_min"] <= row["latency_ms"] <= row["latency_ms_max"]
+        _check_spreads(row)
         if row["module"] != "floor":
             assert row["flops"] == row["flops_analytic"], row
             # paired floor: timed in alternation with the module, and the ratio of the two medians
@@ -171,6 +178,7 @@ def test_end_to_end_report_tables_and_plot(tmp_path):
             assert row["x_floor"] == pytest.approx(row["latency_ms"] / row["floor_latency_ms"])
         else:
             assert row["floor_latency_ms"] is None and row["x_floor"] is None
+            assert row["x_floor_round"] is None and row["x_floor_spread"] is None
     assert {r["module"] for r in data["results"]} == {"floor", "fsa", "nonlocal", "linear"}
     frame = efficiency_frame(report)
     nl = frame[frame["Module"].str.startswith("Non-local")].iloc[0]
@@ -179,7 +187,11 @@ def test_end_to_end_report_tables_and_plot(tmp_path):
     assert [p.name for p in paths] == ["efficiency.md", "efficiency.tex", "efficiency.csv"]
     md = paths[0].read_text()
     assert "random tensors" in md and "Provenance: git" in md and "Scaling sweep" in md
-    assert "latency × floor" in md and "paired floor" in md
+    assert "latency × floor" in md and "paired floor" in md and "5 interleaved rounds" in md
+    nl_line = next(line for line in md.splitlines() if line.startswith("| Non-local"))
+    assert len(re.findall(r"\| [\d.,e+-]+ \([\d.,e+-]+–[\d.,e+-]+\) +\|", nl_line)) == 2  # latency, × floor
+    csv = paths[2].read_text().splitlines()[0]
+    assert "Latency (ms),Latency round min (ms),Latency round max (ms)" in csv
     assert "\\begin{table}" in paths[1].read_text()
     png = efficiency_plot(out, tmp_path / "plots" / "eff.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -236,3 +248,162 @@ def test_paired_timing_alternates_and_can_be_turned_off():
     case = next(c for c in build_cases(cfg) if c.module == "fsa")
     row = measure_case(case, cfg, CPU)
     assert row["status"] == "ok" and row["floor_latency_ms"] is None and row["x_floor"] is None
+
+
+# --------------------------------------------------------------------------------------------
+# Interleaved rounds and verdicts
+# --------------------------------------------------------------------------------------------
+def _check_spreads(row):
+    """Per-round medians are bracketed by their spread, and so is the median over all rounds."""
+    rounds = row["latency_round_ms"]
+    assert len(rounds) == row["rounds"]
+    lo, hi = row["latency_spread_ms"]
+    assert lo == min(rounds) and hi == max(rounds)
+    assert lo <= row["latency_ms"] + 1e-12 and row["latency_ms"] <= hi + 1e-12
+    if row["x_floor"] is not None:
+        assert len(row["x_floor_round"]) == row["rounds"]
+        x_lo, x_hi = row["x_floor_spread"]
+        assert x_lo == min(row["x_floor_round"]) and x_hi == max(row["x_floor_round"])
+        assert all(x > 0 for x in row["x_floor_round"])
+
+
+def _paper_cases(cfg):
+    return [c for c in build_cases(cfg) if c.setting == "paper"]
+
+
+def _record_turns(monkeypatch):
+    """Record the series of each case's turn in a round (one entry per turn, in visiting order)."""
+    turns = []
+    original = bench._time_share
+
+    def recording(timed, share, device):
+        turns.append((timed.case.series, share))
+        return original(timed, share, device)
+
+    monkeypatch.setattr(bench, "_time_share", recording)
+    return turns
+
+
+def test_round_shares():
+    assert round_shares(20, 5) == [4] * 5
+    assert round_shares(20, 3) == [7, 7, 6]
+    assert round_shares(3, 5) == [1] * 5  # at least one forward each round
+    assert round_shares(20, 1) == [20]
+    with pytest.raises(ValueError, match="bench.rounds"):
+        round_shares(20, 0)
+
+
+def test_rounds_interleave_with_a_rotating_order(monkeypatch):
+    cfg = _tiny_cfg(**{"bench.modules": "[nonlocal,linear]", "bench.sweep_sizes": "[]",
+                       "bench.repeats": 5, "bench.rounds": 3})
+    cases = _paper_cases(cfg)
+    names = [c.series for c in cases]
+    assert names == ["floor", "nonlocal", "linear"]
+    turns = _record_turns(monkeypatch)
+    rows = measure_group(cases, cfg, CPU)
+    order = [series for series, _ in turns]
+    assert order == names + names[1:] + names[:1] + names[2:] + names[:2]  # rotated by one each round
+    assert [share for _, share in turns] == [2] * 3 + [2] * 3 + [1] * 3
+    for row in rows:
+        assert row["status"] == "ok" and row["repeats"] == 5 and row["rounds"] == 3
+        _check_spreads(row)
+    assert rows[0]["x_floor"] is None and rows[1]["x_floor"] > 0
+
+
+def test_one_round_times_each_case_in_one_block(monkeypatch):
+    cfg = _tiny_cfg(**{"bench.modules": "[nonlocal,linear]", "bench.sweep_sizes": "[]",
+                       "bench.repeats": 6, "bench.rounds": 1})
+    cases = _paper_cases(cfg)
+    turns = _record_turns(monkeypatch)
+    rows = measure_group(cases, cfg, CPU)
+    assert turns == [(c.series, 6) for c in cases]
+    for row in rows:
+        assert row["repeats"] == 6 and row["rounds"] == 1
+        assert row["latency_round_ms"] == [row["latency_ms"]]
+        assert row["latency_spread_ms"] == [row["latency_ms"]] * 2
+        if row["module"] != "floor":
+            assert row["x_floor_round"] == [pytest.approx(row["x_floor"])]
+    # a case measured alone is a group of one, timed as before
+    alone = measure_case(cases[1], cfg, CPU)
+    assert alone["status"] == "ok" and alone["repeats"] == 6 and alone["floor_latency_ms"] > 0
+
+
+def test_a_case_failing_in_a_round_sits_out_the_rest(monkeypatch):
+    cfg = _tiny_cfg(**{"bench.modules": "[nonlocal,linear]", "bench.sweep_sizes": "[]",
+                       "bench.repeats": 4, "bench.rounds": 4})
+    cases = _paper_cases(cfg)
+    turns = []
+    original = bench._time_share
+
+    def failing(timed, share, device):
+        turns.append(timed.case.series)
+        if timed.case.series == "nonlocal" and turns.count("nonlocal") == 2:
+            raise OutOfMemory("simulated")
+        return original(timed, share, device)
+
+    monkeypatch.setattr(bench, "_time_share", failing)
+    rows = {r["series"]: r for r in measure_group(cases, cfg, CPU)}
+    assert turns.count("nonlocal") == 2 and turns.count("linear") == 4 and turns.count("floor") == 4
+    assert rows["nonlocal"]["status"] == "oom" and "round 2" in rows["nonlocal"]["note"]
+    assert rows["nonlocal"]["latency_ms"] is None and rows["nonlocal"]["latency_spread_ms"] is None
+    assert rows["linear"]["status"] == "ok" and rows["linear"]["repeats"] == 4
+
+
+def test_rounds_must_be_positive(tmp_path):
+    cfg = _tiny_cfg(**{"bench.rounds": 0})
+    with pytest.raises(ConfigError, match="bench.rounds"):
+        run_attention_benchmark(cfg, tmp_path / "a.json")
+    assert not (tmp_path / "a.json").exists()
+    assert OmegaConf.structured(BenchConfig).rounds == 5
+
+
+def test_verdict_outcomes():
+    # "x_floor <= 3": the whole spread must be at or below the threshold to pass
+    assert verdict(2.1, 2.9, 3.0) == "pass"
+    assert verdict(2.5, 3.0, 3.0) == "pass"  # equal to the bound is within it
+    assert verdict(3.2, 4.0, 3.0) == "fail"
+    assert verdict(2.8, 3.4, 3.0) == "unstable"
+    # "speed-up >= 2"
+    assert verdict(2.0, 2.5, 2.0, better="higher") == "pass"
+    assert verdict(1.2, 1.9, 2.0, better="higher") == "fail"
+    assert verdict(1.8, 2.2, 2.0, better="higher") == "unstable"
+    with pytest.raises(ValueError, match="low"):
+        verdict(3.0, 2.0, 2.5)
+    with pytest.raises(ValueError, match="better"):
+        verdict(1.0, 2.0, 1.5, better="smaller")
+    with pytest.raises(ValueError, match="NaN"):
+        verdict(float("nan"), 2.0, 1.5)
+
+
+def test_tables_show_the_spread_beside_latency_and_x_floor(tmp_path):
+    def row(module, lat, rounds, x=None, x_rounds=None, **kw):
+        r = {"setting": "paper", "module": module, "mode": None, "impl": None, "h": 4, "w": 4, "channels": 8,
+             "band": None, "params": 10, "flops": 100, "peak_memory_bytes": 1000, "latency_ms": lat,
+             "latency_ms_min": lat, "latency_ms_max": lat, "status": "ok",
+             "latency_round_ms": rounds, "latency_spread_ms": [min(rounds), max(rounds)],
+             "x_floor": x, "x_floor_round": x_rounds,
+             "x_floor_spread": [min(x_rounds), max(x_rounds)] if x_rounds else None}
+        r.update(kw)
+        return r
+
+    report = {"env": {}, "config": {"rounds": 3}, "results": [
+        row("floor", 0.5, [0.45, 0.5, 0.6]),
+        row("nonlocal", 4.7, [4.4, 4.7, 5.3], x=9.4, x_rounds=[8.8, 9.4, 10.6]),
+        row("fsa", 1.5, [1.5], x=3.0, x_rounds=[3.0], mode="dot", impl="fused", band=[0, 2, 0, 2]),
+        row("linear", None, [1.0], status="oom"),
+    ]}
+    bench_json = tmp_path / "b.json"
+    bench_json.write_text(json.dumps(report))
+    md_path, tex_path, csv_path = efficiency_tables(bench_json, tmp_path / "t")
+    md = md_path.read_text()
+    assert "4.70 (4.40–5.30)" in md and "9.40 (8.80–10.60)" in md  # latency and × floor with their spreads
+    assert "0.5 (0.45–0.6)" in md  # the floor row's latency spread; its × floor is 1 by definition
+    assert "3 interleaved rounds" in md
+    assert "| 1.50 " in md and "(1.50–" not in md  # one round: no spread shown
+    assert "4.70 (4.40–5.30)" in tex_path.read_text()
+    frame = efficiency_frame(report).set_index("Module")
+    nl = frame.loc["Non-local (emb. Gaussian)"]
+    assert nl["Latency (ms)"] == 4.7 and nl["× floor"] == 9.4  # the medians stay numbers
+    assert (nl["Latency round min (ms)"], nl["Latency round max (ms)"]) == (4.4, 5.3)
+    assert (nl["× floor round min"], nl["× floor round max"]) == (8.8, 10.6)
+    assert "Latency round max (ms)" in csv_path.read_text().splitlines()[0]
