@@ -65,6 +65,10 @@ class BenchConfig:
     sweep_band: List[int] = field(default_factory=lambda: [0, 5, 0, 5])
     warmup: int = 3
     repeats: int = 20
+    # The timed runs of each case are split over this many interleaved rounds (>= 1): in every round each
+    # case of a size gets its share in turn, the order rotating, and the spread of the per-round medians
+    # is recorded (see fsanet.bench).
+    rounds: int = 5
     # A single forward slower than this is recorded as a time-out; larger sizes of that module are skipped.
     timeout_s: float = 10.0
     # Allocations beyond this (CPU: address-space limit; CUDA: caught OOM) are recorded as out-of-memory.
@@ -99,6 +103,9 @@ class SyntheticConfig:
     seed: int = 0
     val_seed: int = 1
     min_cue_distance: int = 36
+    layout: str = "band"  # "band" (one cue: DC suffices) or "cells" (one cue per vertical stripe)
+    cells: int = 4  # stripes of the "cells" layout
+    position_hint: int = 0  # grey levels of a fixed left-to-right green ramp (0 = none)
     processes: int = 0
 
 
@@ -133,7 +140,7 @@ class DataConfig:
 
     name: str = "synthetic"  # a key of fsanet.data.DATASETS
     root: str = "data/${data.name}"
-    num_classes: int = 6
+    num_classes: int = 7
     train_split: str = "train"
     val_split: str = "val"
     base_scale: List[int] = field(default_factory=lambda: [96, 96])
@@ -232,6 +239,11 @@ class LossKind(str, Enum):
     ohem = "ohem"
 
 
+class OptimizerKind(str, Enum):
+    sgd = "sgd"
+    adamw = "adamw"
+
+
 class AmpDtype(str, Enum):
     none = "none"
     bf16 = "bf16"
@@ -249,13 +261,21 @@ class TrainConfig:
 
     ``batch_size`` is the global batch, split evenly over torchrun processes. The split trained on is
     ``data.train_split``; DataLoader workers are ``data.num_workers``.
+    ``optimizer``: ``sgd`` (mmseg: momentum, L2 ``weight_decay``) or ``adamw`` (``betas``, decoupled
+    ``weight_decay``, as in mmseg's Segformer configs). ``warmup_iters``: linear warm-up from
+    ``warmup_ratio`` × the poly rate to the poly rate over the first iterations (mmseg ``LinearLR``).
     """
 
     max_iters: int = 300  # CPU profile: 60–95 ms/it at batch 8 on one core (synthetic 96×96) → ≤ 35 s a model
     batch_size: int = 8
+    optimizer: OptimizerKind = OptimizerKind.sgd
     lr: float = 0.01
     momentum: float = 0.9
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 5e-4
+    warmup_iters: int = 0
+    warmup_ratio: float = 1e-6
+    head_lr_mult: float = 1.0  # lr multiplier of the decode and auxiliary heads
     lr_power: float = 0.9
     min_lr: float = 1e-4
     loss: LossKind = LossKind.ce

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch.optim import Optimizer
 
-__all__ = ["poly_lr", "set_lr"]
+__all__ = ["poly_lr", "set_lr", "warmup_poly_lr"]
 
 
 def poly_lr(it: int, max_iters: int, base_lr: float, power: float = 0.9, min_lr: float = 1e-4) -> float:
@@ -20,7 +20,22 @@ def poly_lr(it: int, max_iters: int, base_lr: float, power: float = 0.9, min_lr:
     return (base_lr - min_lr) * (1.0 - it / max_iters) ** power + min_lr
 
 
+def warmup_poly_lr(
+    it: int, max_iters: int, base_lr: float, power: float = 0.9, min_lr: float = 1e-4,
+    warmup_iters: int = 0, warmup_ratio: float = 1e-6,
+) -> float:
+    """:func:`poly_lr` times mmseg's linear warm-up factor.
+
+    Over the first ``warmup_iters`` iterations the factor rises linearly from ``warmup_ratio`` to 1
+    (``warmup_ratio + (1 - warmup_ratio) * it / warmup_iters``); afterwards it is 1.
+    """
+    lr = poly_lr(it, max_iters, base_lr, power, min_lr)
+    if warmup_iters <= 0 or it >= warmup_iters:
+        return lr
+    return lr * (warmup_ratio + (1.0 - warmup_ratio) * it / warmup_iters)
+
+
 def set_lr(optimizer: Optimizer, lr: float) -> None:
-    """Set ``lr`` on every parameter group."""
+    """Set ``lr`` on every parameter group, times the group's ``lr_mult`` where it has one."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_mult", 1.0)

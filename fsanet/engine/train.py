@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from fsanet.config import AmpDtype, Device, LossKind, to_container
+from fsanet.config import AmpDtype, Device, LossKind, OptimizerKind, to_container
 from fsanet.engine.checkpoint import (
     checkpoint_path,
     config_diff,
@@ -54,7 +54,7 @@ from fsanet.engine.distributed import (
 )
 from fsanet.engine.loader import IterationBatchSampler, build_train_loader
 from fsanet.engine.losses import cross_entropy, make_loss
-from fsanet.engine.schedule import poly_lr, set_lr
+from fsanet.engine.schedule import set_lr, warmup_poly_lr
 from fsanet.io import write_json, write_text
 from fsanet.provenance import environment
 from fsanet.repro import deterministic_mode, get_rng_state, seed_everything, set_rng_state
@@ -125,6 +125,22 @@ def _amp_dtype(cfg: DictConfig, device: torch.device) -> Optional[torch.dtype]:
     return {AmpDtype.bf16: torch.bfloat16, AmpDtype.fp16: torch.float16}[amp]
 
 
+def _make_optimizer(model: nn.Module, tc: DictConfig) -> torch.optim.Optimizer:
+    """SGD with momentum and L2 weight decay (mmseg), or AdamW with decoupled weight decay.
+
+    Parameters under a ``decode_head``/``aux_head`` module name form a second group whose learning
+    rate is ``train.head_lr_mult`` times the schedule's (mmseg ``paramwise_cfg`` ``head`` lr_mult).
+    """
+    head, rest = [], []
+    for name, param in model.named_parameters():
+        (head if name.split(".")[0] in ("decode_head", "aux_head") else rest).append(param)
+    groups = [{"params": rest, "lr_mult": 1.0}, {"params": head, "lr_mult": float(tc.head_lr_mult)}]
+    groups = [g for g in groups if g["params"]]
+    if OptimizerKind(tc.optimizer) is OptimizerKind.adamw:
+        return torch.optim.AdamW(groups, lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
+    return torch.optim.SGD(groups, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
+
+
 def _validate(cfg: DictConfig) -> None:
     tc = cfg.train
     for key in ("max_iters", "batch_size", "log_interval", "ckpt_interval"):
@@ -132,6 +148,11 @@ def _validate(cfg: DictConfig) -> None:
             raise ValueError(f"train.{key} must be ≥ 1, got {tc[key]}")
     if tc.lr <= 0 or tc.min_lr < 0 or tc.min_lr > tc.lr:
         raise ValueError(f"need 0 ≤ train.min_lr ≤ train.lr and lr > 0, got lr={tc.lr}, min_lr={tc.min_lr}")
+    if tc.warmup_iters < 0 or not 0.0 < tc.warmup_ratio <= 1.0:
+        raise ValueError(f"need train.warmup_iters ≥ 0 and 0 < train.warmup_ratio ≤ 1, got "
+                         f"{tc.warmup_iters} and {tc.warmup_ratio}")
+    if len(tc.betas) != 2 or not all(0.0 <= b < 1.0 for b in tc.betas):
+        raise ValueError(f"train.betas must be two numbers in [0, 1), got {list(tc.betas)}")
     if tc.ckpt_interval % tc.log_interval:
         # a checkpoint must close a logging window, or a resumed run would average a shorter window
         raise ValueError(
@@ -249,8 +270,7 @@ class _Run:
         model = self.build_model(cfg.model, len(classes))
         ddp_model = prepare_model(model, device, info, tc.sync_bn, tc.find_unused_parameters)
         model = ddp_model.module if isinstance(ddp_model, nn.parallel.DistributedDataParallel) else ddp_model
-        optimizer = torch.optim.SGD(ddp_model.parameters(), lr=tc.lr, momentum=tc.momentum,
-                                    weight_decay=tc.weight_decay)
+        optimizer = _make_optimizer(ddp_model, tc)
         amp_dtype = _amp_dtype(cfg, device)
         scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
         loss_fn = make_loss(LossKind(tc.loss).value, tc.ohem_thresh, tc.ohem_min_kept, cfg.data.ignore_index)
@@ -299,7 +319,7 @@ class _Run:
         check_every = 1 if device.type == "cpu" else tc.log_interval
         window = torch.zeros(3, dtype=torch.float64, device=device)  # sums of loss, main, aux
         n_window, t_window = 0, time.perf_counter()
-        lr = poly_lr(start, tc.max_iters, tc.lr, tc.lr_power, tc.min_lr)
+        lr = self._lr(start)
         bar = tqdm(total=tc.max_iters, initial=start, desc=self.run_name, unit="it", mininterval=1.0,
                    dynamic_ncols=True, disable=not (info.is_main and tc.progress))
         ddp_model.train()
@@ -309,7 +329,7 @@ class _Run:
             for images, labels in loader:
                 images = images.to(device, non_blocking=True)
                 labels = labels.to(device, non_blocking=True)
-                lr = poly_lr(it, tc.max_iters, tc.lr, tc.lr_power, tc.min_lr)
+                lr = self._lr(it)
                 set_lr(optimizer, lr)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     out = ddp_model(images)
@@ -372,6 +392,10 @@ class _Run:
             raise
         return TrainResult(self.out_dir, model_path, it, history[-1]["loss"] if history else None,
                            self.tracker.run_id, start if state else None)
+
+    def _lr(self, it: int) -> float:
+        tc = self.tc
+        return warmup_poly_lr(it, tc.max_iters, tc.lr, tc.lr_power, tc.min_lr, tc.warmup_iters, tc.warmup_ratio)
 
     def _reduce_mean(self, values: Tensor) -> Tensor:
         if self.info.distributed:
