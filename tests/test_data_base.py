@@ -228,7 +228,7 @@ def test_build_dataset_errors(tmp_path: Path) -> None:
     assert "synthetic" in DATASETS
     with pytest.raises(KeyError, match="synthetic"):
         build_dataset(load_config([], ["data.name=nope"]).data, "train", True)
-    with pytest.raises(ValueError, match="data.num_classes=5.*set data.num_classes=6"):
+    with pytest.raises(ValueError, match="data.num_classes=5.*set data.num_classes=7"):
         build_dataset(load_config([], ["data.num_classes=5"]).data, "train", True)
     with pytest.raises(DataError, match="fsanet data prepare synthetic"):
         build_dataset(load_config([], [f"data.root={tmp_path / 'none'}"]).data, "train", True)
