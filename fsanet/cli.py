@@ -127,6 +127,14 @@ def _add_tables(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--costs", type=Path, default=None, metavar="JSON", help="output of `fsanet bench models`")
     p.add_argument("--band", action="append", metavar="LABEL", help="FsaNet bands to list, e.g. 5x5 (default: all)")
     p.set_defaults(handler=_run_tables_methods)
+    p = what.add_parser("findings", help="results/tables/findings.md: the study's claims with numbers and verdicts")
+    p.add_argument("--summary", type=Path, default=Path("results/metrics/summary.json"),
+                   help="output of `fsanet tables summary`")
+    p.add_argument("--bench", type=Path, default=None, metavar="JSON", help="output of `fsanet bench attention` (T1)")
+    p.add_argument("--out", type=Path, default=Path("results/tables/findings.md"), help="the findings file")
+    p.add_argument("--dataset", default=None, metavar="NAME", help="only this dataset (default: all)")
+    p.add_argument("--default-band", default="5x5", metavar="LABEL", help="FsaNet's band in the method rows")
+    p.set_defaults(handler=_run_tables_findings)
     p = study("per-class", "T4: per-class IoU per method", "per_class_DATASET")
     p.add_argument("--band", action="append", metavar="LABEL", help="FsaNet bands to list, e.g. 5x5 (default: all)")
     p.set_defaults(handler=_run_tables_per_class)
@@ -160,6 +168,14 @@ def _run_tables_methods(args: argparse.Namespace) -> None:
 
     paths = methods_tables(args.summary, args.out_dir, args.costs, args.dataset, args.setting, args.band)
     print("tables methods: wrote " + ", ".join(map(str, paths)))
+
+
+def _run_tables_findings(args: argparse.Namespace) -> None:
+    from fsanet.findings import write_findings
+
+    items = write_findings(args.summary, args.out, args.bench, args.dataset, args.default_band)
+    counts = {v: sum(f["verdict"] == v for f in items) for v in ("pass", "fail", "unstable", "untestable")}
+    print(f"tables findings: {len(items)} claims ({', '.join(f'{k} {v}' for k, v in counts.items())}); wrote {args.out}")
 
 
 def _run_tables_per_class(args: argparse.Namespace) -> None:

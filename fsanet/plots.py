@@ -114,6 +114,26 @@ def ablation_plot(
                 "K": None if math.isinf(p["K"]) else int(p["K"]), "mIoU_mean": p["mean"], "mIoU_std": p["std"],
                 "n": p["n"], "full_mIoU_mean": full["mean"] if full else None, "delta_vs_full": p["delta"],
             })
+    context = (summary.get("context") or {}).get(name)
+    oracle_ax = None
+    if context:
+        acc = sorted((int(k), v) for k, v in context["accuracy"].items() if v is not None)
+        top = max(finite_ks) if finite_ks else max(k * k for k, _ in acc)
+        curve = [(k * k, 100.0 * v) for k, v in acc if k * k <= top]
+        oracle_ax = ax.twinx()
+        oracle_ax.plot([k for k, _ in curve], [v for _, v in curve], color="tab:green", linestyle=":", marker=".",
+                       linewidth=1.2, label="oracle: decidable disc pixels after the n×n low-pass (right axis)")
+        oracle_ax.set_ylabel("oracle: decidable disc pixels (%)", fontsize=8, color="tab:green")
+        oracle_ax.set_ylim(0, 105)
+        knee = context.get("knee")
+        if knee:
+            ax.axvline(knee[0] * knee[1], color="tab:green", linewidth=0.8, alpha=0.6)
+            ax.text(knee[0] * knee[1], ax.get_ylim()[0], f" predicted knee {knee[0]}×{knee[1]}", fontsize=6,
+                    color="tab:green", va="bottom")
+        for k, v in curve:
+            rows.append({"dataset": name, "series": "oracle", "model": "", "band": f"{int(math.isqrt(k))}x"
+                         f"{int(math.isqrt(k))}", "K": k, "mIoU_mean": v, "mIoU_std": None, "n": None,
+                         "full_mIoU_mean": None, "delta_vs_full": None})
     ax.set_xscale("log")
     if finite_ks:
         ticks = sorted(set(finite_ks))
@@ -123,7 +143,11 @@ def ablation_plot(
     ax.set_ylabel("mIoU (%)")
     ax.set_title(f"Band ablation: {DATASET_NAMES.get(name, name)}", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
+    handles, labels = ax.get_legend_handles_labels()
+    if oracle_ax is not None:
+        more = oracle_ax.get_legend_handles_labels()
+        handles, labels = handles + more[0], labels + more[1]
+    ax.legend(handles, labels, fontsize=6)
     fig.text(0.01, 0.01, "mean ± sample std over seeds; dashed: full-band mean (shaded: ± std)", fontsize=6, color="gray")
     fig.tight_layout()
     out_png = Path(out_png)

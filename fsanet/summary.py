@@ -52,12 +52,12 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: models whose decode head reads ``model.attention.band`` (fsanet.models.heads: only FSAHead);
 #: a test keeps this in step with fsanet.models.MODELS.
 BAND_MODELS = frozenset({"fsanet"})
 REQUIRED_KEYS = ("mIoU", "mAcc", "aAcc", "dataset", "model", "band", "eval_band", "seed")
-RUN_KEYS = ("dataset", "model", "band", "eval_band", "seed", "retrained", "mIoU", "mAcc", "aAcc", "mlflow_run_id")
+RUN_KEYS = ("dataset", "model", "mode", "band", "eval_band", "seed", "retrained", "context_band", "mIoU", "mAcc", "aAcc", "mlflow_run_id")
 _GLOB_CHARS = set("*?[")
 
 
@@ -222,8 +222,10 @@ def read_metrics(path: str | Path) -> dict[str, Any]:
         raise SummaryError(f"{path}: key 'seed' must be an integer, got {m['seed']!r}")
     band = normalize_band(m["band"], f"{path}: key 'band'")
     eval_band = normalize_band(m["eval_band"], f"{path}: key 'eval_band'")
+    attention_mode = m.get("attention_mode")
     if m["model"] not in BAND_MODELS:
         band = None  # the head has no band option: the config value is meaningless
+        attention_mode = None  # nor an FSA mode
     scores = {k: _number(m[k], f"{path}: key '{k}'") for k in ("mIoU", "mAcc", "aAcc")}
     if scores["mIoU"] is None:
         log.warning("%s: mIoU is null (no labelled pixels?)", path)
@@ -235,7 +237,7 @@ def read_metrics(path: str | Path) -> dict[str, Any]:
     elif isinstance(iou, list):
         iou = [_number(v, f"{path}: key 'IoU[{i}]'") for i, v in enumerate(iou)]
     split = str(m.get("split", "val"))
-    mode = str(m.get("mode", "whole"))
+    inference = str(m.get("mode", "whole"))
     scales = m.get("scales", [1.0]) or [1.0]
     flip = bool(m.get("flip", False))
     checkpoint = m.get("checkpoint")
@@ -243,8 +245,9 @@ def read_metrics(path: str | Path) -> dict[str, Any]:
         "dataset": m["dataset"], "model": m["model"], "band": band, "eval_band": eval_band, "seed": m["seed"],
         "retrained": eval_band is None, **scores, "mlflow_run_id": m.get("mlflow_run_id"),
         "train_mlflow_run_id": m.get("train_mlflow_run_id"),
-        "split": split, "mode": mode, "scales": [float(s) for s in scales], "flip": flip,
-        "setting": _setting(split, mode, scales, flip),
+        "mode": attention_mode, "context_band": (m.get("context") or {}).get("knee"),
+        "split": split, "inference": inference, "scales": [float(s) for s in scales], "flip": flip,
+        "setting": _setting(split, inference, scales, flip),
         "num_images": m.get("num_images"), "iteration": m.get("iteration"), "checkpoint": checkpoint,
         "metrics_file": path.as_posix(), "config_hash": _config_hash_of(path),
         **_train_info(_run_dir(path, checkpoint)),
@@ -255,13 +258,14 @@ def read_metrics(path: str | Path) -> dict[str, Any]:
 
 def _record_key(r: Mapping[str, Any]) -> tuple:
     eb = r["eval_band"]
-    return (r["dataset"], r["model"], _band_key(r["band"]), eb is not None, _band_key(eb), r["seed"], r["setting"],
-            r["metrics_file"])
+    return (r["dataset"], r["model"], str(r.get("mode")), _band_key(r["band"]), eb is not None, _band_key(eb),
+            r["seed"], r["setting"], r["metrics_file"])
 
 
 def _group_name(r: Mapping[str, Any]) -> str:
     trunc = "none" if r["eval_band"] is None else band_label(r["eval_band"])
-    return f"{r['dataset']}/{r['model']}/band={band_label(r['band'])}/eval_band={trunc}/{r['setting']}"
+    mode = f"/mode={r['mode']}" if r.get("mode") else ""
+    return f"{r['dataset']}/{r['model']}{mode}/band={band_label(r['band'])}/eval_band={trunc}/{r['setting']}"
 
 
 def mean_std(values: Iterable[Optional[float]]) -> tuple[Optional[float], Optional[float], int]:
@@ -300,7 +304,13 @@ def build_summary(files: Sequence[str | Path]) -> dict[str, Any]:
         "train_git_shas": sorted({r["train_git_sha"] for r in runs if r["train_git_sha"]}),
         "runs_without_config": sum(r["config_hash"] is None for r in runs),
     }
-    return {"schema": SCHEMA_VERSION, "provenance": provenance, "runs": runs, "aggregate": aggregate}
+    context: dict[str, Any] = {}
+    for p in paths:
+        ctx = read_json(p).get("context")
+        if ctx:
+            context.setdefault(read_json(p)["dataset"], ctx)
+    return {"schema": SCHEMA_VERSION, "provenance": provenance, "runs": runs, "aggregate": aggregate,
+            "context": context}
 
 
 def write_summary(files: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
@@ -356,8 +366,8 @@ def select_runs(
         runs = [r for r in runs if r["setting"] == setting]
     seen: dict[tuple, dict[str, Any]] = {}
     for r in runs:
-        key = (r["dataset"], r["model"], band_label(r["band"]), band_label(r["eval_band"]) if r["eval_band"] else None,
-               r["seed"], r["setting"])
+        key = (r["dataset"], r["model"], r.get("mode"), band_label(r["band"]),
+               band_label(r["eval_band"]) if r["eval_band"] else None, r["seed"], r["setting"])
         if key in seen:
             raise SummaryError(
                 f"two evaluations of the same run in setting {r['setting']}: {seen[key].get('metrics_file')} and "
@@ -374,13 +384,15 @@ def select_runs(
 
 
 def ablation_points(
-    runs: Sequence[Mapping[str, Any]], retrained_model: str = "fsanet", truncated_model: str = "nonlocal"
+    runs: Sequence[Mapping[str, Any]], retrained_model: str = "fsanet", truncated_model: str = "nonlocal",
+    retrained_mode: Optional[str] = "dot",
 ) -> list[dict[str, Any]]:
     """The band ablation (T2 and its plot) of one dataset's records.
 
     Two series: ``retrained``: ``retrained_model`` trained at each band (no eval-time truncation);
     ``truncated``: ``truncated_model`` trained once at the full band and evaluated at each ``eval_band``
-    (its ``full`` point is the untruncated evaluation). Each point: ``series``, ``band``, ``label``,
+    (its ``full`` point is the untruncated evaluation). With ``retrained_mode`` set, only retrained runs of
+    that attention mode count (runs without a recorded mode count as any mode). Each point: ``series``, ``band``, ``label``,
     ``K`` (coefficients; inf = full), ``mean``, ``std``, ``n``, ``seeds``, ``run_ids``, ``delta`` (mean minus
     the series' full-band mean; None without a full point).
     """
@@ -388,6 +400,8 @@ def ablation_points(
     bands: dict[tuple[str, str], Optional[list[int]]] = {}
     for r in runs:
         if r["model"] == retrained_model and r["eval_band"] is None:
+            if retrained_mode and r.get("mode") not in (None, retrained_mode):
+                continue
             series, band = "retrained", r["band"]
         elif r["model"] == truncated_model and (r["model"] not in BAND_MODELS or _is_full(r["band"])):
             series, band = "truncated", r["eval_band"]
@@ -400,8 +414,11 @@ def ablation_points(
     for (series, label), rs in groups.items():
         mean, std, n = mean_std(r["mIoU"] for r in rs)
         band = bands[(series, label)]
+        values = [r["mIoU"] for r in rs if r["mIoU"] is not None]
         points.append({
             "series": series, "band": band, "label": label, "K": band_size(band), "mean": mean, "std": std, "n": n,
+            "min": min(values) if values else None, "max": max(values) if values else None,
+            "values": [r["mIoU"] for r in sorted(rs, key=lambda r: r["seed"])],
             "seeds": sorted(r["seed"] for r in rs),
             "run_ids": sorted(str(r["mlflow_run_id"]) for r in rs if r.get("mlflow_run_id")),
         })

@@ -75,8 +75,39 @@ def _x_floor(row: dict[str, Any], floor: Optional[dict[str, Any]]) -> Optional[f
     return row["latency_ms"] / floor["latency_ms"] if floor and row["latency_ms"] is not None else None
 
 
+# Row keys of fsanet.bench: a figure -> (its per-round medians, their [min, max]).
+ROUND_KEYS = {
+    "latency_ms": ("latency_round_ms", "latency_spread_ms"),
+    "x_floor": ("x_floor_round", "x_floor_spread"),
+}
+
+
+def _round_spread(row: dict[str, Any], value: str) -> tuple[Optional[float], Optional[float]]:
+    """``(min, max)`` of the per-round medians of ``value`` (a key of :data:`ROUND_KEYS`) in a result
+    row; ``(None, None)`` for a failed row, a report without rounds, or a row timed in one round."""
+    per_round, spread = (row.get(k) for k in ROUND_KEYS[value])
+    if row.get("status") != "ok" or not spread or not per_round or len(per_round) < 2:
+        return None, None
+    return spread[0], spread[1]
+
+
+# Columns of efficiency_frame that hold a spread, and the column each one belongs to.
+SPREAD_COLUMNS = {
+    "Latency (ms)": ("Latency round min (ms)", "Latency round max (ms)"),
+    "× floor": ("× floor round min", "× floor round max"),
+}
+
+
 def efficiency_frame(report: dict[str, Any], setting: str = "paper") -> pd.DataFrame:
-    """The paper-layout efficiency table: one row per module configuration, reductions against non-local."""
+    """The paper-layout efficiency table: one row per module configuration, reductions against non-local.
+
+    ``Latency (ms)`` and ``× floor`` are the medians over all rounds; the ``… round min``/``… round max``
+    columns beside them hold the lowest and highest per-round median (empty with one round).
+
+    Args:
+        report: a benchmark report (see :func:`fsanet.bench.run_attention_benchmark`).
+        setting: ``"paper"`` or ``"sweep"``.
+    """
     rows = [r for r in report["results"] if r.get("setting", "paper") == setting]
     if not rows:
         raise ValueError(f"the benchmark report has no rows for setting '{setting}'")
@@ -88,6 +119,8 @@ def efficiency_frame(report: dict[str, Any], setting: str = "paper") -> pd.DataF
     for r in rows:
         ok = r["status"] == "ok"
         mem = r["peak_memory_bytes"]
+        lat_lo, lat_hi = _round_spread(r, "latency_ms")
+        x_lo, x_hi = _round_spread(r, "x_floor")
         out.append({
             "Module": _label(r),
             "Input": f"{r.get('batch', 1)}×{r['channels']}×{r['h']}×{r['w']}",
@@ -97,15 +130,26 @@ def efficiency_frame(report: dict[str, Any], setting: str = "paper") -> pd.DataF
             "Memory (MiB)": mem / 2**20 if ok and mem is not None else None,
             "ΔMemory (%)": _pct(mem, ref and ref["peak_memory_bytes"]) if ok and r["module"] != "floor" else None,
             "Latency (ms)": r["latency_ms"] if ok else None,
+            "Latency round min (ms)": lat_lo,
+            "Latency round max (ms)": lat_hi,
             "ΔLatency (%)": _pct(r["latency_ms"], ref and ref["latency_ms"]) if ok and r["module"] != "floor" else None,
             "× floor": _x_floor(r, floor) if ok else None,
+            "× floor round min": x_lo,
+            "× floor round max": x_hi,
             "Status": r["status"],
         })
     return pd.DataFrame(out)
 
 
-def sweep_frame(report: dict[str, Any], value: str = "latency_ms") -> pd.DataFrame:
-    """Module configuration × map size, one measured quantity per cell (status shown where it failed)."""
+def sweep_frame(report: dict[str, Any], value: str = "latency_ms", spread: bool = False) -> pd.DataFrame:
+    """Module configuration × map size, one measured quantity per cell (status shown where it failed).
+
+    Args:
+        report: a benchmark report.
+        value: the row key shown: ``latency_ms``, ``x_floor`` or ``peak_memory_bytes`` (in MiB).
+        spread: for ``latency_ms`` and ``x_floor``, cells become text with the per-round spread beside
+            the value, e.g. ``4.70 (4.41–5.30)``.
+    """
     rows = [r for r in report["results"] if r.get("setting") == "sweep"]
     if not rows:
         return pd.DataFrame()
@@ -118,6 +162,8 @@ def sweep_frame(report: dict[str, Any], value: str = "latency_ms") -> pd.DataFra
             cell = r[value] / 2**20
         if value == "x_floor" and r["status"] == "ok" and r["module"] == "floor":
             cell = 1.0
+        if spread and value in ("latency_ms", "x_floor") and r["status"] == "ok" and r.get(value) is not None:
+            cell = _with_spread(cell, *_round_spread(r, value))
         table.setdefault(key, {})[f"{r['h']}²"] = cell
     return pd.DataFrame.from_dict(table, orient="index", columns=[f"{s}²" for s in sizes])
 
@@ -136,6 +182,28 @@ def _fmt(x: Any) -> str:
     return str(x)
 
 
+def _with_spread(value: Any, low: Optional[float], high: Optional[float]) -> str:
+    """``value (low–high)``, or the value alone where there is no spread (``None`` or NaN)."""
+    if any(v is None or (isinstance(v, float) and math.isnan(v)) for v in (value, low, high)):
+        return _fmt(value)
+    return f"{_fmt(value)} ({_fmt(low)}–{_fmt(high)})"
+
+
+def _shown(frame: pd.DataFrame) -> pd.DataFrame:
+    """The efficiency frame as text, each spread beside its value (``4.70 (4.41–5.30)``) in place of
+    its own columns."""
+    shown = frame.map(_fmt)
+    for col, (lo, hi) in SPREAD_COLUMNS.items():
+        shown[col] = [_with_spread(v, a, b) for v, a, b in zip(frame[col], frame[lo], frame[hi])]
+    return shown.drop(columns=[c for pair in SPREAD_COLUMNS.values() for c in pair])
+
+
+def _rounds(report: dict[str, Any]) -> int:
+    """Interleaved rounds the report was timed in (1 for reports from before rounds)."""
+    rounds = report.get("config", {}).get("rounds")
+    return int(rounds) if rounds else 1
+
+
 def _caption(report: dict[str, Any]) -> str:
     env = report["env"]
     r0 = next(r for r in report["results"] if r.get("setting", "paper") == "paper")
@@ -147,6 +215,18 @@ def _caption(report: dict[str, Any]) -> str:
         "(2 per multiply-accumulate); memory = peak tensor bytes allocated during one forward, input excluded; "
         "latency = median of the timed runs. Δ = change against the non-local block. × floor = latency over "
         "the median of torch.add(x, x) timed in alternation with the module (paired floor)."
+        + _rounds_caption(report)
+    )
+
+
+def _rounds_caption(report: dict[str, Any]) -> str:
+    rounds = _rounds(report)
+    if rounds < 2:
+        return ""
+    return (
+        f" The timed runs were split over {rounds} interleaved rounds (in each round every module of the "
+        "same size in turn, the order rotating); (a–b) = the lowest and highest per-round median: a "
+        "finding whose spread crosses its threshold is unstable."
     )
 
 
@@ -170,16 +250,17 @@ def efficiency_tables(bench_json: str | Path, out_dir: str | Path) -> list[Path]
     with atomic_path(out_dir / "efficiency.csv") as tmp:
         paper.to_csv(tmp, index=False)
 
-    shown = paper.map(_fmt)
+    shown = _shown(paper)
     md = [f"**Table 1.** {caption}", "", shown.to_markdown(index=False), ""]
-    lat = sweep_frame(report, "latency_ms")
+    lat = sweep_frame(report, "latency_ms", spread=True)
     if not lat.empty:
         md += [
             "**Scaling sweep: latency (ms)** over square maps (same run; `timeout`/`oom`/`skipped` "
             "where a module did not finish).", "", lat.map(_fmt).to_markdown(), "",
         ]
-        ratio = sweep_frame(report, "x_floor")
-        if not ratio.empty and ratio.map(lambda v: isinstance(v, float)).any().any():
+        ratio = sweep_frame(report, "x_floor", spread=True)
+        paired = any(r.get("x_floor") is not None for r in report["results"] if r.get("setting") == "sweep")
+        if not ratio.empty and paired:
             md += [
                 "**Scaling sweep: latency × floor**, each against `torch.add(x, x)` timed in alternation with "
                 "it (paired floor).", "", ratio.map(_fmt).to_markdown(), "",
@@ -307,10 +388,15 @@ def _dataset_phrase(dataset: str, setting: str) -> str:
     return f"{DATASET_NAMES.get(dataset, dataset)}, {split} split, {mode}-image {how} inference"
 
 
-def _method_label(model: str, band: Optional[list[int]]) -> str:
+MODE_NAMES = {"dot": "dot", "linsoftmax": "LinSoftmax"}
+
+
+def _method_label(model: str, band: Optional[list[int]], mode: Optional[str] = None) -> str:
     from fsanet.summary import BAND_MODELS, band_label
 
     name = METHOD_NAMES.get(model, model)
+    if mode:
+        name = f"{name} {MODE_NAMES.get(mode, mode)}"
     return f"{name} ({band_label(band, pretty=True)})" if model in BAND_MODELS else name
 
 
@@ -321,11 +407,14 @@ def _method_key(model: str, band: Optional[list[int]]) -> tuple:
     return (order.index(model) if model in order else len(order), model, band_size(band), band_label(band))
 
 
-def _pm(mean: Optional[float], std: Optional[float], n: int) -> str:
+def _pm(mean: Optional[float], std: Optional[float], n: int, low: Optional[float] = None,
+        high: Optional[float] = None) -> str:
+    """``mean ± std (n=3; min–max)``; the range is left out for a single run."""
     if mean is None:
         return "–"
     spread = f" ± {std:.2f}" if std is not None else ""
-    return f"{mean:.2f}{spread} (n={n})"
+    extent = f"; {low:.2f}–{high:.2f}" if low is not None and high is not None and n > 1 else ""
+    return f"{mean:.2f}{spread} (n={n}{extent})"
 
 
 def _signed(x: Optional[float]) -> str:
@@ -425,20 +514,22 @@ def ablation_frame(
         pretty = label.replace("x", "×")
         shown.append({
             "Band (u×v)": pretty, "K": "all" if math.isinf(k) else str(int(k)),
-            f"{ret_name} retrained: mIoU (%)": _pm(*(ret[x] for x in ("mean", "std", "n"))) if ret else "–",
+            f"{ret_name} retrained: mIoU (%)": _pm(*(ret[x] for x in ("mean", "std", "n", "min", "max")))
+            if ret else "–",
             f"Δ {ret_name}": _delta(ret, label),
-            f"{tr_name} truncated: mIoU (%)": _pm(*(tr[x] for x in ("mean", "std", "n"))) if tr else "–",
+            f"{tr_name} truncated: mIoU (%)": _pm(*(tr[x] for x in ("mean", "std", "n", "min", "max"))) if tr else "–",
             f"Δ {tr_name}": _delta(tr, label),
         })
         row: dict[str, Any] = {"band": label, "K": None if math.isinf(k) else int(k)}
         for series, p in (("retrained", ret), ("truncated", tr)):
             row.update({f"{series}_mIoU_mean": p and p["mean"], f"{series}_mIoU_std": p and p["std"],
+                        f"{series}_mIoU_min": p and p["min"], f"{series}_mIoU_max": p and p["max"],
                         f"{series}_n": p["n"] if p else 0, f"{series}_delta_vs_full": p and p["delta"],
                         f"{series}_seeds": ";".join(map(str, p["seeds"])) if p else ""})
         row["mlflow_run_ids"] = ";".join(sorted(set((ret or {}).get("run_ids", []) + (tr or {}).get("run_ids", []))))
         numeric.append(row)
-    used = [r for r in runs if (r["model"] == retrained_model and r["eval_band"] is None)
-            or r["model"] == truncated_model]
+    used = [r for r in runs if (r["model"] == retrained_model and r["eval_band"] is None
+                                and r.get("mode") in (None, "dot")) or r["model"] == truncated_model]
     numeric_frame = pd.DataFrame(numeric)
     numeric_frame["K"] = numeric_frame["K"].astype("Int64")  # integers, empty for the full band
     return pd.DataFrame(shown), numeric_frame, used
@@ -466,9 +557,9 @@ def ablation_tables(
         tr_name = METHOD_NAMES.get(truncated_model, truncated_model)
         caption = (
             f"Band ablation on {_dataset_phrase(dataset, ds_runs[0]['setting'])}. mIoU (%) as mean ± sample "
-            "standard deviation over seeds (n = runs). K = number of kept DCT coefficients (the u×v low-frequency "
+            "standard deviation over seeds (n = runs; min–max after the semicolon). K = number of kept DCT coefficients (the u×v low-frequency "
             f"block of the feature map's spectrum); full = whole spectrum. {ret_name} retrained: a separate model "
-            f"trained at each band. {tr_name} truncated: one model trained at full band whose attention input is "
+            f"trained at each band, dot-product mode. {tr_name} truncated: one model trained at full band whose attention input is "
             "low-passed to the band at evaluation time, without retraining. Δ = mean minus the mean of the same "
             "model's full row (ref.), in mIoU points."
         )
@@ -508,8 +599,9 @@ def _method_groups(runs: Sequence[dict[str, Any]], bands: Optional[Sequence[str]
             continue  # truncated without retraining: that is T2's business
         if bands and r["model"] in BAND_MODELS and band_label(r["band"]) not in bands:
             continue
-        groups.setdefault((r["model"], band_label(r["band"])), []).append(r)
-    return sorted(groups.items(), key=lambda kv: _method_key(kv[1][0]["model"], kv[1][0]["band"]))
+        groups.setdefault((r["model"], r.get("mode"), band_label(r["band"])), []).append(r)
+    return sorted(groups.items(), key=lambda kv: (*_method_key(kv[1][0]["model"], kv[1][0]["band"]),
+                                                   str(kv[0][1])))
 
 
 def methods_frame(
@@ -520,9 +612,12 @@ def methods_frame(
 
     cost_rows = {(c["model"], c["band_label"]): c for c in (costs or {}).get("rows", [])}
     shown, numeric, used = [], [], []
-    for (model, label), rs in _method_groups(runs, bands):
+    for (model, mode, label), rs in _method_groups(runs, bands):
         mean, std, n = mean_std(r["mIoU"] for r in rs)
-        cost = cost_rows.get((model, label))
+        values = [r["mIoU"] for r in rs if r["mIoU"] is not None]
+        low, high = (min(values), max(values)) if values else (None, None)
+        # the cost report is made with the profile's model config (FSA in dot mode)
+        cost = cost_rows.get((model, label)) if mode in (None, "dot") else None
         if costs is not None and cost is None:
             log.warning("no cost row for %s band %s in the cost report", model, label)
         secs = [r.get("train_seconds") for r in rs]
@@ -531,13 +626,13 @@ def methods_frame(
         gflops = cost["flops"] / 1e9 if cost else None
         fps = cost["fps"] if cost else None
         shown.append({
-            "Method": _method_label(model, rs[0]["band"]), "mIoU (%)": _pm(mean, std, n),
+            "Method": _method_label(model, rs[0]["band"], mode), "mIoU (%)": _pm(mean, std, n, low, high),
             "Params (M)": _fmt(params), "GFLOPs": _fmt(gflops), "fps (CPU)": _fmt(fps),
             "Train time (min)": _fmt(train_min),
         })
         numeric.append({
-            "method": _method_label(model, rs[0]["band"]), "model": model, "band": label, "mIoU_mean": mean,
-            "mIoU_std": std, "n": n, "seeds": ";".join(str(r["seed"]) for r in sorted(rs, key=lambda r: r["seed"])),
+            "method": _method_label(model, rs[0]["band"], mode), "model": model, "mode": mode, "band": label,
+            "mIoU_mean": mean, "mIoU_std": std, "mIoU_min": low, "mIoU_max": high, "n": n, "seeds": ";".join(str(r["seed"]) for r in sorted(rs, key=lambda r: r["seed"])),
             "params": cost["params"] if cost else None, "flops": cost["flops"] if cost else None, "fps": fps,
             "train_minutes_mean": train_min, "mlflow_run_ids": ";".join(_run_ids(rs)),
         })
@@ -576,8 +671,9 @@ def methods_tables(
         caption = (
             f"Methods on {_dataset_phrase(dataset, ds_runs[0]['setting'])}. mIoU (%) as mean ± sample standard "
             "deviation over seeds (n = runs), every model trained and evaluated with the same protocol; "
-            f"the band of FsaNet is the DCT block it was trained with. {cost_text} Train time = mean wall-clock "
-            "minutes of the training loop (run_info.json)."
+            "min–max over seeds after the semicolon; the band of FsaNet is the DCT block it was trained with, "
+            f"dot / LinSoftmax its attention kernel. {cost_text} Costs are those of the dot mode; the LinSoftmax "
+            "row has none. Train time = mean wall-clock minutes of the training loop (run_info.json)."
         )
         paths += _write_study_table(Path(out_dir), f"methods_{dataset}", [("Table 3", caption, shown)], numeric,
                                     _study_footer(summary, used), "fsanet tables methods")
@@ -628,11 +724,11 @@ def per_class_frame(
         raise ValueError(f"no retrained evaluations (eval_band null) for dataset '{dataset}'")
     classes = _class_names(dataset, [r for _, rs in groups for r in rs])
     shown, numeric, used = [], [], []
-    for (model, label), rs in groups:
+    for (model, mode, label), rs in groups:
         per_seed = [_iou_of(r, classes) for r in rs]
         means = [mean_std(v[k] for v in per_seed)[0] for k in range(len(classes))]
         miou, _, n = mean_std(r["mIoU"] for r in rs)
-        name = _method_label(model, rs[0]["band"])
+        name = _method_label(model, rs[0]["band"], mode)
         shown.append({"Method": name, **{c: _fmt_iou(v) for c, v in zip(classes, means)}, "mIoU": _fmt_iou(miou),
                       "n": str(n)})
         numeric.append({"method": name, "model": model, "band": label, **dict(zip(classes, means)), "mIoU": miou,

@@ -58,14 +58,16 @@ def test_ablation_table_numbers_caption_and_footer(study, tmp_path):
     assert one["K"] == "1" and rows[2]["K"] == "" and one["retrained_seeds"] == "0;1"
     assert float(rows[1]["truncated_mIoU_std"]) == 0.0  # (69, 69)
     md = (tmp_path / "tables" / "ablation.md").read_text()
-    assert "52.00 ± 2.83 (n=2)" in md and "−13.00" in md and "45.00 ± 7.07 (n=2)" in md and "−26.00" in md
+    assert "52.00 ± 2.83 (n=2; 50.00–54.00)" in md and "−13.00" in md and "45.00 ± 7.07 (n=2; 40.00–50.00)" in md
+    assert "−26.00" in md
+    assert float(one["retrained_mIoU_min"]) == 50.0 and float(one["truncated_mIoU_max"]) == 50.0
     assert "| 5×5" in md and "| full" in md
     assert SYNTH in md and "without retraining" in md
     assert "Provenance: git" in md and "config hash" in md
     assert "run-nonlocal-full-val_band0-1-0-1-1" in md and "run-fsanet-0-5-0-5-val-0" in md
     assert "run-fcn" not in md  # FCN runs are not part of the ablation
     tex = (tmp_path / "tables" / "ablation.tex").read_text()
-    assert "\\caption{Band ablation on synthetic" in tex and "52.00 $\\pm$ 2.83 (n=2)" in tex
+    assert "\\caption{Band ablation on synthetic" in tex and "52.00 $\\pm$ 2.83 (n=2; 50.00--54.00)" in tex
     assert "\\begin{tabular}" in tex and "5$\\times$5" in tex
     assert "run-nonlocal-full-val\\_band0-1-0-1-1" in tex  # '_' escaped in the footer
 
@@ -86,7 +88,7 @@ def test_methods_table_joins_costs_and_orders_methods(study, tmp_path):
     assert float(nl["mIoU_mean"]) == 71.0 and nl["n"] == "2" and float(nl["params"]) == 98140  # truncated rows excluded
     assert rows[0]["mIoU_std"] == "" and rows[0]["n"] == "1"
     md = (tmp_path / "t" / "methods_synthetic.md").read_text()
-    assert "| FsaNet (5×5)" in md and "61.00 ± 1.41 (n=2)" in md and "0.098" in md and "0.0315" in md
+    assert "| FsaNet (5×5)" in md and "61.00 ± 1.41 (n=2; 60.00–62.00)" in md and "0.098" in md and "0.0315" in md
     assert "200.0" in md and SYNTH in md and "96×96" in md
     lines = [line for line in md.splitlines() if line.startswith("| FsaNet (1×1)")]
     assert lines and lines[0].count("–") >= 3  # no cost row for 1x1: params, GFLOPs, fps empty
@@ -99,7 +101,7 @@ def test_methods_table_joins_costs_and_orders_methods(study, tmp_path):
 def test_per_class_table_means_over_seeds(study, tmp_path):
     per_class_tables(study, tmp_path / "t")
     rows = {(r["model"], r["band"]): r for r in read_csv(tmp_path / "t" / "per_class_synthetic.csv")}
-    assert float(rows[("fsanet", "5x5")]["cue"]) == 61.0  # write_metrics sets every class to the run's mIoU
+    assert float(rows[("fsanet", "5x5")]["cue_red"]) == 61.0  # write_metrics sets every class to the run's mIoU
     assert rows[("fcn", "full")]["bar"] == "" and float(rows[("fcn", "full")]["triangle"]) == 30.0
     md = (tmp_path / "t" / "per_class_synthetic.md").read_text()
     header = next(line for line in md.splitlines() if line.startswith("| Method"))

@@ -25,7 +25,7 @@ from fsanet.summary import (
     write_summary,
 )
 
-CLASSES = ["background", "cue", "disc_red_cue", "disc_blue_cue", "triangle", "bar"]
+CLASSES = ["background", "cue_red", "cue_blue", "disc_red_cue", "disc_blue_cue", "triangle", "bar"]
 
 
 def write_metrics(root, dataset="synthetic", model="fsanet", band=(0, 5, 0, 5), eval_band=None, seed=0, miou=50.0,

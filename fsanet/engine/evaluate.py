@@ -29,7 +29,7 @@ from fsanet.engine.distributed import resolve_device
 from fsanet.engine.inference import predict
 from fsanet.engine.metrics import SegmentationMetric
 from fsanet.engine.train import BuildDataset, BuildModel, default_run_name, describe, run_tags
-from fsanet.io import atomic_path, write_json, write_text
+from fsanet.io import atomic_path, read_json, write_json, write_text
 from fsanet.repro import deterministic_mode, seed_everything
 from fsanet.tracking import Tracker, flatten, sanitize_key
 
@@ -90,6 +90,21 @@ def apply_eval_band(model: torch.nn.Module, band: Optional[Sequence[int]]) -> in
     for module in modules:
         module.eval_band = None if band is None else list(band)
     return len(modules)
+
+
+def _value(x: Any) -> Any:
+    return getattr(x, "value", x)
+
+
+def _dataset_context(dataset: Any) -> Optional[dict[str, Any]]:
+    """The context oracle that ``fsanet data prepare`` recorded for a generated set (None for others)."""
+    ready = Path(getattr(dataset, "root", "")) / "READY.json"
+    if not ready.is_file():
+        return None
+    try:
+        return read_json(ready).get("context")
+    except ValueError:
+        return None
 
 
 def _nan_to_none(value: Any) -> Any:
@@ -175,6 +190,7 @@ def _evaluate(
             "mode": InferenceMode(ec.mode).value, "scales": list(ec.scales), "flip": bool(ec.flip),
             "num_images": result["num_images"], "mlflow_run_id": tracker.run_id,
             "train_mlflow_run_id": state.get("mlflow_run_id"),
+            "attention_mode": _value(cfg.model.attention.mode), "context": _dataset_context(dataset),
         }
         metrics = _nan_to_none(metrics)
         write_json(out_dir / "metrics.json", metrics)
