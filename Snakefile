@@ -26,6 +26,7 @@ rule all_tables:
         "results/plots/efficiency_scaling.png",
         "results/metrics/summary.json",
         "results/tables/ablation.md",
+        "results/tables/findings.md",
         "results/plots/ablation.png",
         table_files("methods", config["datasets"]),
         table_files("per_class", config["datasets"]),

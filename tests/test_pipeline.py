@@ -80,8 +80,10 @@ def test_default_profile_dry_run_plans_the_study(tmp_path):
     assert res.returncode == 0, out
     stats = {ln.split()[0]: int(ln.split()[1]) for ln in out.splitlines()
              if len(ln.split()) == 2 and ln.split()[1].isdigit()}
-    # methods x 3 seeds + 5 extra FsaNet bands; evaluations add the 5 NL truncation bands
-    assert stats["train"] == 8 * 3 + 5 and stats["evaluate"] == 8 * 3 + 5 + 5, stats
+    # (8 methods + FsaNet LinSoftmax) x 3 seeds + 5 extra FsaNet (dot) bands x 3 seeds; evaluations add
+    # the 5 NL truncation bands of each of the 3 NL seeds
+    assert stats["train"] == 9 * 3 + 5 * 3 and stats["evaluate"] == 9 * 3 + 5 * 3 + 5 * 3, stats
+    assert stats["findings"] == 1
     assert stats["mlflow_init"] == 1 and stats["prepare_data"] == 1
 
 

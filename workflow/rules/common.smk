@@ -15,7 +15,7 @@ def fsanet_source_hash():
 
 
 CODE_HASH = fsanet_source_hash()
-RUNS = "results/runs/{dataset}/{model}/band~{band}/seed~{seed}"
+RUNS = "results/runs/{dataset}/{model}/band~{band}/mode~{mode}/seed~{seed}"
 
 
 def quoted(items):
@@ -55,10 +55,11 @@ def train_overrides(wildcards, threads):
         "train.progress=false",
         f"tracking.experiment={config['experiment']}",
         f"tracking.study_marker=results/mlflow/{config['study']}.json",
-        f"tracking.run_name={wildcards.model}_b{wildcards.band}_{wildcards.dataset}_s{wildcards.seed}",
+        f"tracking.run_name={wildcards.model}_b{wildcards.band}_{wildcards.mode}_{wildcards.dataset}_s{wildcards.seed}",
     ]
     if wildcards.model == "fsanet":
         items.append(f"model.attention.band={band_value(wildcards.band)}")
+        items.append(f"model.attention.mode={wildcards.mode}")
     return quoted(items + list(config.get("train_overrides", [])))
 
 
@@ -77,24 +78,35 @@ def method_band(model):
     return config["fsanet_default_band"] if model == "fsanet" else "none"
 
 
+def method_modes(model):
+    """FSA kernels trained in the method comparison; 'none' for heads without one."""
+    return config["fsanet_modes"] if model == "fsanet" else ["none"]
+
+
+def run_dir(ds, model, band, mode, seed):
+    return f"results/runs/{ds}/{model}/band~{band}/mode~{mode}/seed~{seed}"
+
+
 def study_evaluations():
-    """Every metrics.json of the study: methods × seeds, FsaNet bands, NL truncation bands."""
+    """Every metrics.json of the study: methods (both FSA modes) × seeds, FsaNet bands (band mode)
+    × band seeds, and the truncation bands of each band seed of the truncated model."""
     out = set()
     for ds in config["datasets"]:
         for m in config["methods"]:
-            for s in config["method_seeds"]:
-                out.add(
-                    f"results/runs/{ds}/{m}/band~{method_band(m)}/seed~{s}/eval/none/metrics.json"
-                )
+            for mode in method_modes(m):
+                for s in config["method_seeds"]:
+                    out.add(f"{run_dir(ds, m, method_band(m), mode, s)}/eval/none/metrics.json")
         if "fsanet" in config["methods"]:
             for b in config["fsanet_bands"]:
                 for s in config["band_seeds"]:
-                    out.add(f"results/runs/{ds}/fsanet/band~{b}/seed~{s}/eval/none/metrics.json")
+                    out.add(
+                        f"{run_dir(ds, 'fsanet', b, config['fsanet_band_mode'], s)}/eval/none/metrics.json"
+                    )
         t = config.get("truncation_model")
         if t:
             for b in config["truncation_bands"]:
                 for s in config["band_seeds"]:
-                    out.add(f"results/runs/{ds}/{t}/band~none/seed~{s}/eval/{b}/metrics.json")
+                    out.add(f"{run_dir(ds, t, 'none', 'none', s)}/eval/{b}/metrics.json")
     return sorted(out)
 
 
@@ -102,7 +114,7 @@ def qualitative_checkpoints(wildcards):
     """One trained model per method (first method seed): the qualitative grid's columns."""
     s = config["method_seeds"][0]
     return {
-        m: f"results/runs/{wildcards.dataset}/{m}/band~{method_band(m)}/seed~{s}/model.pt"
+        m: f"{run_dir(wildcards.dataset, m, method_band(m), method_modes(m)[0], s)}/model.pt"
         for m in config["methods"]
     }
 
@@ -113,3 +125,8 @@ def qualitative_args(wildcards, input):
 
 def table_files(stem, datasets):
     return [f"results/tables/{stem}_{ds}.{ext}" for ds in datasets for ext in ("md", "tex", "csv")]
+
+
+def band_text(band):
+    """The `band` wildcard as a table label: 'full' or 'nxn'."""
+    return "full" if band == "full" else f"{int(band)}x{int(band)}"

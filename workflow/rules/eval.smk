@@ -4,11 +4,12 @@ rule evaluate:
     output:
         metrics=f"{RUNS}/eval/{{ev}}/metrics.json",
     log:
-        "logs/eval/{dataset}/{model}/band~{band}/seed~{seed}/{ev}.log",
+        "logs/eval/{dataset}/{model}/band~{band}/mode~{mode}/seed~{seed}/{ev}.log",
     benchmark:
-        "benchmarks/eval/{dataset}/{model}/band~{band}/seed~{seed}/{ev}.tsv"
+        "benchmarks/eval/{dataset}/{model}/band~{band}/mode~{mode}/seed~{seed}/{ev}.tsv"
     wildcard_constraints:
         band=r"none|full|\d+",
+        mode=r"none|dot|linsoftmax",
         seed=r"\d+",
         ev=r"none|full|\d+",
     conda:

@@ -130,3 +130,21 @@ rule plot_qualitative:
         checkpoints=qualitative_args,
     shell:
         "fsanet -q plots qualitative {params.checkpoints} --out {output} -n 4 > {log} 2>&1"
+
+
+rule findings:
+    input:
+        summary="results/metrics/summary.json",
+        bench="results/bench/attention.json",
+    output:
+        "results/tables/findings.md",
+    log:
+        "logs/tables/findings.log",
+    conda:
+        "../../environment.yml"
+    params:
+        code=CODE_HASH,
+        band=lambda wc: band_text(config["fsanet_default_band"]),
+    shell:
+        "fsanet -q tables findings --summary {input.summary} --bench {input.bench} --out {output} "
+        "--default-band {params.band} > {log} 2>&1"

@@ -24,11 +24,12 @@ rule train:
         model=f"{RUNS}/model.pt",
         info=f"{RUNS}/run_info.json",
     log:
-        "logs/train/{dataset}/{model}/band~{band}/seed~{seed}.log",
+        "logs/train/{dataset}/{model}/band~{band}/mode~{mode}/seed~{seed}.log",
     benchmark:
-        "benchmarks/train/{dataset}/{model}/band~{band}/seed~{seed}.tsv"
+        "benchmarks/train/{dataset}/{model}/band~{band}/mode~{mode}/seed~{seed}.tsv"
     wildcard_constraints:
         band=r"none|full|\d+",
+        mode=r"none|dot|linsoftmax",
         seed=r"\d+",
     conda:
         "../../environment.yml"
