@@ -157,7 +157,7 @@ def _knee_finding(points: Sequence[Mapping[str, Any]], series: str, knee: Option
 def _cost_findings(bench: Mapping[str, Any]) -> list[Finding]:
     from fsanet.bench import verdict
 
-    rows = bench.get("rows", [])
+    rows = bench.get("results", [])  # run_attention_benchmark's report
     paper = [r for r in rows if r.get("setting") == "paper" and r.get("status") == "ok"]
     nl = next((r for r in paper if r["module"] == "nonlocal"), None)
     fsa = next((r for r in paper if r["module"] == "fsa" and r.get("mode") == "dot" and r.get("impl") == "fused"

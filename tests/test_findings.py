@@ -1,0 +1,57 @@
+"""findings.md's claims: the cost claims read the benchmark report as it is written, the knee claim
+checks both halves."""
+
+import pytest
+
+from fsanet.bench import run_attention_benchmark
+from fsanet.config import load_config
+from fsanet.findings import _cost_findings, _knee_finding
+
+
+def test_cost_claims_read_the_written_report(tmp_path):
+    over = {
+        "bench.modules": "[fsa,nonlocal]",
+        "bench.channels": 16,
+        "bench.paper_size": "[12,10]",
+        "bench.paper_bands": "[[0,5,0,5]]",
+        "bench.sweep_sizes": "[8]",
+        "bench.sweep_band": "[0,2,0,2]",
+        "bench.repeats": 2,
+        "bench.rounds": 2,
+        "bench.warmup": 1,
+    }
+    cfg = load_config([], [f"{k}={v}" for k, v in over.items()]).bench
+    report = run_attention_benchmark(cfg, tmp_path / "attention.json")
+    found = _cost_findings(report)
+    claims = " | ".join(f["claim"] for f in found)
+    assert all(f["verdict"] != "untestable" for f in found), found
+    assert "FLOPs" in claims and "peak memory" in claims and "latency" in claims
+    assert "12×10" in claims
+    # no report rows: untestable, not a pass
+    assert [f["verdict"] for f in _cost_findings({"results": []})] == ["untestable"]
+
+
+def _points(deltas, full=90.0):
+    pts = [{"series": "retrained", "label": "full", "K": 144, "mean": full}]
+    for n, d in deltas.items():
+        pts.append({"series": "retrained", "label": f"{n}x{n}", "K": n * n, "mean": full + d})
+    return pts
+
+
+@pytest.mark.parametrize(
+    "deltas, verdict",
+    [
+        ({1: -20.0, 2: -0.5, 4: 0.2}, "pass"),   # knee at 2×2: below drops, above holds
+        ({1: -3.0, 2: -0.5, 4: 0.2}, "fail"),    # below the knee drops too little
+        ({1: -20.0, 2: -1.5, 4: 0.2}, "fail"),   # at the knee loses too much
+    ],
+)
+def test_knee_claim_checks_both_halves(deltas, verdict):
+    f = _knee_finding(_points(deltas), "retrained", [2, 2], "retrained curve")
+    assert f["verdict"] == verdict, f
+    assert "no band below the knee" not in f["detail"]
+
+
+def test_knee_claim_says_when_no_band_lies_below_the_knee():
+    f = _knee_finding(_points({1: -0.2, 2: 0.1}), "retrained", [1, 1], "retrained curve")
+    assert f["verdict"] == "pass" and "only the upper half of the claim is tested" in f["detail"]
