@@ -12,7 +12,7 @@ The claims (thresholds in :data:`BARS`):
 1. FsaNet at the default band is within ``fsa_vs_nl`` mIoU of non-local (means), for each FSA mode.
 2. Every attention method is above the attention-free FCN by at least ``above_fcn`` in every seed.
 3. The seed spread (sample std) of every method row, and of every band row at or above the
-   predicted knee, is at most ``max_std``.
+   predicted knee (retrained, and truncated without retraining), is at most ``max_std``.
 4. The retrained band curve has its knee at the predicted band: every band at or above the
    dataset's predicted knee (:mod:`fsanet.data.oracle`) is within ``knee_within`` of the full band,
    every band below it at least ``knee_drop`` below (means).
@@ -128,6 +128,26 @@ def _spread_findings(runs: Sequence[Mapping[str, Any]], default_band: str, knee:
     return out
 
 
+def _truncated_spread_findings(points: Sequence[Mapping[str, Any]], knee: Optional[list[int]],
+                               model: str) -> list[Finding]:
+    """Claim 3 for the truncation series: the seed std of each truncated band at or above the knee."""
+    if knee is None:
+        return []
+    knee_k = band_size([0, knee[0], 0, knee[1]])
+    out = []
+    for p in sorted((p for p in points if p["series"] == "truncated" and p["label"] != "full"),
+                    key=lambda p: p["K"]):
+        if p["K"] < knee_k:
+            continue
+        claim = f"seed std of {model} truncated to {p['label']} ≤ {BARS['max_std']:.1f}"
+        if p["std"] is None:
+            out.append(_finding(claim, None, f"n={p['n']}: needs at least 2 seeds"))
+        else:
+            out.append(_finding(claim, p["std"] <= BARS["max_std"],
+                                f"std {p['std']:.2f} (n={p['n']}; {_f(p['min'])}–{_f(p['max'])})"))
+    return out
+
+
 def _knee_finding(points: Sequence[Mapping[str, Any]], series: str, knee: Optional[list[int]], what: str) -> Finding:
     claim = (f"{what}: bands ≥ the predicted knee within {BARS['knee_within']:.1f} of full, bands below it "
              f"≥ {BARS['knee_drop']:.0f} below (means)")
@@ -200,6 +220,7 @@ def findings(summary: Mapping[str, Any], bench: Optional[Mapping[str, Any]], dat
     out = _method_findings(runs, default_band)
     out += _spread_findings(runs, default_band, knee)
     points = ablation_points(runs, truncated_model=truncated_model)
+    out += _truncated_spread_findings(points, knee, truncated_model)
     out.append(_knee_finding(points, "retrained", knee, "retrained FsaNet (dot) band curve"))
     out.append(_knee_finding(points, "truncated", knee, f"truncated {truncated_model} band curve"))
     if bench is not None:

@@ -55,3 +55,17 @@ def test_knee_claim_checks_both_halves(deltas, verdict):
 def test_knee_claim_says_when_no_band_lies_below_the_knee():
     f = _knee_finding(_points({1: -0.2, 2: 0.1}), "retrained", [1, 1], "retrained curve")
     assert f["verdict"] == "pass" and "only the upper half of the claim is tested" in f["detail"]
+
+
+def test_truncated_band_rows_get_a_spread_claim_at_or_above_the_knee():
+    from fsanet.findings import _truncated_spread_findings
+
+    pts = [
+        {"series": "truncated", "label": "1x1", "K": 1, "std": 4.0, "n": 3, "min": 70.0, "max": 78.0},
+        {"series": "truncated", "label": "2x2", "K": 4, "std": 0.3, "n": 3, "min": 89.0, "max": 89.6},
+        {"series": "truncated", "label": "full", "K": 144, "std": 0.2, "n": 3, "min": 90.0, "max": 90.4},
+    ]
+    found = _truncated_spread_findings(pts, [1, 1], "nonlocal")
+    assert [f["verdict"] for f in found] == ["fail", "pass"]
+    assert "truncated to 1x1" in found[0]["claim"] and "std 4.00" in found[0]["detail"]
+    assert [f["verdict"] for f in _truncated_spread_findings(pts, [2, 2], "nonlocal")] == ["pass"]
