@@ -30,9 +30,9 @@ import requests
 from PIL import Image, ImageDraw
 
 from fsanet.data.base import SegmentationDataset, scan_pairs
-from fsanet.data.download import DownloadError
+from fsanet.data.convert import check_count, missing_summary, parallel_map
+from fsanet.data.download_errors import DownloadError
 from fsanet.data.imageio import DataError, read_label, write_label
-from fsanet.data.prepare import check_count, missing_summary, parallel_map
 from fsanet.io import write_text
 
 __all__ = [

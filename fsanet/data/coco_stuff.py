@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from fsanet.data.base import SegmentationDataset, scan_pairs
+from fsanet.data.convert import check_count, missing_summary, parallel_map
 from fsanet.data.imageio import DataError, read_label, write_label
-from fsanet.data.prepare import check_count, missing_summary, parallel_map
 
 __all__ = [
     "CLASSES",

@@ -22,6 +22,7 @@ import requests
 import urllib3
 from tqdm import tqdm
 
+from fsanet.data.download_errors import ChecksumError, DownloadError
 from fsanet.io import read_json, write_json
 
 __all__ = [
@@ -38,14 +39,6 @@ log = logging.getLogger(__name__)
 
 ALGORITHMS = ("md5", "sha1", "sha256")
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
-
-
-class DownloadError(ValueError):
-    """A download failed (HTTP error, broken connection, unknown file)."""
-
-
-class ChecksumError(DownloadError):
-    """A file's digest differs from the expected one. The message shows both."""
 
 
 def parse_checksum(checksum: str) -> tuple[str, str]:

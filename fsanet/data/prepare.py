@@ -1,4 +1,4 @@
-"""Shared machinery of ``fsanet data prepare/stats/show``: parallel conversion, count checks, markers.
+"""Shared machinery of ``fsanet data prepare/stats/show``: dispatch to the dataset modules, markers.
 
 A dataset module (``cityscapes``, ``ade20k``, ``voc``, ``coco_stuff``, ``coco``) exposes
 
@@ -16,16 +16,14 @@ split lists are written after every file they name, and the marker ``.fsanet-pre
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
+from fsanet.data.convert import check_count, missing_summary, parallel_map
 from fsanet.data.imageio import DataError
 from fsanet.io import read_json, write_json
 
@@ -44,12 +42,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-R = TypeVar("R")
-
 PREPARED_MARKER = ".fsanet-prepared.json"
 BENCHMARKS = ("cityscapes", "ade20k", "voc", "coco_stuff", "coco")
-_LISTED = 5
 
 
 def dataset_module(name: str) -> ModuleType:
@@ -60,56 +54,6 @@ def dataset_module(name: str) -> ModuleType:
     if name not in modules:
         raise KeyError(f"unknown dataset '{name}'; choose one of {', '.join(modules)}")
     return modules[name]
-
-
-def parallel_map(
-    fn: Callable[[T], R], items: Sequence[T], workers: int = 0, desc: str = "", progress: bool = True
-) -> list[R]:
-    """``[fn(x) for x in items]`` over a process pool, in order, with a progress bar.
-
-    Args:
-        fn: a picklable (module-level) function.
-        items: its arguments.
-        workers: processes; 0 = one per CPU; 1 runs in this process (no pool).
-        desc: progress-bar label.
-        progress: show the bar.
-    """
-    workers = workers or os.cpu_count() or 1
-    bar = dict(total=len(items), desc=desc, unit="file", disable=not progress)
-    if workers == 1 or len(items) <= 1:
-        return [fn(x) for x in tqdm(items, **bar)]
-    chunk = max(1, min(64, len(items) // (workers * 8)))
-    with ProcessPoolExecutor(max_workers=min(workers, len(items))) as pool:
-        return list(tqdm(pool.map(fn, items, chunksize=chunk), **bar))
-
-
-def missing_summary(names: Sequence[str]) -> str:
-    shown = ", ".join(names[:_LISTED])
-    return shown + (f" and {len(names) - _LISTED} more" if len(names) > _LISTED else "")
-
-
-def check_count(
-    what: str, found: int, expected: int | None, missing: Sequence[str] = (), enabled: bool = True
-) -> None:
-    """Refuse a split whose size differs from the known one, naming what is missing.
-
-    Args:
-        what: e.g. ``"cityscapes gtFine/train label maps"``.
-        found: how many were found.
-        expected: the known size (None: unknown, nothing checked).
-        missing: names of expected-but-absent items, when the caller can tell.
-        enabled: False for miniatures/subsets (``data.check_split_sizes=false``).
-
-    Raises:
-        DataError: the counts differ.
-    """
-    if not enabled or expected is None or found == expected:
-        return
-    detail = f"; missing: {missing_summary(list(missing))}" if missing else ""
-    raise DataError(
-        f"{what}: found {found}, expected {expected}{detail}. The download is incomplete or the folder "
-        f"holds another version; for a deliberate subset set data.check_split_sizes=false"
-    )
 
 
 def is_prepared(dataset_root: str | Path) -> bool:
