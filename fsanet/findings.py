@@ -119,13 +119,16 @@ def _spread_findings(runs: Sequence[Mapping[str, Any]], default_band: str, knee:
             if knee_k is None or band_size(band) < knee_k or mode not in (None, "dot"):
                 continue  # below the knee (or a mode outside the ablation): no spread claim
         _, std, n = mean_std(r["mIoU"] for r in rs)
-        name = model if mode is None else f"{model} {mode} ({label})"
-        claim = f"seed std of {name} ≤ {BARS['max_std']:.1f}"
-        if std is None:
-            out.append(_finding(claim, None, f"n={n}: needs at least 2 seeds"))
-        else:
-            out.append(_finding(claim, std <= BARS["max_std"], f"std {std:.2f} (n={n})"))
+        out.append(_std_finding(model if mode is None else f"{model} {mode} ({label})", std, n))
     return out
+
+
+def _std_finding(name: str, std: Optional[float], n: int, extra: str = "") -> Finding:
+    """Claim 3 for one row: its seed std is at most ``max_std``."""
+    claim = f"seed std of {name} ≤ {BARS['max_std']:.1f}"
+    if std is None:
+        return _finding(claim, None, f"n={n}: needs at least 2 seeds")
+    return _finding(claim, std <= BARS["max_std"], f"std {std:.2f} (n={n}{extra})")
 
 
 def _truncated_spread_findings(points: Sequence[Mapping[str, Any]], knee: Optional[list[int]],
@@ -139,12 +142,8 @@ def _truncated_spread_findings(points: Sequence[Mapping[str, Any]], knee: Option
                     key=lambda p: p["K"]):
         if p["K"] < knee_k:
             continue
-        claim = f"seed std of {model} truncated to {p['label']} ≤ {BARS['max_std']:.1f}"
-        if p["std"] is None:
-            out.append(_finding(claim, None, f"n={p['n']}: needs at least 2 seeds"))
-        else:
-            out.append(_finding(claim, p["std"] <= BARS["max_std"],
-                                f"std {p['std']:.2f} (n={p['n']}; {_f(p['min'])}–{_f(p['max'])})"))
+        out.append(_std_finding(f"{model} truncated to {p['label']}", p["std"], p["n"],
+                                f"; {_f(p['min'])}–{_f(p['max'])}"))
     return out
 
 
