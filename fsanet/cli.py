@@ -398,6 +398,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     _config_args(p)
     p.add_argument("--out-dir", type=Path, default=None, metavar="DIR",
                    help="run folder (default: results/runs/<model>_<dataset>_s<seed>)")
+    p.add_argument("--eval-out", type=Path, default=None, metavar="DIR",
+                   help="then evaluate the final model on the val split in this process, writing the reports "
+                   "`fsanet eval --checkpoint <run>/model.pt --out-dir DIR` would write (saves a start-up)")
     p.set_defaults(handler=_run_train)
 
     mlflow = sub.add_parser("mlflow", help="MLflow store helpers").add_subparsers(dest="what", required=True)
@@ -427,9 +430,14 @@ def _run_train(args: argparse.Namespace) -> None:
         result = train(cfg, out_dir)
     except NonFiniteLossError as err:
         raise SystemExit(f"fsanet train: error: {err}") from None
-    if int(os.environ.get("RANK", "0")) == 0:  # one line per run, not per torchrun process
-        loss = "n/a" if result.final_loss is None else f"{result.final_loss:.4f}"
-        print(f"train: {result.iterations} iterations, final loss {loss}; model: {result.model_path}")
+    if int(os.environ.get("RANK", "0")) != 0:  # one line and one evaluation per run, not per torchrun process
+        return
+    loss = "n/a" if result.final_loss is None else f"{result.final_loss:.4f}"
+    print(f"train: {result.iterations} iterations, final loss {loss}; model: {result.model_path}")
+    if args.eval_out is not None:
+        from fsanet.engine.evaluate import eval_config, evaluate
+
+        _print_eval(evaluate(eval_config(result.model_path), result.model_path, args.eval_out), args.eval_out)
 
 
 def _run_mlflow_init(args: argparse.Namespace) -> None:
@@ -454,20 +462,52 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.__class__ = _IntermixedParser
     p.add_argument("--checkpoint", required=True, type=Path, metavar="PATH", help="model.pt or checkpoints/iter_N.pt")
     _config_args(p)
-    p.add_argument("--out-dir", type=Path, default=None, metavar="DIR",
-                   help="report folder (default: <run dir>/eval/<split>[_band…][_slide][_ms][_flip])")
+    p.add_argument("--out-dir", type=str, default=None, metavar="DIR",
+                   help="report folder (default: <run dir>/eval/<split>[_band…][_slide][_ms][_flip]); with "
+                   "several --band it must contain {band}, which each band's text replaces")
+    p.add_argument("--band", action="append", default=[], metavar="B", dest="bands",
+                   help="truncation band: n (the n×n band [0,n,0,n]) or none; repeatable, to evaluate one "
+                   "checkpoint at several bands in one process (overrides eval.eval_band)")
     p.set_defaults(handler=_run_eval)
 
 
-def _run_eval(args: argparse.Namespace) -> None:
-    from fsanet.engine.evaluate import default_eval_dir, eval_config, evaluate
+def _band_arg(text: str) -> list[int] | None:
+    if text == "none":
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"--band {text!r}: expected a positive integer n (the n×n band) or 'none'")
+    return [0, int(text), 0, int(text)]
 
-    cfg = eval_config(args.checkpoint, args.config, args.overrides)
-    out_dir = args.out_dir or default_eval_dir(args.checkpoint, cfg)
-    m = evaluate(cfg, args.checkpoint, out_dir)
+
+def _print_eval(m: dict, out_dir: Path | str) -> None:
     fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
     print(f"eval: mIoU {fmt(m['mIoU'])}  mAcc {fmt(m['mAcc'])}  aAcc {fmt(m['aAcc'])} "
           f"({m['num_images']} images); reports in {out_dir}")
+
+
+def _run_eval(args: argparse.Namespace) -> None:
+    from fsanet.engine.evaluate import default_eval_dir, eval_config, evaluate, evaluate_bands, with_eval_band
+
+    cfg = eval_config(args.checkpoint, args.config, args.overrides)
+    if not args.bands:
+        out_dir = Path(args.out_dir) if args.out_dir else default_eval_dir(args.checkpoint, cfg)
+        _print_eval(evaluate(cfg, args.checkpoint, out_dir), out_dir)
+        return
+    if len(args.bands) != len(set(args.bands)):
+        raise ValueError(f"--band: each band once, got {' '.join(args.bands)}")
+    if args.out_dir is not None and len(args.bands) > 1 and "{band}" not in args.out_dir:
+        raise ValueError(f"--out-dir {args.out_dir!r}: with several --band it must contain {{band}}, e.g. "
+                         "results/runs/.../eval/{band}")
+    runs = []
+    for text in args.bands:
+        band = _band_arg(text)
+        if args.out_dir is not None:
+            out_dir = Path(args.out_dir.replace("{band}", text))
+        else:
+            out_dir = default_eval_dir(args.checkpoint, with_eval_band(cfg, band))
+        runs.append((band, out_dir))
+    for (_, out_dir), m in zip(runs, evaluate_bands(cfg, args.checkpoint, runs)):
+        _print_eval(m, out_dir)
 
 
 def build_parser() -> argparse.ArgumentParser:

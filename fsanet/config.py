@@ -315,6 +315,7 @@ class EvalConfig:
     threads: int = 1
     limit: int = 0  # evaluate only the first N images (0 = all)
     num_qualitative: int = 4  # rows of the image | truth | prediction grid
+    figures: bool = True  # draw confusion.png and qualitative.png (the CSV and markdown reports are always written)
 
 
 @dataclass

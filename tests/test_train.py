@@ -273,6 +273,45 @@ def test_cli_train_then_eval_with_mlflow(tmp_path, synthetic_root, monkeypatch, 
     assert "train.nonsense" in capsys.readouterr().err
 
 
+def test_cli_train_eval_out_equals_a_separate_eval(tmp_path, synthetic_root, capsys):
+    """`train --eval-out` scores the final model exactly as a later `fsanet eval` process would;
+    `eval --band` evaluates several truncation bands in one process with the numbers of one band each."""
+    from fsanet.cli import main
+
+    common = [f"data.root={synthetic_root}", *SYN, "train.progress=false", "tracking.enabled=false"]
+    run = tmp_path / "run"
+    assert main(["-q", "train", *common, "train.max_iters=4", "--out-dir", str(run), "train.batch_size=2",
+                 "model.name=nonlocal", "--eval-out", str(run / "eval" / "none"), "eval.figures=false"]) == 0
+    inline = json.loads((run / "eval" / "none" / "metrics.json").read_text())
+    assert not (run / "eval" / "none" / "confusion.png").exists()
+    assert (run / "eval" / "none" / "confusion.csv").is_file()
+    assert main(["-q", "eval", "--checkpoint", str(run / "model.pt"), "--out-dir", str(tmp_path / "sep"),
+                 "eval.figures=true"]) == 0
+    separate = json.loads((tmp_path / "sep" / "metrics.json").read_text())
+    assert (tmp_path / "sep" / "confusion.png").is_file()
+    assert inline["IoU"] == separate["IoU"] and inline["mIoU"] == separate["mIoU"]
+
+    pattern = str(tmp_path / "trunc" / "{band}")
+    assert main(["-q", "eval", "--checkpoint", str(run / "model.pt"), "--band", "1", "--band", "none",
+                 "--out-dir", pattern]) == 0
+    one = json.loads((tmp_path / "trunc" / "1" / "metrics.json").read_text())
+    untruncated = json.loads((tmp_path / "trunc" / "none" / "metrics.json").read_text())
+    assert one["eval_band"] == [0, 1, 0, 1] and untruncated["eval_band"] is None
+    assert untruncated["IoU"] == separate["IoU"]
+    assert main(["-q", "eval", "--checkpoint", str(run / "model.pt"), "eval.eval_band=[0,1,0,1]",
+                 "--out-dir", str(tmp_path / "one")]) == 0
+    assert json.loads((tmp_path / "one" / "metrics.json").read_text())["IoU"] == one["IoU"]
+
+    capsys.readouterr()
+    assert main(["-q", "eval", "--checkpoint", str(run / "model.pt"), "--band", "1", "--band", "2",
+                 "--out-dir", str(tmp_path / "x")]) == 2
+    assert "{band}" in capsys.readouterr().err
+    assert main(["-q", "eval", "--checkpoint", str(run / "model.pt"), "--band", "0"]) == 2
+    assert "--band '0'" in capsys.readouterr().err
+    assert main(["-q", "eval", "--checkpoint", str(run / "model.pt"), "--band", "2", "--band", "2"]) == 2
+    assert "each band once" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_sigkill_then_rerun_is_bit_identical(tmp_path, synthetic_root):
     """A real `fsanet train` process killed with SIGKILL and rerun ends with the same weights."""

@@ -6,11 +6,16 @@ merged on top (e.g. ``eval.eval_band=[0,8,0,8]`` for band truncation without ret
 
 Outputs in ``out_dir`` (each written atomically): ``metrics.json``, ``per_class.csv`` and
 ``per_class.md`` (IoU/Acc per class), ``confusion.csv`` and ``confusion.png`` (rows: truth, columns:
-prediction), ``qualitative.png`` (image | truth | prediction in the dataset's palette).
+prediction), ``qualitative.png`` (image | truth | prediction in the dataset's palette). The two PNGs
+are skipped with ``eval.figures=false``.
+
+:func:`evaluate_bands` scores one checkpoint at several truncation bands in one process, loading the
+validation split once: the truncation ablation without a Python start-up per band.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import tempfile
@@ -33,7 +38,8 @@ from fsanet.io import atomic_path, read_json, write_json, write_text
 from fsanet.repro import deterministic_mode, seed_everything
 from fsanet.tracking import Tracker, flatten, sanitize_key
 
-__all__ = ["apply_eval_band", "default_eval_dir", "eval_config", "eval_tag", "evaluate"]
+__all__ = ["apply_eval_band", "default_eval_dir", "eval_config", "eval_tag", "evaluate", "evaluate_bands",
+           "with_eval_band"]
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +157,56 @@ def evaluate(
         torch.set_num_threads(threads_before)
 
 
+def with_eval_band(cfg: DictConfig, band: Optional[Sequence[int]]) -> DictConfig:
+    """A read-only copy of ``cfg`` with ``eval.eval_band`` set to ``band`` (``None``: no truncation)."""
+    out = copy.deepcopy(cfg)
+    OmegaConf.set_readonly(out, False)
+    out.eval.eval_band = None if band is None else [int(b) for b in band]
+    OmegaConf.set_readonly(out, True)
+    return out
+
+
+def evaluate_bands(
+    cfg: DictConfig,
+    checkpoint: str | Path,
+    runs: Sequence[tuple[Optional[Sequence[int]], str | Path]],
+    *,
+    build_model: Optional[BuildModel] = None,
+    build_dataset: Optional[BuildDataset] = None,
+) -> list[dict[str, Any]]:
+    """Evaluate ``checkpoint`` once per ``(eval_band, out_dir)`` of ``runs``, in this process.
+
+    Each evaluation is the one :func:`evaluate` does with ``eval.eval_band`` set to that band (``None``:
+    no truncation), with its own reports and MLflow run; the validation split is built once and shared.
+
+    Args:
+        cfg: the resolved config (usually :func:`eval_config`); its ``eval.eval_band`` is replaced.
+        checkpoint: ``model.pt`` or a training checkpoint.
+        runs: the bands and the report folder of each.
+        build_model: default ``fsanet.models.build_model``.
+        build_dataset: default ``fsanet.data.build_dataset``.
+
+    Returns:
+        The ``metrics.json`` content of each run, in order.
+    """
+    if build_dataset is None:
+        from fsanet.data import build_dataset
+    cache: dict[tuple[str, bool], Any] = {}
+    base = build_dataset
+
+    def shared_dataset(data_cfg: Any, split: str, train: bool, *, seed: int) -> Any:
+        key = (split, train)
+        if key not in cache:
+            cache[key] = base(data_cfg, split, train, seed=seed)
+        return cache[key]
+
+    results = []
+    for band, out_dir in runs:
+        results.append(evaluate(with_eval_band(cfg, band), checkpoint, out_dir, build_model=build_model,
+                                build_dataset=shared_dataset))
+    return results
+
+
 def _evaluate(
     cfg: DictConfig, state: dict[str, Any], checkpoint: Path, out_dir: Path,
     build_model: BuildModel, build_dataset: BuildDataset,
@@ -195,9 +251,15 @@ def _evaluate(
         metrics = _nan_to_none(metrics)
         write_json(out_dir / "metrics.json", metrics)
         _write_tables(out_dir, classes, result)
-        _write_confusion(out_dir, classes, result["confusion"])
-        _write_qualitative(out_dir, result["samples"], np.asarray(dataset.PALETTE, dtype=np.uint8),
-                           cfg.data.mean, cfg.data.std, cfg.data.ignore_index)
+        _write_confusion_csv(out_dir, classes, result["confusion"])
+        figures = ("confusion.png", "qualitative.png") if ec.figures else ()
+        for name in ("confusion.png", "qualitative.png"):
+            if name not in figures:  # no stale figure from an earlier evaluation beside the new reports
+                (out_dir / name).unlink(missing_ok=True)
+        if ec.figures:
+            _write_confusion_png(out_dir, classes, result["confusion"])
+            _write_qualitative(out_dir, result["samples"], np.asarray(dataset.PALETTE, dtype=np.uint8),
+                               cfg.data.mean, cfg.data.std, cfg.data.ignore_index)
         resolved = to_container(cfg)
         write_text(out_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
         tracker.log_params({**flatten(resolved), "checkpoint": str(checkpoint)})
@@ -206,8 +268,7 @@ def _evaluate(
             if not math.isnan(value):
                 scalars[f"test/IoU/{sanitize_key(name)}"] = value
         tracker.log_metrics(scalars, step=int(state.get("iteration") or 0))
-        for name in ("config.yaml", "metrics.json", "per_class.csv", "per_class.md", "confusion.csv", "confusion.png",
-                     "qualitative.png"):
+        for name in ("config.yaml", "metrics.json", "per_class.csv", "per_class.md", "confusion.csv", *figures):
             tracker.log_artifact(out_dir / name, "eval")
         tracker.finish("FINISHED")
     except BaseException:
@@ -272,15 +333,17 @@ def _csv_cell(text: str) -> str:
     return f'"{text}"' if any(ch in text for ch in ',"\n') else text
 
 
-def _write_confusion(out_dir: Path, classes: list[str], cm: torch.Tensor) -> None:
+def _write_confusion_csv(out_dir: Path, classes: list[str], cm: torch.Tensor) -> None:
+    lines = ["true\\pred," + ",".join(_csv_cell(c) for c in classes)]
+    lines += [_csv_cell(c) + "," + ",".join(str(int(v)) for v in row) for c, row in zip(classes, cm.tolist())]
+    write_text(out_dir / "confusion.csv", "\n".join(lines) + "\n")
+
+
+def _write_confusion_png(out_dir: Path, classes: list[str], cm: torch.Tensor) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    lines = ["true\\pred," + ",".join(_csv_cell(c) for c in classes)]
-    lines += [_csv_cell(c) + "," + ",".join(str(int(v)) for v in row) for c, row in zip(classes, cm.tolist())]
-    write_text(out_dir / "confusion.csv", "\n".join(lines) + "\n")
 
     counts = cm.double()
     norm = (counts / counts.sum(1, keepdim=True).clamp(min=1)).numpy()  # each true class's row sums to 1

@@ -52,6 +52,7 @@ def train_overrides(wildcards, threads):
         f"model.name={wildcards.model}",
         f"train.seed={wildcards.seed}",
         f"train.threads={threads}",
+        f"eval.threads={threads}",  # the final evaluation (train --eval-out) runs in the train process
         "train.progress=false",
         f"tracking.experiment={config['experiment']}",
         f"tracking.study_marker=results/mlflow/{config['study']}.json",
@@ -60,7 +61,9 @@ def train_overrides(wildcards, threads):
     if wildcards.model == "fsanet":
         items.append(f"model.attention.band={band_value(wildcards.band)}")
         items.append(f"model.attention.mode={wildcards.mode}")
-    return quoted(items + list(config.get("train_overrides", [])))
+    return quoted(
+        items + list(config.get("train_overrides", [])) + list(config.get("eval_overrides", []))
+    )
 
 
 def eval_overrides(wildcards, threads):
@@ -69,8 +72,6 @@ def eval_overrides(wildcards, threads):
         f"tracking.experiment={config['experiment']}",
         f"tracking.study_marker=results/mlflow/{config['study']}.json",
     ]
-    if wildcards.ev != "none":
-        items.append(f"eval.eval_band={band_value(wildcards.ev)}")
     return quoted(items + list(config.get("eval_overrides", [])))
 
 

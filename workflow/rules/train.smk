@@ -23,6 +23,7 @@ rule train:
     output:
         model=f"{RUNS}/model.pt",
         info=f"{RUNS}/run_info.json",
+        metrics=f"{RUNS}/eval/none/metrics.json",  # the final model's evaluation, in the same process
     log:
         "logs/train/{dataset}/{model}/band~{band}/mode~{mode}/seed~{seed}.log",
     benchmark:
@@ -41,5 +42,7 @@ rule train:
         configs=fsanet_configs,
         overrides=train_overrides,
         out_dir=subpath(output.model, parent=True),
+        eval_dir=subpath(output.metrics, parent=True),
     shell:
-        "fsanet -q train {params.configs} --out-dir {params.out_dir} {params.overrides} > {log} 2>&1"
+        "fsanet -q train {params.configs} --out-dir {params.out_dir} --eval-out {params.eval_dir} "
+        "{params.overrides} > {log} 2>&1"
