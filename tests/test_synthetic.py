@@ -85,6 +85,46 @@ def test_dataset_reads_the_set(small_set: Path) -> None:
         SyntheticDataset(small_set, "test")
 
 
+def test_packed_arrays_equal_the_pngs(small_set: Path, tmp_path: Path) -> None:
+    """With ``cache`` on, items come from the packed .npy arrays; they equal the decoded PNGs bit for bit,
+    and a set without packs (or with a reordered split list) falls back to the PNGs."""
+    ready = syn.read_ready(small_set)
+    assert set(ready["packed"]) == {"train", "val"}
+    for split, n in (("train", 5), ("val", 3)):
+        png = SyntheticDataset(small_set, split, cache=False)
+        packed = SyntheticDataset(small_set, split, cache=True)
+        for i in range(n):
+            a, b = png.load(i), packed.load(i)
+            np.testing.assert_array_equal(a[0], b[0])
+            np.testing.assert_array_equal(a[1], b[1])
+            assert b[0].dtype == np.uint8 and not b[0].flags.writeable
+        assert packed._packed is not None  # the pack was used, not the PNG fallback
+        for k in range(n):
+            torch.testing.assert_close(png[(k, 3)]["image"], packed[(k, 3)]["image"], rtol=0, atol=0)
+
+    copy = tmp_path / "synthetic"
+    import shutil
+
+    shutil.copytree(small_set, copy)
+    shutil.rmtree(copy / syn.PACKED_DIR)
+    old = SyntheticDataset(copy, "train", cache=True)
+    np.testing.assert_array_equal(old.load(2)[0], read_image(small_set / "images/train/train_00002.png"))
+    assert old._packed is None
+    names = (copy / "splits" / "train.txt").read_text().split()
+    shutil.copytree(small_set / syn.PACKED_DIR, copy / syn.PACKED_DIR)
+    (copy / "splits" / "train.txt").write_text("\n".join(reversed(names)) + "\n")
+    flipped = SyntheticDataset(copy, "train", cache=True)
+    np.testing.assert_array_equal(flipped.load(0)[1], read_label(small_set / "labels/train/train_00004.png"))
+    assert flipped._packed is None
+    # a damaged pack is refused by name, never silently used
+    (copy / "splits" / "train.txt").write_text("\n".join(names) + "\n")
+    np.save(copy / syn.PACKED_DIR / "train_labels.npy", np.zeros((2, 64, 64), np.uint8))
+    with pytest.raises(DataError, match="packed arrays"):
+        SyntheticDataset(copy, "train", cache=True).load(0)
+    with pytest.raises(DataError, match="not a complete synthetic set"):  # and fails prepare's verification
+        prepare_synthetic(copy, SMALL, processes=1, progress=False)
+
+
 def test_build_dataset_pipelines(small_set: Path) -> None:
     cfg = load_config([PARAMS], [f"data.root={small_set}", "data.base_scale=[64,64]",
                                                        "data.crop_size=[64,64]"]).data

@@ -105,7 +105,12 @@ On disk (``prepare_synthetic``)
     data/synthetic/images/{train,val}/{split}_{i:05d}.png    RGB
     data/synthetic/labels/{train,val}/{split}_{i:05d}.png    palette PNG, indices = labels
     data/synthetic/splits/{train,val}.txt                    one name per line
-    data/synthetic/READY.json                                settings, counts, content digest
+    data/synthetic/packed/{split}_{images,labels}.npy        the decoded splits (uint8), in split order
+    data/synthetic/READY.json                                settings, counts, content digest, pack sha256
+
+With ``data.cache`` on, :class:`SyntheticDataset` reads a split's two packed arrays in one go instead
+of decoding 2 PNGs per sample (2,000 train pairs: about 3 s per training process on the 2-core host);
+the arrays are decoded from the written PNGs, so both paths give the same pixels.
 
 Image ``i`` of a split depends only on ``(seed, i)`` (train) or ``(val_seed, i)`` (val), so the set is
 bit-identical across runs and machines and independent of the number of worker processes.
@@ -127,16 +132,16 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 from skimage.draw import disk, polygon
 from tqdm import tqdm
 
 from fsanet.data.base import SegmentationDataset, read_split_list
-from fsanet.data.imageio import DataError, write_image, write_label
+from fsanet.data.imageio import DataError, read_image, read_label, write_image, write_label
 from fsanet.data.oracle import oracle_counts, oracle_curve
-from fsanet.io import read_json, write_json, write_text
+from fsanet.io import atomic_path, read_json, write_json, write_text
 
 __all__ = [
     "CLASSES",
@@ -166,6 +171,7 @@ CUE_CLASSES = (CUE_RED, CUE_BLUE)
 CONTEXT_CLASSES = (DISC_RED, DISC_BLUE)
 SPLITS = ("train", "val")
 READY_FILE = "READY.json"
+PACKED_DIR = "packed"  # the decoded splits as .npy, for one-read loading (``data.cache``)
 FORMAT_VERSION = 2  # bump when the generator changes its output
 
 LAYOUTS = ("band", "cells")
@@ -565,6 +571,37 @@ def _digest(root: Path, settings: SyntheticSettings) -> str:
     return h.hexdigest()
 
 
+def _sha256(path: Path) -> Optional[str]:
+    if not path.is_file():
+        return None
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _pack_files(split: str) -> tuple[str, str]:
+    return f"{PACKED_DIR}/{split}_images.npy", f"{PACKED_DIR}/{split}_labels.npy"
+
+
+def _write_pack(root: Path, split: str, count: int) -> dict[str, str]:
+    """Decode the split's written PNGs into two ``.npy`` arrays (images ``(N, H, W, 3)``, labels ``(N, H, W)``,
+    uint8, in split-list order); returns their sha256 by relative path."""
+    names = [_name(split, i) for i in range(count)]
+    images = np.stack([read_image(root / "images" / split / f"{n}.png") for n in names])
+    labels = np.stack([read_label(root / "labels" / split / f"{n}.png") for n in names])
+    out = {}
+    for rel, array in zip(_pack_files(split), (images, labels)):
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, array, allow_pickle=False)
+        out[rel] = _sha256(path)
+    return out
+
+
 def _settings_record(settings: SyntheticSettings) -> dict[str, Any]:
     return {"format_version": FORMAT_VERSION, **asdict(settings)}
 
@@ -579,7 +616,10 @@ def _ready_ok(root: Path, settings: SyntheticSettings, verify: bool) -> bool:
         return False
     if ready.get("settings") != _settings_record(settings):
         return False
-    return not verify or ready.get("digest") == _digest(root, settings)
+    if not verify:
+        return True
+    packs_ok = all(_sha256(root / f) == h for split in (ready.get("packed") or {}).values() for f, h in split.items())
+    return packs_ok and ready.get("digest") == _digest(root, settings)
 
 
 def prepare_synthetic(
@@ -657,8 +697,9 @@ def prepare_synthetic(
     digest = _digest(partial, settings)  # also checks that every file exists
     counts = {split: settings.count(split) for split in SPLITS}
     context = context_oracle(settings, "val", processes)
+    packed = {split: _write_pack(partial, split, settings.count(split)) for split in SPLITS}
     write_json(partial / READY_FILE, {"dataset": "synthetic", "settings": record, "counts": counts, "digest": digest,
-                                      "context": context})
+                                      "context": context, "packed": packed})
     if root.exists():  # force: replace the old set only now that the new one is complete
         old = root.parent / f".{root.name}.old"
         if old.exists():
@@ -704,6 +745,43 @@ class SyntheticDataset(SegmentationDataset):
         return read_split_list(
             split_dir, self.root / "images" / self.split, ".png", self.root / "labels" / self.split, ".png"
         )
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The pair from the packed arrays when ``cache`` is on and the pack matches the split list;
+        otherwise decoded from the PNGs (the base class). Both give the same arrays."""
+        if self._cache is None:
+            return super().load(index)
+        if not hasattr(self, "_packed"):
+            self._packed = self._open_pack()
+        if self._packed is None:
+            return super().load(index)
+        images, labels = self._packed
+        return images[index], labels[index]
+
+    def _open_pack(self) -> Optional[tuple[np.ndarray, np.ndarray]]:
+        names = [img.stem for img, _ in self._samples]
+        if names != [_name(self.split, i) for i in range(len(names))]:
+            log.info("%s: split list differs from the generated order; decoding the PNGs", self.root)
+            return None
+        paths = [self.root / rel for rel in _pack_files(self.split)]
+        if not all(p.is_file() for p in paths):
+            return None  # a set prepared before the packs existed
+        try:
+            images, labels = (np.load(p, allow_pickle=False) for p in paths)
+        except (OSError, ValueError) as err:
+            raise DataError(f"{paths[0].parent}: unreadable packed arrays ({err}); re-create the set with "
+                            f"`{self.FETCH} --force`") from None
+        if (images.dtype != np.uint8 or labels.dtype != np.uint8 or images.ndim != 4 or labels.ndim != 3
+                or len(images) != len(names) or len(labels) != len(names)
+                or images.shape[:3] != labels.shape):
+            raise DataError(f"{paths[0].parent}: packed arrays {images.shape}/{labels.shape} do not match the "
+                            f"{len(names)} samples of split '{self.split}'; re-create the set with "
+                            f"`{self.FETCH} --force`")
+        if self.check_labels:
+            self.check_label(labels, paths[1])
+        images.flags.writeable = False  # shared by every item: a transform writing into it fails loudly
+        labels.flags.writeable = False
+        return images, labels
 
 
 # --------------------------------------------------------------------------------------------
