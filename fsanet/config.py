@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -32,6 +33,8 @@ __all__ = [
     "load_config",
     "to_container",
 ]
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -390,10 +393,19 @@ def load_config(
         bad = [o for o in overrides if "=" not in o]
         if bad:
             raise ConfigError(f"command line: override '{bad[0]}' is not of the form key=value")
-        try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
-        except OmegaConfBaseException as err:
-            raise ConfigError(f"command line: {_describe(err)}") from None
+        seen: set[str] = set()
+        for item in overrides:
+            key, _, text = item.partition("=")
+            key = key.strip()
+            if key in seen:  # later wins (profiles append to a rule's defaults), but never silently
+                log.warning("command line: %s is given more than once; the last value (%s) wins", key, text)
+            seen.add(key)
+            try:
+                value = OmegaConf.from_dotlist([f"value={text}"])["value"]  # YAML-typed, as from_dotlist does
+                # update() walks list indices (data.download.0.url=...) where a merged dotlist cannot
+                OmegaConf.update(cfg, key, value, merge=True)
+            except OmegaConfBaseException as err:
+                raise ConfigError(f"command line: {item!r}: {_describe(err)}") from None
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         sources = ", ".join(str(p) for p in paths) or "no config file"

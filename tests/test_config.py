@@ -87,3 +87,32 @@ def test_cli_help_lists_subcommands(capsys):
     out = capsys.readouterr().out
     for cmd in ("bench", "tables"):
         assert cmd in out
+
+
+def test_list_items_override_by_index_and_errors_name_the_key(caplog):
+    """`data.download.0.url=…` reaches the list item; a bad index or a repeated key is named."""
+    cfg = load_config(["params/data/cityscapes.yaml"], ["data.download.0.url=http://127.0.0.1:9/a.zip"])
+    assert cfg.data.download[0].url == "http://127.0.0.1:9/a.zip"
+    assert cfg.data.download[1].url != "http://127.0.0.1:9/a.zip"
+    with pytest.raises(ConfigError, match="data.download.7.url"):
+        load_config(["params/data/cityscapes.yaml"], ["data.download.7.url=x"])
+    assert load_config([], ["train.seed=1", "train.seed=2"]).train.seed == 2  # the last wins, with a warning
+    assert "train.seed is given more than once; the last value (2) wins" in caplog.text
+    # the usual forms are unchanged: typed values, lists, null
+    cfg = load_config([], ["train.seed=3", "model.attention.band=[0,8,0,8]", "eval.eval_band=null",
+                           "train.lr=1e-3"])
+    assert cfg.train.seed == 3 and list(cfg.model.attention.band) == [0, 8, 0, 8]
+    assert cfg.eval.eval_band is None and cfg.train.lr == pytest.approx(1e-3)
+
+
+def test_short_band_and_device_errors_explain_the_fix(monkeypatch):
+    import torch
+
+    from fsanet.engine.distributed import resolve_device
+    from fsanet.models import build_model
+
+    with pytest.raises(ValueError, match=r"model.attention.*two numbers mean \[0, n_u\) × \[0, n_v\).*\[0, n, 0, n\]"):
+        build_model(load_config([], ["model.attention.band=[0,5]"]).model, 3)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="train.device=cuda but torch sees no GPU.*set train.device=cpu"):
+        resolve_device("cuda", key="train.device")

@@ -66,16 +66,18 @@ def init_distributed(device_type: str) -> DistInfo:
     return DistInfo(rank, world, local_rank, initialized_here=True)
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` → the local GPU if CUDA is available, else CPU; ``cuda`` without a GPU is an error."""
+def resolve_device(name: str, local_rank: int = 0, key: str = "device") -> torch.device:
+    """``auto`` → the local GPU if CUDA is available, else CPU; ``cuda`` without a GPU is an error that
+    names the config ``key`` (``train.device``, ``eval.device``)."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError("device=cuda but torch sees no GPU; use device=cpu or device=auto")
+            raise ValueError(f"{key}=cuda but torch sees no GPU (torch {torch.__version__}, CUDA build: "
+                             f"{torch.version.cuda or 'no'}); set {key}=cpu or {key}=auto")
         return torch.device("cuda", local_rank)
     if name != "cpu":
-        raise ValueError(f"unknown device '{name}'; use auto, cpu or cuda")
+        raise ValueError(f"{key}={name!r} is not a device; use auto, cpu or cuda")
     return torch.device("cpu")
 
 

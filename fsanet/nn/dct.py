@@ -74,8 +74,10 @@ def normalize_band(band: BandLike, h: Optional[int] = None, w: Optional[int] = N
         v1 = w
     for lo, hi, axis, size in ((u0, u1, "u (height)", h), (v0, v1, "v (width)", w)):
         if hi != -1 and hi <= lo:
+            short = (f"; two numbers mean [0, n_u) × [0, n_v), so {tuple(band)!r} is [0, {vals[1]}) × "
+                     f"[0, {vals[3]}): for the n×n low band write [n, n] or [0, n, 0, n]") if len(band) == 2 else ""
             raise ValueError(
-                f"band {tuple(band)!r} is empty along {axis}: need lower < upper, got [{lo}, {hi})"
+                f"band {tuple(band)!r} is empty along {axis}: need lower < upper, got [{lo}, {hi}){short}"
             )
         if size is not None and hi > size:
             raise ValueError(
