@@ -132,6 +132,8 @@ def _add_tables(sub: argparse._SubParsersAction) -> None:
                    help="output of `fsanet tables summary`")
     p.add_argument("--bench", type=Path, default=None, metavar="JSON", help="output of `fsanet bench attention` (T1)")
     p.add_argument("--out", type=Path, default=Path("results/tables/findings.md"), help="the findings file")
+    p.add_argument("--json", type=Path, default=None, metavar="PATH",
+                   help="also write the claims and verdicts as JSON (read by `fsanet mlflow publish`)")
     p.add_argument("--dataset", default=None, metavar="NAME", help="only this dataset (default: all)")
     p.add_argument("--default-band", default="5x5", metavar="LABEL", help="FsaNet's band in the method rows")
     p.set_defaults(handler=_run_tables_findings)
@@ -173,7 +175,7 @@ def _run_tables_methods(args: argparse.Namespace) -> None:
 def _run_tables_findings(args: argparse.Namespace) -> None:
     from fsanet.findings import write_findings
 
-    items = write_findings(args.summary, args.out, args.bench, args.dataset, args.default_band)
+    items = write_findings(args.summary, args.out, args.bench, args.dataset, args.default_band, args.json)
     counts = {v: sum(f["verdict"] == v for f in items) for v in ("pass", "fail", "unstable", "untestable")}
     print(f"tables findings: {len(items)} claims ({', '.join(f'{k} {v}' for k, v in counts.items())}); wrote {args.out}")
 
@@ -416,6 +418,19 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--uri", default=None,
                    help="tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db at the project root)")
     p.set_defaults(handler=_run_mlflow_init)
+    p = mlflow.add_parser(
+        "publish", help="log a finished study's summary, findings, tables and plots on its parent run",
+        description="Reopens the study's parent run named by the marker of `fsanet mlflow init`, logs the "
+        "per-group mIoU (mean, std, n) of summary.json and the findings' verdict counts as metrics, and the "
+        "files as artifacts, then marks the run FINISHED.",
+    )
+    p.add_argument("--marker", required=True, type=Path, metavar="MARKER.json", help="written by `fsanet mlflow init`")
+    p.add_argument("--summary", required=True, type=Path, help="results/metrics/summary.json")
+    p.add_argument("--findings", type=Path, default=None, metavar="JSON", help="`fsanet tables findings --json` output")
+    p.add_argument("--artifact", action="append", default=[], type=Path, metavar="FILE", dest="artifacts",
+                   help="a table or plot to log (repeatable)")
+    p.add_argument("--out", type=Path, default=None, metavar="JSON", help="receipt to write")
+    p.set_defaults(handler=_run_mlflow_publish)
 
 
 def _run_train(args: argparse.Namespace) -> None:
@@ -451,6 +466,14 @@ def _run_mlflow_init(args: argparse.Namespace) -> None:
           f"in '{marker['experiment']}' at {marker['tracking_uri']}; marker {args.out}")
 
 
+def _run_mlflow_publish(args: argparse.Namespace) -> None:
+    from fsanet.publish import publish_study
+
+    r = publish_study(args.marker, args.summary, args.artifacts, args.findings, args.out)
+    print(f"mlflow: published {r['metrics']} metrics and {len(r['artifacts'])} files to run {r['parent_run_id']} "
+          f"in '{r['experiment']}'" + (f" (offline: {r['offline']})" if r["offline"] else ""))
+
+
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     """`fsanet eval` (engine)."""
     p = sub.add_parser(
@@ -463,8 +486,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True, type=Path, metavar="PATH", help="model.pt or checkpoints/iter_N.pt")
     _config_args(p)
     p.add_argument("--out-dir", type=str, default=None, metavar="DIR",
-                   help="report folder (default: <run dir>/eval/<split>[_band…][_slide][_ms][_flip]); with "
-                   "several --band it must contain {band}, which each band's text replaces")
+                   help="report folder (default: <run dir>/eval/<split>[_band…][_slide<crop>s<stride>]"
+                   "[_ms<scales>][_flip]); with several --band it must contain {band}, which each band's "
+                   "text replaces")
     p.add_argument("--band", action="append", default=[], metavar="B", dest="bands",
                    help="truncation band: n (the n×n band [0,n,0,n]) or none; repeatable, to evaluate one "
                    "checkpoint at several bands in one process (overrides eval.eval_band)")

@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-from fsanet.io import read_json, write_text
+from fsanet.io import read_json, write_json, write_text
 from fsanet.summary import (
     BAND_MODELS,
     ablation_points,
@@ -228,8 +228,10 @@ def findings(summary: Mapping[str, Any], bench: Optional[Mapping[str, Any]], dat
 
 
 def write_findings(summary_json: str | Path, out: str | Path, bench_json: Optional[str | Path] = None,
-                   dataset: Optional[str] = None, default_band: str = "5x5") -> list[Finding]:
-    """Write ``findings.md`` for every dataset of the summary (or ``dataset``)."""
+                   dataset: Optional[str] = None, default_band: str = "5x5",
+                   json_out: Optional[str | Path] = None) -> list[Finding]:
+    """Write ``findings.md`` for every dataset of the summary (or ``dataset``), and the same claims as a
+    JSON list (``dataset``, ``claim``, ``verdict``, ``detail``) to ``json_out`` when given."""
     summary = load_summary(summary_json)
     bench = read_json(bench_json) if bench_json else None
     datasets = [dataset] if dataset else sorted({r["dataset"] for r in summary["runs"]})
@@ -239,7 +241,8 @@ def write_findings(summary_json: str | Path, out: str | Path, bench_json: Option
              "seeds; a failing claim is printed as failing.", ""]
     everything: list[Finding] = []
     for ds in datasets:
-        items = findings(summary, bench if ds == datasets[0] else None, ds, default_band)
+        items = [{"dataset": ds, **f} for f in findings(summary, bench if ds == datasets[0] else None, ds,
+                                                       default_band)]
         ctx = (summary.get("context") or {}).get(ds)
         lines += [f"## {ds}", ""]
         if ctx:
@@ -254,4 +257,7 @@ def write_findings(summary_json: str | Path, out: str | Path, bench_json: Option
         lines += ["", "Verdicts: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), ""]
         everything += items
     write_text(out, "\n".join(lines))
+    if json_out is not None:
+        write_json(json_out, {"summary": Path(summary_json).as_posix(), "git_sha": summary["provenance"]["git_sha"],
+                              "findings": everything})
     return everything

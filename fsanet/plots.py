@@ -3,7 +3,7 @@
 * :func:`ablation_plot`: mIoU against the number of kept DCT coefficients K (log x) for FsaNet retrained
   per band and for the full-band non-local model truncated without retraining; error bars = sample std
   over seeds; horizontal lines = each series' full-band mean. The plotted numbers also go to a CSV
-  (``results/plots/ablation.csv``) for ``dvc plots``.
+  (``results/plots/ablation_<dataset>.csv`` in the study) for ``dvc plots``.
 * :func:`qualitative_grid`: the same validation images through several checkpoints, rows = images,
   columns = image | truth | each method, in the dataset's palette.
 """
@@ -212,6 +212,7 @@ def qualitative_grid(
     from fsanet.engine.checkpoint import load_checkpoint
     from fsanet.engine.evaluate import apply_eval_band, eval_config
     from fsanet.engine.inference import predict
+    from fsanet.tables import METHOD_NAMES
 
     if not checkpoints:
         raise ValueError("no checkpoints given: pass at least one --checkpoint LABEL=PATH")
@@ -239,7 +240,7 @@ def qualitative_grid(
         if [str(c) for c in state.get("classes", classes)] != classes:
             raise ValueError(f"{path}: trained on classes {state.get('classes')}, but the images come from "
                              f"dataset '{first.data.name}' with classes {classes}")
-        model = build_model(cfg.model, len(classes))
+        model = build_model(cfg.model, len(classes), pretrained=False)  # weights from the checkpoint
         model.load_state_dict(state["model"])
         model.eval()
         if cfg.eval.eval_band is not None:
@@ -265,13 +266,23 @@ def qualitative_grid(
         label = item["label"].numpy()
         panels = [(_to_rgb(item["image"], label.shape, first.data.mean, first.data.std),
                    str(item.get("name", r))), (_colorize(label, palette, ignore), "truth")]
-        panels += [(_colorize(preds[name][r], palette, ignore), name) for name in checkpoints]
+        panels += [(_colorize(preds[name][r], palette, ignore), METHOD_NAMES.get(name, name)) for name in checkpoints]
         for c, (panel, title) in enumerate(panels):
             axes[r, c].imshow(panel, interpolation="nearest")
             axes[r, c].set_title(title, fontsize=8)
     for ax in axes.flat:
         ax.axis("off")
-    fig.tight_layout()
+    # a legend of the classes that appear in the truth or a prediction (all of them for ≤ 40 classes)
+    shown = sorted({int(v) for item in items for v in np.unique(item["label"].numpy()) if 0 <= v < len(classes)}
+                   | {int(v) for p in preds.values() for a in p for v in np.unique(a) if 0 <= v < len(classes)})
+    if len(classes) <= 40:
+        shown = list(range(len(classes)))
+    from matplotlib.patches import Patch
+
+    handles = [Patch(facecolor=palette[k] / 255.0, edgecolor="black", linewidth=0.3, label=classes[k]) for k in shown]
+    ncol = min(len(handles), max(cols, 4))
+    fig.tight_layout(rect=(0, 0.04 + 0.025 * math.ceil(len(handles) / ncol), 1, 1))
+    fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=7, frameon=False)
     out_png = Path(out_png)
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, dpi=100)

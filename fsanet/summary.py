@@ -246,7 +246,7 @@ def read_metrics(path: str | Path) -> dict[str, Any]:
         "retrained": eval_band is None, **scores, "mlflow_run_id": m.get("mlflow_run_id"),
         "train_mlflow_run_id": m.get("train_mlflow_run_id"),
         "mode": attention_mode, "context_band": (m.get("context") or {}).get("knee"),
-        "split": split, "inference": inference, "scales": [float(s) for s in scales], "flip": flip,
+        "backbone": m.get("backbone"), "split": split, "inference": inference, "scales": [float(s) for s in scales], "flip": flip,
         "setting": _setting(split, inference, scales, flip),
         "num_images": m.get("num_images"), "iteration": m.get("iteration"), "checkpoint": checkpoint,
         "metrics_file": path.as_posix(), "config_hash": _config_hash_of(path),

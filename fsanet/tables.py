@@ -308,16 +308,21 @@ def efficiency_plot(bench_json: str | Path, out_png: str | Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     for label, rs in series.items():
         ok = sorted((r for r in rs if r["status"] == "ok"), key=lambda r: r["h"] * r["w"])
+        failed = sorted((r for r in rs if r["status"] != "ok"), key=lambda r: r["h"] * r["w"])
+        if failed:  # every module stays in the legend, with the sizes it did not finish
+            first = failed[0]
+            label = f"{label} ({first['status']} at N ≥ {first['h'] * first['w']})"
         if not ok:
+            axes[0].plot([], [], linestyle="none", marker="x", color="grey", label=label)
             continue
         n = [r["h"] * r["w"] for r in ok]
         style = {"linestyle": "--", "color": "black"} if rs[0]["module"] == "floor" else {"marker": "o"}
-        axes[0].plot(n, [r["latency_ms"] for r in ok], label=label, **style)
+        line = axes[0].plot(n, [r["latency_ms"] for r in ok], label=label, **style)[0]
         if rs[0]["module"] != "floor":
             axes[1].plot(n, [r["peak_memory_bytes"] / 2**20 for r in ok], label=label, **style)
-        failed = [r for r in rs if r["status"] in ("timeout", "oom")]
-        for r in failed[:1]:
-            axes[0].annotate(r["status"], (r["h"] * r["w"], ok[-1]["latency_ms"]), fontsize=7)
+        if failed:
+            axes[0].plot([failed[0]["h"] * failed[0]["w"]], [ok[-1]["latency_ms"]], marker="x", linestyle="none",
+                         color=line.get_color())
     env = report["env"]
     for ax, title in zip(axes, ("latency (ms)", "peak memory (MiB)")):
         ax.set_xscale("log")
@@ -389,6 +394,10 @@ def _dataset_phrase(dataset: str, setting: str) -> str:
 
 
 MODE_NAMES = {"dot": "dot", "linsoftmax": "LinSoftmax"}
+BACKBONE_NAMES = {
+    "small": "the small CPU backbone (output stride 8, 39 px receptive field, `fsanet/models/small.py`)",
+    "resnet50_v1c": "ResNet-50-V1c-D8", "resnet101_v1c": "ResNet-101-V1c-D8",
+}
 
 
 def _method_label(model: str, band: Optional[list[int]], mode: Optional[str] = None) -> str:
@@ -668,8 +677,12 @@ def methods_tables(
             )
         else:
             cost_text = "No cost report was given: params, GFLOPs and fps are left empty."
+        backbones = sorted({str(r.get("backbone")) for r in used if r.get("backbone")})
+        backbone_text = (f"Backbone: {', '.join(BACKBONE_NAMES.get(b, b) for b in backbones)}; "
+                         if backbones else "Backbone: not recorded in these metrics files; ")
         caption = (
-            f"Methods on {_dataset_phrase(dataset, ds_runs[0]['setting'])}. mIoU (%) as mean ± sample standard "
+            f"Methods on {_dataset_phrase(dataset, ds_runs[0]['setting'])}. {backbone_text}mIoU (%) as mean ± "
+            "sample standard "
             "deviation over seeds (n = runs), every model trained and evaluated with the same protocol; "
             "min–max over seeds after the semicolon; the band of FsaNet is the DCT block it was trained with, "
             f"dot / LinSoftmax its attention kernel. {cost_text} Costs are those of the dot mode; the LinSoftmax "

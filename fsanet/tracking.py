@@ -253,11 +253,13 @@ class Tracker:
         tags: tags set when the run starts.
         resume_run_id: reopen this run instead of creating one (training resumed from a checkpoint).
         active: False gives a tracker that does nothing (tracking disabled, or a non-main rank).
+        parent_run_id: nest the run under this one (an evaluation under its training) when it exists in
+            the store; otherwise, and by default, under the study's parent run from the marker.
     """
 
     def __init__(
         self, cfg: Any, out_dir: str | Path, run_name: str, tags: Optional[Mapping[str, Any]] = None,
-        resume_run_id: Optional[str] = None, active: bool = True,
+        resume_run_id: Optional[str] = None, active: bool = True, parent_run_id: Optional[str] = None,
     ) -> None:
         self.active = bool(active and cfg.enabled)
         self.out_dir = Path(out_dir)
@@ -277,10 +279,12 @@ class Tracker:
         marker = read_marker(cfg.study_marker) if cfg.study_marker else None
         self.experiment = marker["experiment"] if marker else cfg.experiment
         self.parent_run_id = marker["parent_run_id"] if marker else None
+        self._own_parent = parent_run_id
         self.uri = resolve_uri(cfg.uri, marker["tracking_uri"] if marker else None)
         self.tags.update({k: str(v) for k, v in (tags or {}).items()})
         if self.parent_run_id:
             self.tags["mlflow.parentRunId"] = self.parent_run_id
+            self.tags["fsanet.study_run_id"] = self.parent_run_id
         _quiet_environment(int(cfg.http_timeout_s))
         self._call(lambda: self._start(resume_run_id), "start run")
 
@@ -311,6 +315,13 @@ class Tracker:
             except Exception as err:
                 log.warning("MLflow run %s cannot be reopened (%s); starting a new run", resume_run_id, err)
         exp_id = _ensure_experiment(self._client, self.experiment, self.uri)
+        if self._own_parent:
+            try:
+                self._client.get_run(self._own_parent)
+                self.parent_run_id = self._own_parent
+                self.tags["mlflow.parentRunId"] = self._own_parent
+            except Exception:  # e.g. a checkpoint trained against another store: stay under the study
+                log.info("MLflow: run %s is not in %s; not nesting under it", self._own_parent, self.uri)
         tags = {"mlflow.runName": self.run_name, **self.tags}
         run = self._client.create_run(exp_id, tags=tags, run_name=self.run_name)
         self.run_id = run.info.run_id

@@ -92,11 +92,11 @@ class TinySegDataset(torch.utils.data.Dataset):
                 "ori_size": (self.size, self.size)}
 
 
-def build_tiny_model(model_cfg: Any, num_classes: int) -> TinyNet:
+def build_tiny_model(model_cfg: Any, num_classes: int, **_: Any) -> TinyNet:
     return TinyNet(num_classes, dropout=0.1)
 
 
-def build_tiny_model_f64(model_cfg: Any, num_classes: int) -> TinyNet:
+def build_tiny_model_f64(model_cfg: Any, num_classes: int, **_: Any) -> TinyNet:
     return TinyNet(num_classes, dtype=torch.float64)
 
 

@@ -158,6 +158,22 @@ def test_eval_band_override_truncates_attention(tmp_path):
     assert m["IoU"] != full["IoU"] or m["aAcc"] != full["aAcc"]  # the truncation changed predictions
 
 
+def test_eval_tag_names_every_setting(tmp_path):
+    """Two evaluations with different windows, strides or scales never share a report folder."""
+    ckpt, _ = _checkpoint(tmp_path)
+    tags = {
+        eval_tag(eval_config(ckpt, overrides=o)) for o in (
+            [], ["eval.mode=slide"], ["eval.mode=slide", "eval.crop_size=[8,8]"],
+            ["eval.mode=slide", "eval.stride=[4,4]"], ["eval.scales=[0.5,1.0]"], ["eval.scales=[0.75,1.0]"],
+            ["eval.flip=true"], ["eval.eval_band=[0,2,0,2]"],
+        )
+    }
+    assert len(tags) == 8
+    cfg = eval_config(ckpt, overrides=["eval.mode=slide", "eval.crop_size=[769,769]", "eval.stride=[513,513]",
+                                       "eval.scales=[0.5,0.75,1.0,1.25,1.5,1.75]", "eval.flip=true"])
+    assert eval_tag(cfg) == "val_slide769x769s513x513_ms0.5-0.75-1-1.25-1.5-1.75_flip"
+
+
 def test_eval_config_errors_name_the_checkpoint(tmp_path):
     ckpt, _ = _checkpoint(tmp_path)
     with pytest.raises(ConfigError, match="eval.nonsense"):

@@ -151,6 +151,47 @@ def test_attention_options_reach_the_modules() -> None:
     assert tuple(isa.attention_modules()[0].down_factor) == (2, 4)
 
 
+# a value different from the default for every AttentionConfig field
+_OTHER_OPTION = {
+    "band": None, "mode": "linsoftmax", "impl": "reference", "reduction": 4, "recurrence": 3,
+    "nonlocal_mode": "dot_product", "nonlocal_use_scale": False, "qk_channels": 4, "isa_key_channels": 8,
+    "isa_down_factor": [4, 4], "aff_heads": 4,
+}
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_undeclared_attention_options_have_no_effect(name: str) -> None:
+    """``attention_options`` (what a run logs as params) lists every option that changes the model."""
+    from dataclasses import fields
+
+    from fsanet.config import AttentionConfig
+
+    assert set(_OTHER_OPTION) == {f.name for f in fields(AttentionConfig)}
+    declared = set(MODELS[name].attention_options)
+    assert declared <= set(_OTHER_OPTION)
+    x = torch.randn(1, 3, 64, 64)
+
+    def run(overrides: list[str]) -> tuple[dict, torch.Tensor]:
+        cfg = load_config([], [f"model.name={name}", "model.pretrained=null", *overrides])
+        torch.manual_seed(0)
+        model = build_model(cfg.model, 3).eval()
+        with torch.no_grad():
+            for p in model.parameters():  # no zero-initialised gate can hide a difference
+                p.add_(0.1 * torch.randn_like(p))
+            return {k: v.shape for k, v in model.state_dict().items()}, model(x)["out"]
+
+    def value(v) -> str:
+        return "null" if v is None else str(v).replace(" ", "").replace("False", "false")
+
+    base_shapes, base_out = run([])
+    for option, other in _OTHER_OPTION.items():
+        if option in declared:
+            continue
+        shapes, out = run([f"model.attention.{option}={value(other)}"])
+        assert shapes == base_shapes, option
+        torch.testing.assert_close(out, base_out, msg=f"{name}: model.attention.{option} changes the model")
+
+
 def test_head_skeleton_is_shared() -> None:
     """Only the attention block differs: every other parameter has the same name and shape."""
 

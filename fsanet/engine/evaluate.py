@@ -33,10 +33,10 @@ from fsanet.engine.checkpoint import load_checkpoint
 from fsanet.engine.distributed import resolve_device
 from fsanet.engine.inference import predict
 from fsanet.engine.metrics import SegmentationMetric
-from fsanet.engine.train import BuildDataset, BuildModel, default_run_name, describe, run_tags
+from fsanet.engine.train import BuildDataset, BuildModel, default_run_name, describe, run_params, run_tags
 from fsanet.io import atomic_path, read_json, write_json, write_text
 from fsanet.repro import deterministic_mode, seed_everything
-from fsanet.tracking import Tracker, flatten, sanitize_key
+from fsanet.tracking import Tracker, sanitize_key
 
 __all__ = ["apply_eval_band", "default_eval_dir", "eval_config", "eval_tag", "evaluate", "evaluate_bands",
            "with_eval_band"]
@@ -58,15 +58,17 @@ def eval_config(checkpoint: str | Path, paths: Sequence[str | Path] = (), overri
 
 
 def eval_tag(cfg: DictConfig) -> str:
-    """A short name for the evaluation setting: ``val``, ``val_band0-8-0-8_slide_ms_flip`` …"""
+    """A name for the evaluation setting that differs whenever the setting does: ``val``,
+    ``val_band0-8-0-8``, ``val_slide769x769s513x513_ms0.5-0.75-1-1.25-1.5-1.75_flip`` …"""
     ec = cfg.eval
     parts = [cfg.data.val_split]
     if ec.eval_band is not None:
         parts.append("band" + "-".join(str(int(b)) for b in ec.eval_band))
     if InferenceMode(ec.mode) is InferenceMode.slide:
-        parts.append("slide")
+        crop, stride = (f"{int(a)}x{int(b)}" for a, b in (ec.crop_size, ec.stride))
+        parts.append(f"slide{crop}s{stride}")
     if list(ec.scales) != [1.0]:
-        parts.append("ms")
+        parts.append("ms" + "-".join(f"{float(x):g}" for x in ec.scales))
     if ec.flip:
         parts.append("flip")
     if ec.limit:
@@ -212,7 +214,7 @@ def _evaluate(
     build_model: BuildModel, build_dataset: BuildDataset,
 ) -> dict[str, Any]:
     ec = cfg.eval
-    device = resolve_device(Device(ec.device).value)
+    device = resolve_device(Device(ec.device).value, key="eval.device")
     seed_everything(cfg.train.seed)
     dataset = build_dataset(cfg.data, cfg.data.val_split, False, seed=cfg.train.seed)
     classes = [str(c) for c in dataset.CLASSES]
@@ -221,7 +223,7 @@ def _evaluate(
             f"{checkpoint}: trained on classes {state['classes']} but dataset '{cfg.data.name}' has {classes}"
         )
     num_classes = len(classes)
-    model = build_model(cfg.model, num_classes)
+    model = build_model(cfg.model, num_classes, pretrained=False)  # the checkpoint holds every weight
     model.load_state_dict(state["model"])
     model.to(device).eval()
     band = None if ec.eval_band is None else [int(b) for b in ec.eval_band]
@@ -233,7 +235,8 @@ def _evaluate(
     tags = run_tags(cfg, "eval", device, out_dir)
     tags.update({"eval_band": str(band), "eval.tag": tag, "checkpoint": str(checkpoint),
                  "train_run_id": str(state.get("mlflow_run_id"))})
-    tracker = Tracker(cfg.tracking, out_dir, f"{default_run_name(cfg)}_eval_{tag}", tags)
+    tracker = Tracker(cfg.tracking, out_dir, f"{default_run_name(cfg)}_eval_{tag}", tags,
+                      parent_run_id=state.get("mlflow_run_id"))
     try:
         result = _run_inference(cfg, model, dataset, device, classes, out_dir)
         info = describe(cfg)
@@ -247,6 +250,7 @@ def _evaluate(
             "num_images": result["num_images"], "mlflow_run_id": tracker.run_id,
             "train_mlflow_run_id": state.get("mlflow_run_id"),
             "attention_mode": _value(cfg.model.attention.mode), "context": _dataset_context(dataset),
+            "backbone": _value(cfg.model.backbone), "pretrained": cfg.model.pretrained,
         }
         metrics = _nan_to_none(metrics)
         write_json(out_dir / "metrics.json", metrics)
@@ -262,7 +266,7 @@ def _evaluate(
                                cfg.data.mean, cfg.data.std, cfg.data.ignore_index)
         resolved = to_container(cfg)
         write_text(out_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
-        tracker.log_params({**flatten(resolved), "checkpoint": str(checkpoint)})
+        tracker.log_params({**run_params(resolved), "checkpoint": str(checkpoint)})
         scalars = {f"test/{k}": result[k] for k in ("mIoU", "mAcc", "aAcc") if not math.isnan(result[k])}
         for name, value in result["IoU"].items():
             if not math.isnan(value):

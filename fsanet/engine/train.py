@@ -60,7 +60,7 @@ from fsanet.provenance import environment
 from fsanet.repro import deterministic_mode, get_rng_state, seed_everything, set_rng_state
 from fsanet.tracking import Tracker, flatten
 
-__all__ = ["NonFiniteLossError", "TrainResult", "run_tags", "train"]
+__all__ = ["NonFiniteLossError", "TrainResult", "attention_options", "run_params", "run_tags", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +87,28 @@ class TrainResult:
     resumed_from: Optional[int]
 
 
+def attention_options(model_name: str) -> Optional[tuple[str, ...]]:
+    """The ``model.attention`` options that model ``model_name`` reads (None: not a known model)."""
+    from fsanet.models import MODELS
+
+    head = MODELS.get(model_name)
+    return None if head is None else tuple(head.attention_options)
+
+
+def run_params(resolved: dict[str, Any]) -> dict[str, Any]:
+    """The flattened config as MLflow params, without the ``model.attention`` options the model ignores
+    (e.g. no ``model.attention.band`` on a non-local run), so that comparing runs shows real differences."""
+    used = attention_options(str(resolved.get("model", {}).get("name")))
+    prefix = "model.attention."
+    return {k: v for k, v in flatten(resolved).items()
+            if used is None or not k.startswith(prefix) or k[len(prefix):] in used}
+
+
 def describe(cfg: DictConfig) -> dict[str, Any]:
-    """What a run is about, for tags and file names: dataset, model, training band, seed."""
-    band = cfg.model.attention.band
+    """What a run is about, for tags and file names: dataset, model, training band (None for a model
+    without a band option), seed."""
+    used = attention_options(cfg.model.name)
+    band = cfg.model.attention.band if used is None or "band" in used else None
     return {
         "dataset": cfg.data.name,
         "model": cfg.model.name,
@@ -194,7 +213,7 @@ def train(
     threads_before = torch.get_num_threads()
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
-    device = resolve_device(Device(cfg.train.device).value, int(os.environ.get("LOCAL_RANK", 0)))
+    device = resolve_device(Device(cfg.train.device).value, int(os.environ.get("LOCAL_RANK", 0)), "train.device")
     info = init_distributed(device.type)
     try:
         with deterministic_mode(cfg.train.deterministic, cfg.train.warn_only):
@@ -293,7 +312,7 @@ class _Run:
         tags["deterministic"] = str(tc.deterministic)
         self.tracker = Tracker(cfg.tracking, self.out_dir, self.run_name, tags, resume_run_id=run_id,
                                active=info.is_main)
-        self.tracker.log_params(flatten(self.resolved))
+        self.tracker.log_params(run_params(self.resolved))
         if info.is_main:
             write_text(self.out_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(self.resolved)))
         self._write_run_info("running", resumed_from=start if state else None, started=_now())

@@ -76,12 +76,16 @@ def build_backbone(cfg: ModelConfig) -> nn.Module:
     return ResNetV1c(depth=depth)
 
 
-def build_model(model_cfg: Union[ModelConfig, DictConfig, Mapping[str, Any]], num_classes: int) -> SegmentationModel:
+def build_model(
+    model_cfg: Union[ModelConfig, DictConfig, Mapping[str, Any]], num_classes: int, *, pretrained: bool = True
+) -> SegmentationModel:
     """Build backbone + decode head ``model_cfg.name`` (+ auxiliary FCN head) and load pretrained weights.
 
     Args:
         model_cfg: the ``model`` section (structured DictConfig, :class:`ModelConfig` or a plain dict).
         num_classes: classes to predict.
+        pretrained: load ``model.pretrained`` (and warn when it is not set); False when a trained
+            checkpoint's weights are loaded next (evaluation, plots), which makes both pointless.
 
     Raises:
         ValueError: unknown model name (the message lists :data:`MODELS`), bad sizes or attention
@@ -98,7 +102,9 @@ def build_model(model_cfg: Union[ModelConfig, DictConfig, Mapping[str, Any]], nu
             raise ValueError(f"model.{key} must be ≥ 1, got {getattr(cfg, key)}")
 
     backbone = build_backbone(cfg)
-    if cfg.pretrained:
+    if not pretrained:
+        pass  # the caller loads a full trained state dict
+    elif cfg.pretrained:
         path = fetch_checkpoint(cfg.pretrained, cfg.cache_dir, cfg.pretrained_sha256)
         load_pretrained(backbone, path)
     else:

@@ -101,6 +101,8 @@ class DecodeHead(nn.Module):
 
     #: applications of the attention block when ``attention.recurrence`` is None
     default_recurrence: ClassVar[int] = 1
+    #: the ``model.attention`` options this head reads (only these are logged as the run's params)
+    attention_options: ClassVar[tuple[str, ...]] = ("recurrence",)
 
     def __init__(
         self,
@@ -146,12 +148,16 @@ class DecodeHead(nn.Module):
 class FCNHead(DecodeHead):
     """The skeleton with no attention: mmseg ``FCNHead(num_convs=2, concat_input=True)``."""
 
+    attention_options = ()
+
     def build_attention(self, channels: int, opts: AttentionConfig) -> nn.Module:
         return nn.Identity()
 
 
 class FSAHead(DecodeHead):
     """FsaNet: frequency self-attention (``FSAHead1d``); options band, mode, impl, reduction."""
+
+    attention_options = ("band", "mode", "impl", "reduction", "recurrence")
 
     def build_attention(self, channels: int, opts: AttentionConfig) -> nn.Module:
         band = None if opts.band is None else tuple(opts.band)
@@ -162,6 +168,8 @@ class FSAHead(DecodeHead):
 
 class NLHead(DecodeHead):
     """Non-local (embedded Gaussian by default), mmseg ``NLHead``; options reduction, nonlocal_mode/use_scale."""
+
+    attention_options = ("reduction", "nonlocal_mode", "nonlocal_use_scale", "recurrence")
 
     def build_attention(self, channels: int, opts: AttentionConfig) -> nn.Module:
         return NonLocal2d(
@@ -191,6 +199,8 @@ class DualAttention(nn.Module):
 class DAHead(DecodeHead):
     """DANet: position (PAM) + channel (CAM) attention; option qk_channels (null = C // 8)."""
 
+    attention_options = ("qk_channels", "recurrence")
+
     def build_attention(self, channels: int, opts: AttentionConfig) -> nn.Module:
         return DualAttention(
             PositionAttention(channels, **_given(qk_channels=opts.qk_channels)), ChannelAttention(channels)
@@ -199,6 +209,8 @@ class DAHead(DecodeHead):
 
 class CCHead(DecodeHead):
     """CCNet: criss-cross attention applied ``recurrence`` (default 2) times with shared weights; option qk_channels."""
+
+    attention_options = ("qk_channels", "recurrence")
 
     default_recurrence = 2
 
@@ -210,6 +222,8 @@ class CCHead(DecodeHead):
 class ISAHead(DecodeHead):
     """ISANet: interlaced sparse self-attention; options isa_key_channels (null = C // 2), isa_down_factor."""
 
+    attention_options = ("isa_key_channels", "isa_down_factor", "recurrence")
+
     def build_attention(self, channels: int, opts: AttentionConfig) -> nn.Module:
         return InterlacedSparseSelfAttention(
             channels, down_factor=tuple(opts.isa_down_factor), **_given(key_channels=opts.isa_key_channels)
@@ -219,12 +233,16 @@ class ISAHead(DecodeHead):
 class LinearHead(DecodeHead):
     """Linear attention (Li et al. 2020, position branch); option qk_channels (null = C // 8)."""
 
+    attention_options = ("qk_channels", "recurrence")
+
     def build_attention(self, channels: int, opts: AttentionConfig) -> nn.Module:
         return LinearAttention(channels, **_given(qk_channels=opts.qk_channels))
 
 
 class AFFHead(DecodeHead):
     """AFFormer's adaptive frequency filter as the attention block; option aff_heads."""
+
+    attention_options = ("aff_heads", "recurrence")
 
     def build_attention(self, channels: int, opts: AttentionConfig) -> nn.Module:
         return FrequencyFilter(channels, num_heads=opts.aff_heads)
