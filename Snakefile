@@ -1,8 +1,9 @@
 """The fsanet study as one DAG. `snakemake --cores 8 all_tables` (or `make tables`) runs it.
 
-Chain: download/prepare data -> mlflow_init (once) -> train the matrix (methods x bands x seeds)
--> evaluate (incl. band truncation without retraining) -> summary -> tables and plots; the
-efficiency benchmark feeds table T1. Study profiles are params files chosen with
+Chain: download/prepare data -> mlflow_init (once) -> train the matrix (methods x bands x seeds; each
+job evaluates its model) -> band truncation without retraining -> summary -> tables, plots and
+findings -> mlflow_publish (the results on the study's parent run); the efficiency benchmark feeds
+table T1. Study profiles are params files chosen with
 `--configfile params/profiles/NAME.yaml` (after the target); machine settings (GPU limits, SLURM)
 are Snakemake profiles under profiles/.
 """
@@ -22,12 +23,7 @@ include: "workflow/rules/tables.smk"
 rule all_tables:
     default_target: True
     input:
-        "results/tables/efficiency.md",
-        "results/plots/efficiency_scaling.png",
         "results/metrics/summary.json",
-        "results/tables/ablation.md",
         "results/tables/findings.md",
-        "results/plots/ablation.png",
-        table_files("methods", config["datasets"]),
-        table_files("per_class", config["datasets"]),
-        expand("results/plots/qualitative_{dataset}.png", dataset=config["datasets"]),
+        study_report_files(),
+        f"results/mlflow/{config['study']}.published.json",

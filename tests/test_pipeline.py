@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 import time
@@ -60,7 +59,7 @@ def test_snakefmt_check_is_clean():
 def test_slurm_profile_dry_run_submits_the_paper_study(tmp_path):
     repo = _copy_pipeline(tmp_path)
     res = _run(
-        [str(BIN / "snakemake"), "-n", "--profile", "profiles/slurm", "all_tables",
+        [str(BIN / "snakemake"), "-n", "-p", "--profile", "profiles/slurm", "all_tables",
          "--configfile", "params/profiles/paper.yaml"],
         repo, 180,
     )
@@ -71,6 +70,13 @@ def test_slurm_profile_dry_run_submits_the_paper_study(tmp_path):
     stats = {ln.split()[0]: int(ln.split()[1]) for ln in out.splitlines()
              if len(ln.split()) == 2 and ln.split()[1].isdigit()}
     assert stats["train"] == 4 * (8 * 3 + 6), stats
+    # every training is one torchrun of 4 processes (one per GPU); rank 0 evaluates. (Threads are
+    # resolved on the compute node, whose cores the job gets; a dry run here caps them at this host's.)
+    trains = [ln.split("Shell command:")[-1].strip() for ln in out.splitlines() if " -q train " in ln]
+    assert len(trains) == stats["train"], out[-3000:]
+    assert all(ln.startswith("torchrun --standalone --nproc-per-node 4 -m fsanet.cli -q train ")
+               for ln in trains), trains[0]
+    assert all("--eval-out " in ln for ln in trains), trains[0]
 
 
 def test_default_profile_dry_run_plans_the_study(tmp_path):
@@ -119,19 +125,63 @@ def test_smoke_study_end_to_end(tmp_path):
             assert (tables / f"{name}.{ext}").stat().st_size > 0, name
     assert "synthetic" in (tables / "ablation.md").read_text().lower()
     assert "Provenance" in (tables / "methods_synthetic.md").read_text()
-    for plot in ("ablation.png", "efficiency_scaling.png", "qualitative_synthetic.png"):
+    for plot in ("ablation_synthetic.png", "efficiency_scaling.png", "qualitative_synthetic.png"):
         assert (repo / "results/plots" / plot).read_bytes()[:4] == b"\x89PNG"
 
-    # every training and evaluation is in the store, children of the study's parent run
-    with sqlite3.connect(store) as db:
-        names = [r[0] for r in db.execute("select name from runs")]
-        parents = db.execute("select count(*) from tags where key='mlflow.parentRunId'").fetchone()[0]
-    assert len(names) >= 1 + 5 + 7 and parents >= 5 + 7
+    # MLflow: the study is the parent, trainings are its children, evaluations nest under their training
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{store}")
+    df = mlflow.search_runs(experiment_names=["fsanet/smoke"], output_format="list")
+    kind = {r.info.run_id: r.data.tags.get("fsanet.kind", r.data.tags.get("fsanet.role")) for r in df}
+    parent_of = {r.info.run_id: r.data.tags.get("mlflow.parentRunId") for r in df}
+    parents = [r for r in df if r.data.tags.get("fsanet.role") == "parent"]
+    assert len(parents) == 1
+    parent = parents[0]
+    trains = [r for r in df if kind[r.info.run_id] == "train"]
+    evals = [r for r in df if kind[r.info.run_id] == "eval"]
+    assert len(trains) == 5 and len(evals) == 7
+    assert all(parent_of[r.info.run_id] == parent.info.run_id for r in trains)
+    assert all(kind[parent_of[r.info.run_id]] == "train" for r in evals)
+    assert all(r.data.tags["fsanet.study_run_id"] == parent.info.run_id for r in trains + evals)
+    # params carry only what the model reads
+    for r in trains:
+        has_band = "model.attention.band" in r.data.params
+        assert has_band == (r.data.params["model.name"] == "fsanet"), r.data.params["model.name"]
+        if r.data.params["model.name"] == "fcn":
+            assert not any(k.startswith("model.attention.") for k in r.data.params)
+    # the parent holds the results: tables as artifacts, per-group mIoU and findings as metrics
+    client = mlflow.MlflowClient(f"sqlite:///{store}")
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "results/tables")}
+    assert {"results/tables/methods_synthetic.md", "results/tables/ablation.md", "results/tables/findings.md",
+            "results/tables/findings.json"} <= logged
+    assert any(k.startswith("mIoU_mean/synthetic/nonlocal") for k in parent.data.metrics)
+    assert "findings/pass" in parent.data.metrics and parent.info.status == "FINISHED"
 
     # an immediate rerun has nothing to do
     res = _run([str(BIN / "snakemake"), "-n", "all_tables", "--configfile", "params/profiles/smoke.yaml"],
                repo, 120, MLFLOW_TRACKING_URI=f"sqlite:///{store}")
     assert "Nothing to be done" in res.stdout + res.stderr, res.stdout[-2000:]
+
+
+@pytest.mark.slow
+def test_train_rule_launches_two_ddp_processes_on_cpu(tmp_path):
+    """`train_procs: 2` makes the train rule a 2-process torchrun (gloo on CPU) that trains and evaluates."""
+    repo = _copy_pipeline(tmp_path)
+    run = "results/runs/synthetic/fcn/band~none/mode~none/seed~0"
+    res = _run(
+        [str(BIN / "snakemake"), "--cores", "2", "-p", f"{run}/eval/none/metrics.json",
+         "--configfile", "params/profiles/smoke.yaml", "--config", "train_procs=2"],
+        repo, 300, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
+    )
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-4000:] + (repo / "logs/train/synthetic/fcn/band~none/mode~none/seed~0.log"
+                                               ).read_text()[-4000:]
+    assert "torchrun --standalone --nproc-per-node 2 -m fsanet.cli -q train" in out
+    info = json.loads((repo / run / "run_info.json").read_text())
+    assert info["world_size"] == 2 and info["status"] == "finished"
+    metrics = json.loads((repo / run / "eval/none/metrics.json").read_text())
+    assert metrics["model"] == "fcn" and metrics["num_images"] == 8
 
 
 @pytest.mark.slow

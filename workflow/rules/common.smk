@@ -46,13 +46,27 @@ def fsanet_configs(wildcards):
     return " ".join(f"--config {p}" for p in config["fsanet_configs"][wildcards.dataset])
 
 
+def train_procs():
+    """Processes per training: `train_procs` if set, else one per GPU of `gpus_per_job` (at least 1)."""
+    return max(int(config.get("train_procs") or config["gpus_per_job"] or 1), 1)
+
+
+def train_launcher():
+    """`fsanet`, or torchrun with one DDP process per GPU (or CPU worker) when a training uses several."""
+    n = train_procs()
+    if n > 1:
+        return f"torchrun --standalone --nproc-per-node {n} -m fsanet.cli"
+    return "fsanet"
+
+
 def train_overrides(wildcards, threads):
+    per_proc = max(threads // train_procs(), 1)  # the job's threads, shared by its processes
     items = [
         f"data.name={wildcards.dataset}",
         f"model.name={wildcards.model}",
         f"train.seed={wildcards.seed}",
-        f"train.threads={threads}",
-        f"eval.threads={threads}",  # the final evaluation (train --eval-out) runs in the train process
+        f"train.threads={per_proc}",
+        f"eval.threads={threads}",  # the final evaluation (train --eval-out) runs in rank 0 alone
         "train.progress=false",
         f"tracking.experiment={config['experiment']}",
         f"tracking.study_marker=results/mlflow/{config['study']}.json",
@@ -122,6 +136,24 @@ def qualitative_checkpoints(wildcards):
 
 def qualitative_args(wildcards, input):
     return " ".join(f"--checkpoint {label}={path}" for label, path in input.items())
+
+
+def study_report_files():
+    """The study's tables and plots (beside summary.json and findings.md): what all_tables asks for and
+    what mlflow_publish logs on the study's parent run."""
+    ds = config["datasets"]
+    return [
+        "results/tables/efficiency.md",
+        "results/tables/efficiency.csv",
+        "results/plots/efficiency_scaling.png",
+        "results/tables/ablation.md",
+        "results/tables/ablation.csv",
+        *expand("results/plots/ablation_{dataset}.png", dataset=ds),
+        *expand("results/plots/ablation_{dataset}.csv", dataset=ds),
+        *table_files("methods", ds),
+        *table_files("per_class", ds),
+        *expand("results/plots/qualitative_{dataset}.png", dataset=ds),
+    ]
 
 
 def table_files(stem, datasets):

@@ -102,17 +102,18 @@ rule plot_ablation:
     input:
         summary="results/metrics/summary.json",
     output:
-        png="results/plots/ablation.png",
-        csv="results/plots/ablation.csv",
+        png="results/plots/ablation_{dataset}.png",
+        csv="results/plots/ablation_{dataset}.csv",
     log:
-        "logs/plots/ablation.log",
+        "logs/plots/ablation_{dataset}.log",
     conda:
         "../../environment.yml"
     params:
         code=CODE_HASH,
+        truncated=config["truncation_model"],
     shell:
-        "fsanet -q plots ablation --summary {input.summary} --out {output.png} --csv {output.csv} "
-        "> {log} 2>&1"
+        "fsanet -q plots ablation --summary {input.summary} --dataset {wildcards.dataset} "
+        "--truncated-model {params.truncated} --out {output.png} --csv {output.csv} > {log} 2>&1"
 
 
 rule plot_qualitative:
@@ -137,7 +138,8 @@ rule findings:
         summary="results/metrics/summary.json",
         bench="results/bench/attention.json",
     output:
-        "results/tables/findings.md",
+        md="results/tables/findings.md",
+        json="results/tables/findings.json",
     log:
         "logs/tables/findings.log",
     conda:
@@ -146,5 +148,26 @@ rule findings:
         code=CODE_HASH,
         band=lambda wc: band_text(config["fsanet_default_band"]),
     shell:
-        "fsanet -q tables findings --summary {input.summary} --bench {input.bench} --out {output} "
+        "fsanet -q tables findings --summary {input.summary} --bench {input.bench} --out {output.md} "
+        "--json {output.json} "
         "--default-band {params.band} > {log} 2>&1"
+
+
+rule mlflow_publish:
+    input:
+        marker=f"results/mlflow/{config['study']}.json",
+        summary="results/metrics/summary.json",
+        findings="results/tables/findings.json",
+        files=["results/tables/findings.md", *study_report_files()],
+    output:
+        f"results/mlflow/{config['study']}.published.json",
+    log:
+        f"logs/mlflow/{config['study']}.publish.log",
+    conda:
+        "../../environment.yml"
+    params:
+        code=CODE_HASH,
+        files=lambda wc, input: " ".join(f"--artifact {f}" for f in input.files),
+    shell:
+        "fsanet -q mlflow publish --marker {input.marker} --summary {input.summary} "
+        "--findings {input.findings} {params.files} --out {output} > {log} 2>&1"

@@ -34,15 +34,16 @@ rule train:
         seed=r"\d+",
     conda:
         "../../environment.yml"
-    threads: config["train_threads"]
+    threads: config["train_threads"] * train_procs()
     resources:
         gpu=config["gpus_per_job"],
     params:
         code=CODE_HASH,
+        launcher=train_launcher(),
         configs=fsanet_configs,
         overrides=train_overrides,
         out_dir=subpath(output.model, parent=True),
         eval_dir=subpath(output.metrics, parent=True),
     shell:
-        "fsanet -q train {params.configs} --out-dir {params.out_dir} --eval-out {params.eval_dir} "
+        "{params.launcher} -q train {params.configs} --out-dir {params.out_dir} --eval-out {params.eval_dir} "
         "{params.overrides} > {log} 2>&1"
