@@ -25,5 +25,6 @@ rule all_tables:
     input:
         "results/metrics/summary.json",
         "results/tables/findings.md",
+        "metrics/study.json",
         study_report_files(),
         f"results/mlflow/{config['study']}.published.json",

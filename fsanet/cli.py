@@ -137,6 +137,12 @@ def _add_tables(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", default=None, metavar="NAME", help="only this dataset (default: all)")
     p.add_argument("--default-band", default="5x5", metavar="LABEL", help="FsaNet's band in the method rows")
     p.set_defaults(handler=_run_tables_findings)
+    p = what.add_parser("metrics", help="metrics/study.json: the study's headline numbers (dvc metrics, dvc exp show)")
+    p.add_argument("--summary", type=Path, default=Path("results/metrics/summary.json"),
+                   help="output of `fsanet tables summary`")
+    p.add_argument("--findings", type=Path, default=None, metavar="JSON", help="`fsanet tables findings --json` output")
+    p.add_argument("--out", type=Path, default=Path("metrics/study.json"), help="the metrics file")
+    p.set_defaults(handler=_run_tables_metrics)
     p = study("per-class", "T4: per-class IoU per method", "per_class_DATASET")
     p.add_argument("--band", action="append", metavar="LABEL", help="FsaNet bands to list, e.g. 5x5 (default: all)")
     p.set_defaults(handler=_run_tables_per_class)
@@ -178,6 +184,16 @@ def _run_tables_findings(args: argparse.Namespace) -> None:
     items = write_findings(args.summary, args.out, args.bench, args.dataset, args.default_band, args.json)
     counts = {v: sum(f["verdict"] == v for f in items) for v in ("pass", "fail", "unstable", "untestable")}
     print(f"tables findings: {len(items)} claims ({', '.join(f'{k} {v}' for k, v in counts.items())}); wrote {args.out}")
+
+
+def _run_tables_metrics(args: argparse.Namespace) -> None:
+    from fsanet.io import read_json, write_json
+    from fsanet.summary import headline_metrics, load_summary
+
+    tree = headline_metrics(load_summary(args.summary), read_json(args.findings) if args.findings else None)
+    write_json(args.out, tree)
+    rows = sum(len(v.get("retrained", {})) + len(v.get("truncated", {})) for v in tree.values())
+    print(f"tables metrics: {rows} rows over {len(tree)} dataset(s); wrote {args.out}")
 
 
 def _run_tables_per_class(args: argparse.Namespace) -> None:

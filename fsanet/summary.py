@@ -36,6 +36,7 @@ from fsanet.io import read_json, write_json
 
 __all__ = [
     "BAND_MODELS",
+    "headline_metrics",
     "SummaryError",
     "ablation_points",
     "band_label",
@@ -428,3 +429,37 @@ def ablation_points(
         p["delta"] = None if ref is None or p["mean"] is None else p["mean"] - ref
     points.sort(key=lambda p: (p["series"] != "retrained", p["K"], p["label"]))
     return points
+
+
+def headline_metrics(summary: Mapping[str, Any], findings: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+    """The study's numbers as a small nested mapping, for ``dvc metrics`` / ``dvc exp show``.
+
+    ``{dataset: {"retrained": {row: stats}, "truncated": {row: stats}, "findings": {verdict: count}}}`` where
+    a row is ``model[_mode][_band]`` (``nonlocal``, ``fsanet_dot_5x5``) or, truncated, ``model_eval<band>``,
+    and stats are ``mIoU_mean``, ``mIoU_std``, ``mIoU_min``, ``mIoU_max`` and ``n`` over seeds, on the
+    single-scale evaluations.
+
+    Args:
+        summary: a loaded summary.
+        findings: the content of ``findings.json`` (``fsanet tables findings --json``), if any.
+    """
+    groups: dict[tuple[str, str, str], list[float]] = {}
+    for r in select_runs(summary):
+        if r["mIoU"] is None:
+            continue
+        row = r["model"] + (f"_{r['mode']}" if r.get("mode") else "")
+        if r["model"] in BAND_MODELS:
+            row += f"_{band_label(r['band'])}"
+        kind = "retrained" if r["eval_band"] is None else "truncated"
+        if kind == "truncated":
+            row += f"_eval{band_label(r['eval_band'])}"
+        groups.setdefault((r["dataset"], kind, row), []).append(float(r["mIoU"]))
+    out: dict[str, Any] = {}
+    for (dataset, kind, row), values in sorted(groups.items()):
+        mean, std, n = mean_std(values)
+        out.setdefault(dataset, {}).setdefault(kind, {})[row] = {
+            "mIoU_mean": mean, "mIoU_std": std, "mIoU_min": min(values), "mIoU_max": max(values), "n": n}
+    for f in (findings or {}).get("findings", []):
+        counts = out.setdefault(f.get("dataset", "all"), {}).setdefault("findings", {})
+        counts[f["verdict"]] = counts.get(f["verdict"], 0) + 1
+    return out

@@ -196,7 +196,7 @@ def test_dvc_exp_run_trains_only_the_new_band(tmp_path):
         assert _run(cmd, repo, 60).returncode == 0
     res = _run([str(BIN / "dvc"), "repro", "study"], repo, 600, **env)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert _run(["git", "add", "dvc.lock"], repo, 60).returncode == 0
+    assert _run(["git", "add", "dvc.lock", "metrics/study.json"], repo, 60).returncode == 0
     assert _run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "lock"],
                 repo, 60).returncode == 0
     res = _run([str(BIN / "dvc"), "exp", "run", "-S",
@@ -207,3 +207,19 @@ def test_dvc_exp_run_trains_only_the_new_band(tmp_path):
     last = logs[-1].read_text()
     assert "band~4" in last
     assert last.count("rule train:") == 1, last  # only the new FsaNet 4x4 training
+
+    # both main and the experiment report real numbers, and the diff has the new band's row
+    res = _run([str(BIN / "dvc"), "exp", "show", "--json"], repo, 120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    shown = json.loads(res.stdout)
+
+    def metric(entry: dict, row: str) -> float:
+        data = entry["data"]["metrics"]["metrics/study.json"]["data"]
+        return data["synthetic"]["retrained"][row]["mIoU_mean"]
+
+    main = next(e for e in shown if e["rev"] == "workspace" or e.get("name") == "main" or e["rev"] == "HEAD")
+    assert isinstance(metric(main, "nonlocal"), float)
+    experiments = [x for e in shown for x in (e.get("experiments") or []) for x in x.get("revs", [])]
+    assert experiments and any(isinstance(metric(x, "fsanet_dot_4x4"), float) for x in experiments), shown
+    res = _run([str(BIN / "dvc"), "metrics", "show", "--json"], repo, 120)
+    assert res.returncode == 0 and "mIoU_mean" in res.stdout, res.stderr[-2000:]

@@ -17,6 +17,7 @@ from fsanet.summary import (
     band_size,
     build_summary,
     expand_inputs,
+    headline_metrics,
     load_summary,
     mean_std,
     normalize_band,
@@ -75,6 +76,33 @@ def test_records_have_the_schema_flags_and_sorted_order(tmp_path):
     assert prov["created_from"] == 5 and len(prov["inputs_sha256"]) == 64 and "git_sha" in prov
     agg = summary["aggregate"]["synthetic/fsanet/band=5x5/eval_band=none/val/whole/ss"]
     assert agg == {"mIoU_mean": 65.0, "mIoU_std": pytest.approx(math.sqrt(2)), "n": 2}  # (64, 66) by hand
+
+
+def test_headline_metrics_by_hand(tmp_path, capsys):
+    files = [
+        write_metrics(tmp_path, model="fsanet", band=(0, 5, 0, 5), seed=0, miou=64.0, attention_mode="dot"),
+        write_metrics(tmp_path, model="fsanet", band=(0, 5, 0, 5), seed=1, miou=66.0, attention_mode="dot"),
+        write_metrics(tmp_path, model="nonlocal", band=(0, 5, 0, 5), seed=0, miou=60.0),
+        write_metrics(tmp_path, model="nonlocal", band=(0, 5, 0, 5), eval_band=(0, 2, 0, 2), seed=0, miou=40.0),
+    ]
+    summary = build_summary(files)
+    findings = {"findings": [{"dataset": "synthetic", "verdict": "pass"}, {"dataset": "synthetic", "verdict": "fail"},
+                             {"dataset": "synthetic", "verdict": "pass"}]}
+    tree = headline_metrics(summary, findings)["synthetic"]
+    fsa = tree["retrained"]["fsanet_dot_5x5"]
+    assert (fsa["mIoU_mean"], fsa["mIoU_min"], fsa["mIoU_max"], fsa["n"]) == (65.0, 64.0, 66.0, 2)
+    assert fsa["mIoU_std"] == pytest.approx(math.sqrt(2))
+    assert tree["retrained"]["nonlocal"]["mIoU_std"] is None  # one seed
+    assert tree["truncated"] == {"nonlocal_eval2x2": {"mIoU_mean": 40.0, "mIoU_std": None, "mIoU_min": 40.0,
+                                                      "mIoU_max": 40.0, "n": 1}}
+    assert tree["findings"] == {"pass": 2, "fail": 1}
+    out = tmp_path / "summary.json"
+    out.write_text(json.dumps(summary))
+    fj = tmp_path / "findings.json"
+    fj.write_text(json.dumps(findings))
+    assert main(["tables", "metrics", "--summary", str(out), "--findings", str(fj),
+                 "--out", str(tmp_path / "m" / "study.json")]) == 0
+    assert json.loads((tmp_path / "m" / "study.json").read_text())["synthetic"] == json.loads(json.dumps(tree))
 
 
 def test_summary_file_is_deterministic_and_reads_back(tmp_path):

@@ -153,12 +153,29 @@ rule findings:
         "--default-band {params.band} > {log} 2>&1"
 
 
+rule study_metrics:
+    input:
+        summary="results/metrics/summary.json",
+        findings="results/tables/findings.json",
+    output:
+        "metrics/study.json",
+    log:
+        "logs/tables/study_metrics.log",
+    conda:
+        "../../environment.yml"
+    params:
+        code=CODE_HASH,
+    shell:
+        "fsanet -q tables metrics --summary {input.summary} --findings {input.findings} --out {output} "
+        "> {log} 2>&1"
+
+
 rule mlflow_publish:
     input:
         marker=f"results/mlflow/{config['study']}.json",
         summary="results/metrics/summary.json",
         findings="results/tables/findings.json",
-        files=["results/tables/findings.md", *study_report_files()],
+        files=["results/tables/findings.md", "metrics/study.json", *study_report_files()],
     output:
         f"results/mlflow/{config['study']}.published.json",
     log:
