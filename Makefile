@@ -15,7 +15,7 @@ export DO_NOT_TRACK := true
 export MPLBACKEND := Agg
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: venv test test-slow test-all tables bench dvc-repro lint clean-results
+.PHONY: venv test test-slow test-all tables bench dvc-repro plots lint clean-results
 
 venv: $(STAMP)
 
@@ -57,6 +57,11 @@ bench: $(STAMP)
 ## make dvc-repro: the same study through DVC
 dvc-repro: $(STAMP)
 	$(BIN)/dvc repro
+
+## make plots: `dvc plots show` rendered offline (Vega inlined from verified npm tarballs, fetched once)
+plots: $(STAMP)
+	$(BIN)/fsanet plots dvc-template --out .dvc/tmp/plots_template.html --cache-dir .dvc/tmp/npm
+	$(BIN)/dvc plots show --html-template .dvc/tmp/plots_template.html
 
 lint: $(STAMP)
 	$(BIN)/ruff check fsanet tests

@@ -71,6 +71,8 @@ def _add_bench_models(bench: argparse._SubParsersAction) -> None:
     p.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"), help="default: data.crop_size")
     p.add_argument("--warmup", type=int, default=2, help="untimed forwards (default 2)")
     p.add_argument("--repeats", type=int, default=10, help="timed forwards; the median is reported (default 10)")
+    p.add_argument("--rounds", type=int, default=5,
+                   help="interleaved timing rounds; every model is timed in each, so load hits all alike (default 5)")
     p.add_argument("--threads", type=int, default=1, help="torch threads while timing (default 1; 0 = torch's)")
     p.set_defaults(handler=_run_bench_models)
 
@@ -82,7 +84,7 @@ def _run_bench_models(args: argparse.Namespace) -> None:
     cfg = load_config(args.config, args.overrides)
     bands = [parse_band(b) for b in args.band] or None
     report = write_model_costs(cfg, args.out, input_size=args.input_size, models=args.models, bands=bands,
-                               warmup=args.warmup, repeats=args.repeats, threads=args.threads)
+                               warmup=args.warmup, repeats=args.repeats, threads=args.threads, rounds=args.rounds)
     print(f"bench models: {len(report['rows'])} models at {report['input_size']}; wrote {args.out}")
 
 
@@ -221,6 +223,17 @@ def _add_plots(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_run_plots_ablation)
 
     p = what.add_parser(
+        "dvc-template", help="an offline page template for `dvc plots show` (Vega libraries inlined)",
+        description="Downloads vega, vega-lite and vega-embed (the versions DVC's page loads from a CDN) from the "
+        "npm registry once, verifies each against its pinned sha512, and writes a page template with them "
+        "inlined: `dvc plots show --html-template FILE` then needs no network (`make plots`).",
+    )
+    p.add_argument("--out", type=Path, default=Path(".dvc/tmp/plots_template.html"), help="the template")
+    p.add_argument("--cache-dir", type=Path, default=Path(".dvc/tmp/npm"), help="where the tarballs are kept")
+    p.add_argument("--registry", default=None, metavar="URL", help="npm registry (default https://registry.npmjs.org)")
+    p.set_defaults(handler=_run_plots_dvc_template)
+
+    p = what.add_parser(
         "qualitative", help="rows = images, columns = image | truth | each checkpoint's prediction",
         description="Runs each checkpoint (its stored config + key=value overrides, e.g. data.root=DIR) on the "
         "first N validation images of the first checkpoint's dataset.",
@@ -242,6 +255,17 @@ def _run_plots_ablation(args: argparse.Namespace) -> None:
     paths = ablation_plot(args.summary, args.out, args.csv, args.dataset, args.setting, args.retrained_model,
                           args.truncated_model)
     print("plots ablation: wrote " + ", ".join(map(str, paths)))
+
+
+def _run_plots_dvc_template(args: argparse.Namespace) -> None:
+    from fsanet.data.download_errors import DownloadError
+    from fsanet.dvc_plots import NPM_REGISTRY, write_offline_template
+
+    try:
+        out = write_offline_template(args.out, args.cache_dir, args.registry or NPM_REGISTRY, progress=_progress(args))
+    except DownloadError as err:
+        raise SystemExit(f"fsanet plots dvc-template: error: {err}") from None
+    print(f"plots dvc-template: wrote {out}; render with `dvc plots show --html-template {out}`")
 
 
 def _run_plots_qualitative(args: argparse.Namespace) -> None:

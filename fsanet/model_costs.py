@@ -50,34 +50,46 @@ def parse_band(text: str) -> Optional[list[int]]:
     return normalize_band(values, f"band {text!r}")
 
 
-def _measure(model: torch.nn.Module, size: Sequence[int], warmup: int, repeats: int) -> dict[str, Any]:
-    x = torch.randn(1, 3, int(size[0]), int(size[1]), generator=torch.Generator().manual_seed(0))  # (1, 3, H, W)
+def _flops(model: torch.nn.Module, x: torch.Tensor) -> int:
     model.eval()
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return int(counter.get_total_flops())
+
+
+def _time_interleaved(models: Sequence[torch.nn.Module], x: torch.Tensor, warmup: int, repeats: int,
+                      rounds: int) -> list[dict[str, Any]]:
+    """Latency of each model, timed in ``rounds`` interleaved rounds (the order reverses every other
+    round), so that a burst of load from other processes hits every model alike. Each model gets
+    ``repeats`` timed forwards in all, split evenly over the rounds."""
+    per_round = max(repeats // rounds, 1)
+    times: list[list[float]] = [[] for _ in models]
+    round_medians: list[list[float]] = [[] for _ in models]
     with torch.inference_mode():
-        with FlopCounterMode(display=False) as counter:
-            model(x)
-        flops = int(counter.get_total_flops())
-        for _ in range(warmup):
-            model(x)
-        times = []
+        for model in models:
+            for _ in range(warmup):
+                model(x)
         gc.collect()
         gc.disable()  # no collector pauses inside the timed forwards
         try:
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                model(x)
-                times.append((time.perf_counter() - t0) * 1e3)
+            for r in range(rounds):
+                order = range(len(models)) if r % 2 == 0 else reversed(range(len(models)))
+                for i in order:
+                    this_round = []
+                    for _ in range(per_round):
+                        t0 = time.perf_counter()
+                        models[i](x)
+                        this_round.append((time.perf_counter() - t0) * 1e3)
+                    times[i] += this_round
+                    round_medians[i].append(statistics.median(this_round))
         finally:
             gc.enable()
-    median = statistics.median(times)
-    return {
-        "params": int(sum(p.numel() for p in model.parameters())),
-        "flops": flops,
-        "latency_ms": median,
-        "latency_ms_min": min(times),
-        "latency_ms_max": max(times),
-        "fps": 1000.0 / median if median > 0 else None,
-    }
+    out = []
+    for ts, rm in zip(times, round_medians):
+        median = statistics.median(ts)
+        out.append({"latency_ms": median, "latency_ms_min": min(ts), "latency_ms_max": max(ts),
+                    "latency_round_ms": rm, "fps": 1000.0 / median if median > 0 else None})
+    return out
 
 
 def model_costs(
@@ -88,6 +100,7 @@ def model_costs(
     warmup: int = 2,
     repeats: int = 10,
     threads: int = 1,
+    rounds: int = 5,
 ) -> dict[str, Any]:
     """Params, FLOPs and CPU fps of each model built from ``cfg.model`` with its name replaced.
 
@@ -97,7 +110,9 @@ def model_costs(
         models: names from :data:`fsanet.models.MODELS`; default all of them.
         bands: the FsaNet bands to measure (None = full spectrum); default ``[cfg.model.attention.band]``.
         warmup: untimed forwards before timing.
-        repeats: timed forwards (the median is reported).
+        repeats: timed forwards per model (the median is reported), split over ``rounds``.
+        rounds: interleaved timing rounds: every model is timed once per round, so load from other
+            processes hits all of them alike (``latency_round_ms`` holds each round's median).
         threads: torch intra-op threads while measuring (0 keeps torch's default). One thread is the
             default: on a busy shared CPU, OpenMP threads that spin-wait for a core make multi-thread
             timings swing by two orders of magnitude.
@@ -111,8 +126,9 @@ def model_costs(
     size = [int(s) for s in (input_size or cfg.data.crop_size)]
     if len(size) != 2 or min(size) < 1:
         raise ValueError(f"input size must be two positive integers (H W), got {size}")
-    if repeats < 1 or warmup < 0:
-        raise ValueError(f"need repeats >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
+    if repeats < 1 or warmup < 0 or rounds < 1:
+        raise ValueError(f"need repeats >= 1, warmup >= 0 and rounds >= 1, got repeats={repeats}, warmup={warmup}, "
+                         f"rounds={rounds}")
     names = list(models) if models else list(MODELS)
     unknown = [n for n in names if n not in MODELS]
     if unknown:
@@ -124,7 +140,7 @@ def model_costs(
     if threads > 0:
         torch.set_num_threads(threads)
     try:
-        rows = _measure_all(cfg, base, names, band_list, size, warmup, repeats)
+        rows = _measure_all(cfg, base, names, band_list, size, warmup, repeats, rounds)
         used_threads = torch.get_num_threads()
     finally:
         torch.set_num_threads(threads_before)
@@ -135,30 +151,34 @@ def model_costs(
         "config_hash": config_hash({"model": base, "input_size": size}),
         "warmup": warmup,
         "repeats": repeats,
+        "rounds": rounds,
         "rows": rows,
     }
 
 
 def _measure_all(
     cfg: DictConfig, base: dict[str, Any], names: list[str], band_list: list, size: list[int], warmup: int,
-    repeats: int,
+    repeats: int, rounds: int,
 ) -> list[dict[str, Any]]:
     from fsanet.models import build_model
 
-    rows = []
+    x = torch.randn(1, 3, int(size[0]), int(size[1]), generator=torch.Generator().manual_seed(0))  # (1, 3, H, W)
+    rows, models = [], []
     for name in names:
         for band in band_list if name in BAND_MODELS else [None]:
             model_cfg = OmegaConf.merge(base, {"name": name, "pretrained": None})
             if name in BAND_MODELS:
                 model_cfg.attention.band = None if band is None else list(band)
             torch.manual_seed(0)
-            model = build_model(model_cfg, int(cfg.data.num_classes))
-            row = {"model": name, "band": None if name not in BAND_MODELS or band is None else list(band),
-                   "band_label": band_label(band if name in BAND_MODELS else None)}
-            row.update(_measure(model, size, warmup, repeats))
-            log.info("%-12s %-6s %8.3f M params %8.3f GFLOPs %8.2f fps", name, row["band_label"], row["params"] / 1e6,
-                     row["flops"] / 1e9, row["fps"] or 0.0)
-            rows.append(row)
+            model = build_model(model_cfg, int(cfg.data.num_classes), pretrained=False).eval()
+            rows.append({"model": name, "band": None if name not in BAND_MODELS or band is None else list(band),
+                         "band_label": band_label(band if name in BAND_MODELS else None),
+                         "params": int(sum(p.numel() for p in model.parameters())), "flops": _flops(model, x)})
+            models.append(model)
+    for row, timing in zip(rows, _time_interleaved(models, x, warmup, repeats, rounds)):
+        row.update(timing)
+        log.info("%-12s %-6s %8.3f M params %8.3f GFLOPs %8.2f fps", row["model"], row["band_label"],
+                 row["params"] / 1e6, row["flops"] / 1e9, row["fps"] or 0.0)
     return rows
 
 

@@ -671,7 +671,8 @@ def methods_tables(
             cost_text = (
                 f"Params (all weights, auxiliary head included), GFLOPs (torch.utils.flop_counter, 2 per "
                 f"multiply-accumulate, one {h}×{w} image) and fps (1 / median latency of {costs.get('repeats')} "
-                f"forwards at batch 1 on {env.get('device')} ({env.get('device_name') or 'unknown CPU'}), "
+                f"forwards at batch 1, timed in {costs.get('rounds', 1)} interleaved round(s) of all models, on "
+                f"{env.get('device')} ({env.get('device_name') or 'unknown CPU'}), "
                 f"{env.get('threads')} thread(s)) come from `fsanet bench models`, model config hash "
                 f"{costs.get('config_hash')}."
             )

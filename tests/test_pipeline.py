@@ -164,6 +164,91 @@ def test_smoke_study_end_to_end(tmp_path):
     assert "Nothing to be done" in res.stdout + res.stderr, res.stdout[-2000:]
 
 
+TWO_DATASETS = """\
+# Two datasets in one study: the smoke synthetic set and the fake Cityscapes miniature (tiny R50).
+profile: two
+experiment: fsanet/two
+study: two
+data_root: results/two/data
+datasets: [synthetic, cityscapes]
+fsanet_configs:
+  synthetic: [params/data/synthetic.yaml, params/model/cpu.yaml, params/train/cpu.yaml, params/profiles/smoke_overrides.yaml]
+  cityscapes: [params/data/cityscapes.yaml, params/model/cpu.yaml, params/train/cpu.yaml, params/profiles/tiny_r50.yaml]
+train_overrides: []
+eval_overrides: ["eval.figures=false"]
+train_threads: 1
+gpus_per_job: 0
+train_procs: null
+methods: [fcn, nonlocal, fsanet]
+method_seeds: [0]
+fsanet_default_band: "2"
+fsanet_modes: [dot]
+fsanet_band_mode: dot
+fsanet_bands: ["1", "2"]
+band_seeds: [0]
+truncation_model: nonlocal
+truncation_bands: ["1"]
+bench_params: params/bench.yaml
+bench_overrides: ["bench.modules=[fsa,nonlocal]", "bench.channels=16", "bench.paper_size=[16,16]",
+                  "bench.paper_bands=[[0,2,0,2]]", "bench.sweep_sizes=[8,16]", "bench.repeats=4", "bench.warmup=1",
+                  "bench.rounds=2"]
+"""
+TINY_R50 = """\
+data:
+  root: results/two/data/cityscapes
+  check_split_sizes: false
+  cache: false
+  base_scale: [64, 32]
+  crop_size: [32, 64]
+  ratio_range: [1.0, 1.0]
+  photometric_distortion: false
+model:
+  backbone: resnet50_v1c
+  pretrained: null
+  head_channels: 16
+  aux_channels: 8
+train:
+  max_iters: 2
+  batch_size: 1
+  log_interval: 1
+  ckpt_interval: 2
+eval:
+  num_qualitative: 1
+"""
+
+
+@pytest.mark.slow
+def test_two_dataset_study_runs_to_the_end(tmp_path):
+    """synthetic + fake Cityscapes (archives as the official ones, tiny R50) through all_tables: per-dataset
+    tables and plots, one summary, findings and the MLflow publish step."""
+    from fsanet.data.fakes import pack_fake_archives
+
+    repo = _copy_pipeline(tmp_path)
+    (repo / "params/profiles/two.yaml").write_text(TWO_DATASETS)
+    (repo / "params/profiles/tiny_r50.yaml").write_text(TINY_R50)
+    archives = tmp_path / "archives_by_hand"
+    pack_fake_archives("cityscapes", archives)
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    res = _run([str(BIN / "fsanet"), "-q", "data", "download", "cityscapes", "--root", "results/two/data",
+                "--from", str(archives), "--config", "params/data/cityscapes.yaml"], repo, 120, **env)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    res = _run([str(BIN / "snakemake"), "--cores", "2", "all_tables", "--configfile", "params/profiles/two.yaml"],
+               repo, 900, **env)
+    logs = "".join(p.read_text()[-1500:] for p in sorted((repo / "logs").rglob("*.log"))[-6:]) if (
+        repo / "logs").is_dir() else ""
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:] + logs
+    for ds in ("synthetic", "cityscapes"):
+        assert (repo / f"results/plots/ablation_{ds}.png").read_bytes()[:4] == b"\x89PNG"
+        assert (repo / f"results/plots/qualitative_{ds}.png").read_bytes()[:4] == b"\x89PNG"
+        assert (repo / f"results/tables/methods_{ds}.md").stat().st_size > 0
+    summary = json.loads((repo / "results/metrics/summary.json").read_text())
+    assert {r["dataset"] for r in summary["runs"]} == {"synthetic", "cityscapes"}
+    assert "ResNet-50" in (repo / "results/tables/methods_cityscapes.md").read_text()
+    metrics = json.loads((repo / "metrics/study.json").read_text())
+    assert set(metrics) == {"synthetic", "cityscapes"}
+    assert (repo / "results/mlflow/two.published.json").is_file()
+
+
 @pytest.mark.slow
 def test_train_rule_launches_two_ddp_processes_on_cpu(tmp_path):
     """`train_procs: 2` makes the train rule a 2-process torchrun (gloo on CPU) that trains and evaluates."""
@@ -223,3 +308,13 @@ def test_dvc_exp_run_trains_only_the_new_band(tmp_path):
     assert experiments and any(isinstance(metric(x, "fsanet_dot_4x4"), float) for x in experiments), shown
     res = _run([str(BIN / "dvc"), "metrics", "show", "--json"], repo, 120)
     assert res.returncode == 0 and "mIoU_mean" in res.stdout, res.stderr[-2000:]
+
+    # dvc plots show with the offline page: the page's own scripts, no CDN tag (`make plots`)
+    from fsanet.dvc_plots import _PAGE
+
+    template = tmp_path / "page.html"
+    template.write_text(_PAGE.format(versions="test", scripts="<script>function vegaEmbed(){}</script>"))
+    res = _run([str(BIN / "dvc"), "plots", "show", "--html-template", str(template), "-o", "plots_out"], repo, 120)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    page = (repo / "plots_out" / "index.html").read_text()
+    assert "function vegaEmbed(){}" in page and "cdn.jsdelivr" not in page and "ablation_synthetic" in page

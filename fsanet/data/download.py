@@ -37,7 +37,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-ALGORITHMS = ("md5", "sha1", "sha256")
+ALGORITHMS = ("md5", "sha1", "sha256", "sha512")
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 
 
@@ -187,7 +187,7 @@ def fetch(
     Args:
         url: the file's URL.
         dest: the final path; bytes go to ``dest + '.part'`` until the file is complete and verified.
-        checksum: ``"ALGO:HEX"`` (md5, sha1, sha256). None downloads without verification (the caller
+        checksum: ``"ALGO:HEX"`` (md5, sha1, sha256, sha512). None downloads without verification (the caller
             must then record and check a digest itself).
         session: a ``requests.Session`` (e.g. holding login cookies); a new one by default.
         retries: how many times a broken connection is resumed before giving up.
