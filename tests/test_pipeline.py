@@ -169,7 +169,7 @@ TWO_DATASETS = """\
 profile: two
 experiment: fsanet/two
 study: two
-data_root: results/two/data
+data_root: results/smoke/data
 datasets: [synthetic, cityscapes]
 fsanet_configs:
   synthetic: [params/data/synthetic.yaml, params/model/cpu.yaml, params/train/cpu.yaml, params/profiles/smoke_overrides.yaml]
@@ -195,7 +195,7 @@ bench_overrides: ["bench.modules=[fsa,nonlocal]", "bench.channels=16", "bench.pa
 """
 TINY_R50 = """\
 data:
-  root: results/two/data/cityscapes
+  root: results/smoke/data/cityscapes
   check_split_sizes: false
   cache: false
   base_scale: [64, 32]
@@ -229,7 +229,7 @@ def test_two_dataset_study_runs_to_the_end(tmp_path):
     archives = tmp_path / "archives_by_hand"
     pack_fake_archives("cityscapes", archives)
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    res = _run([str(BIN / "fsanet"), "-q", "data", "download", "cityscapes", "--root", "results/two/data",
+    res = _run([str(BIN / "fsanet"), "-q", "data", "download", "cityscapes", "--root", "results/smoke/data",
                 "--from", str(archives), "--config", "params/data/cityscapes.yaml"], repo, 120, **env)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     res = _run([str(BIN / "snakemake"), "--cores", "2", "all_tables", "--configfile", "params/profiles/two.yaml"],
