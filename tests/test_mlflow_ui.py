@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -85,9 +86,11 @@ def browse(url: str, profile: Path, screenshot: Path, height: int) -> str:
 # The store
 # --------------------------------------------------------------------------------------------
 def synthetic_store(folder: Path) -> str:
-    """A sqlite store with parent "smoke study" and three child runs logged through fsanet.tracking."""
+    """A sqlite store with parent "smoke study" and three child runs logged through fsanet.tracking, with
+    the params a training logs (``run_params``)."""
     from fsanet.config import load_config, to_container
-    from fsanet.tracking import Tracker, flatten, init_study
+    from fsanet.engine.train import run_params
+    from fsanet.tracking import Tracker, init_study
 
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     marker = folder / "study.json"
@@ -98,7 +101,7 @@ def synthetic_store(folder: Path) -> str:
                                f"model.attention.band={band_text}", "train.seed=0"])
         name = f"{model}_{'full' if band is None else f'{band[1]}x{band[3]}'}_s0"
         tracker = Tracker(cfg.tracking, folder / name, name, {"dataset": "synthetic", "model": model})
-        tracker.log_params(flatten(to_container(cfg)))
+        tracker.log_params(run_params(to_container(cfg)))  # what a training logs: no band on non-local
         tracker.log_metrics({"test/mIoU": miou}, step=1, flush=True)
         tracker.finish("FINISHED")
         assert tracker.run_id and not tracker.offline, tracker.offline_reason
@@ -245,3 +248,45 @@ def test_mlflow_ui_lists_study_runs_with_band_params(tmp_path):
     tmp = SCREENSHOT.with_name(f".{SCREENSHOT.name}.tmp-{os.getpid()}.png")
     shutil.copyfile(shot, tmp)
     os.replace(tmp, SCREENSHOT)
+
+
+def test_mlflow_compare_view_shows_band_only_where_the_model_has_one(tmp_path):
+    """Compare FsaNet 5×5 with non-local in the UI: the band row shows FsaNet's band and nothing for
+    non-local (its run has no such param), the other params are equal, and mIoU is shown for both."""
+    store_dir = tmp_path / "store"
+    store_dir.mkdir()
+    uri = synthetic_store(store_dir)
+    experiment_id, _, children = study_runs(uri)
+    fsa = next(r for r in children if r.data.params.get("model.name") == "fsanet"
+               and r.data.params.get(BAND_PARAM) == "[0, 5, 0, 5]")
+    nl = next(r for r in children if r.data.params.get("model.name") == "nonlocal")
+    assert BAND_PARAM not in nl.data.params and "model.attention.mode" not in nl.data.params
+    differ = sorted(k for k in set(fsa.data.params) | set(nl.data.params)
+                    if fsa.data.params.get(k) != nl.data.params.get(k))
+    assert differ == sorted(["model.name", BAND_PARAM, "model.attention.mode", "model.attention.impl",
+                             "model.attention.nonlocal_mode", "model.attention.nonlocal_use_scale"]), differ
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = tmp_path / "server.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [*mlflow_cli(), "server", "--backend-store-uri", uri, "--default-artifact-root",
+             (tmp_path / "artifacts").as_uri(), "--workers", "1", "--host", "127.0.0.1", "--port", str(port)],
+            stdout=out, stderr=subprocess.STDOUT, env=ENV, start_new_session=True, cwd=tmp_path,
+        )
+    try:
+        wait_healthy(base, proc, log)
+        runs = json.dumps([fsa.info.run_id, nl.info.run_id])
+        url = f"{base}/#/compare-runs?runs={runs}&experiments={json.dumps([experiment_id])}"
+        dom = browse(url, tmp_path / "profile-compare", tmp_path / "compare.png", 2400)
+    finally:
+        stop(proc)
+    assert fsa.info.run_name in dom and nl.info.run_name in dom, "the compared runs are not named"
+    assert BAND_PARAM in dom, "no band row or axis"
+    assert re.search(r"\[\s*0,\s*5,\s*0,\s*5\s*\]", dom), "FsaNet's band value is not shown"
+    assert "nonlocal_mode" in dom, "the non-local-only params are not shown"
+    assert "test/mIoU" in dom, "mIoU is not shown"
+    for value in ("61", "65"):
+        assert value in dom, f"mIoU {value} not shown"
+
