@@ -459,6 +459,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db at the project root)")
     p.set_defaults(handler=_run_mlflow_init)
     p = mlflow.add_parser(
+        "relocate", help="after moving or copying mlflow.db with its mlruns/, point its artifact locations there",
+        description="A local store keeps absolute file:// artifact locations. After moving mlflow.db together "
+        "with the mlruns/ folder beside it, this rewrites the locations under the new folder.",
+    )
+    p.add_argument("db", type=Path, help="the moved mlflow.db")
+    p.set_defaults(handler=_run_mlflow_relocate)
+    p = mlflow.add_parser(
         "publish", help="log a finished study's summary, findings, tables and plots on its parent run",
         description="Reopens the study's parent run named by the marker of `fsanet mlflow init`, logs the "
         "per-group mIoU (mean, std, n) of summary.json and the findings' verdict counts as metrics, and the "
@@ -504,6 +511,14 @@ def _run_mlflow_init(args: argparse.Namespace) -> None:
         raise SystemExit(f"fsanet mlflow init: error: {err}") from None
     print(f"mlflow: study '{marker['study']}' parent run {marker['parent_run_id']} "
           f"in '{marker['experiment']}' at {marker['tracking_uri']}; marker {args.out}")
+
+
+def _run_mlflow_relocate(args: argparse.Namespace) -> None:
+    from fsanet.tracking import relocate_store
+
+    counts = relocate_store(args.db)
+    print(f"mlflow relocate: {counts['experiments']} experiment and {counts['runs']} run locations now under "
+          f"{args.db.resolve().parent / 'mlruns'}")
 
 
 def _run_mlflow_publish(args: argparse.Namespace) -> None:

@@ -35,6 +35,7 @@ __all__ = [
     "init_study",
     "project_root",
     "read_marker",
+    "relocate_store",
     "resolve_uri",
     "sanitize_key",
 ]
@@ -169,6 +170,51 @@ def _ensure_experiment(client: Any, name: str, uri: str) -> str:
         if exp is None:
             raise
         return exp.experiment_id
+
+
+def relocate_store(db: str | Path) -> dict[str, int]:
+    """Point a moved SQLite store's artifact locations at the ``mlruns/`` folder beside it.
+
+    A local store keeps absolute ``file://…/mlruns/…`` locations (MLflow resolves relative ones
+    against the working directory). After the db and its ``mlruns/`` were copied or moved together,
+    this rewrites every experiment's and run's location whose path contains ``/mlruns/`` to the same
+    path under ``<db folder>/mlruns``; locations elsewhere (a server, another folder) are left alone.
+
+    Returns:
+        How many experiment and run locations were rewritten.
+
+    Raises:
+        FileNotFoundError: ``db`` does not exist.
+        ValueError: ``db`` is not an MLflow store.
+    """
+    import sqlite3
+
+    db = Path(db)
+    if not db.is_file():
+        raise FileNotFoundError(f"{db}: no such MLflow store (a sqlite file)")
+    new_root = (db.resolve().parent / "mlruns").as_uri()
+
+    def moved(uri: Optional[str]) -> Optional[str]:
+        if not uri or not uri.startswith("file://") or "/mlruns/" not in uri:
+            return None
+        new = new_root + uri[uri.index("/mlruns/") + len("/mlruns"):]
+        return new if new != uri else None
+
+    counts = {"experiments": 0, "runs": 0}
+    with sqlite3.connect(db) as con:
+        try:
+            rows = {"experiments": con.execute("select experiment_id, artifact_location from experiments").fetchall(),
+                    "runs": con.execute("select run_uuid, artifact_uri from runs").fetchall()}
+        except sqlite3.DatabaseError as err:
+            raise ValueError(f"{db}: not an MLflow tracking store ({err})") from None
+        for table, key, column in (("experiments", "experiment_id", "artifact_location"),
+                                   ("runs", "run_uuid", "artifact_uri")):
+            for row_id, uri in rows[table]:
+                new = moved(uri)
+                if new:
+                    con.execute(f"update {table} set {column} = ? where {key} = ?", (new, row_id))
+                    counts[table] += 1
+    return counts
 
 
 def init_study(

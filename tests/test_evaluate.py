@@ -131,6 +131,10 @@ def test_evaluate_writes_reports_and_matches_manual_metric(tmp_path):
     assert {"mIoU", "mAcc", "aAcc", "IoU", "Acc", "dataset", "model", "band", "eval_band", "seed", "checkpoint",
             "mlflow_run_id"} <= set(saved)
     assert saved["eval_band"] is None and saved["num_images"] == 8 and saved["iteration"] == 7
+    cost = saved["cost"]  # params, GFLOPs of one forward and the evaluation's own per-image latency
+    assert cost["params_M"] == pytest.approx(sum(p.numel() for p in model.parameters()) / 1e6)
+    assert cost["gflops"] > 0 and cost["fps"] > 0 and cost["timed_images"] == 8
+    assert cost["fps"] == pytest.approx(1000.0 / cost["latency_ms"])
     # the same numbers by hand: whole-image argmax at the label size, areas summed over the set
     model.eval()
     ref = SegmentationMetric(3)

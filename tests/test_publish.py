@@ -71,3 +71,36 @@ def test_publish_logs_on_the_parent_and_evals_nest_under_trainings(tmp_path, mon
 
     with pytest.raises(FileNotFoundError, match="missing.md"):
         publish_study(marker, summary, [tmp_path / "missing.md"])
+
+
+def test_a_copied_store_reads_its_artifacts_after_relocate(tmp_path, capsys):
+    import shutil
+
+    from mlflow import MlflowClient
+
+    from fsanet.cli import main
+
+    old = tmp_path / "old"
+    old.mkdir()
+    uri = f"sqlite:///{old / 'mlflow.db'}"
+    marker = old / "study.json"
+    init_study("fsanet/test", "study", marker, uri=uri)
+    cfg = OmegaConf.structured(TrackingConfig(study_marker=str(marker)))
+    run = Tracker(cfg, old / "run", "train")
+    (old / "note.txt").write_text("hello")
+    run.log_artifact(old / "note.txt", "files")
+    run.finish()
+    new = tmp_path / "moved"
+    shutil.copytree(old, new)
+    shutil.rmtree(old)  # the original is gone: nothing may still point there
+    assert main(["mlflow", "relocate", str(new / "mlflow.db")]) == 0
+    assert "1 experiment and 2 run locations" in capsys.readouterr().out  # the study parent and the run
+    client = MlflowClient(f"sqlite:///{new / 'mlflow.db'}")
+    got = client.download_artifacts(run.run_id, "files/note.txt", str(tmp_path / "dl"))
+    assert open(got).read() == "hello"
+    assert client.get_experiment_by_name("fsanet/test").artifact_location.startswith((new / "mlruns").as_uri())
+    assert main(["mlflow", "relocate", str(new / "mlflow.db")]) == 0  # again: nothing left to change
+    assert "0 experiment and 0 run locations" in capsys.readouterr().out
+    (tmp_path / "junk.db").write_text("not sqlite")
+    assert main(["mlflow", "relocate", str(tmp_path / "junk.db")]) == 2
+    assert "not an MLflow tracking store" in capsys.readouterr().err

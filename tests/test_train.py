@@ -263,6 +263,7 @@ def test_cli_train_then_eval_with_mlflow(tmp_path, synthetic_root, monkeypatch, 
         train_run.data.tags)
     assert [m.step for m in client.get_metric_history(train_run.info.run_id, "train/loss")] == [2, 4]
     assert eval_run.data.metrics["test/mIoU"] == pytest.approx(metrics["mIoU"])
+    assert {"cost/params_M", "cost/gflops", "cost/latency_ms", "cost/fps"} <= set(eval_run.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(eval_run.info.run_id, "eval")}
     assert {"eval/metrics.json", "eval/confusion.png", "eval/qualitative.png", "eval/per_class.md"} <= artifacts
     assert exp.artifact_location == (tmp_path / "mlruns").as_uri() + "/fsanet/test"  # beside the db

@@ -18,7 +18,9 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import statistics
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
@@ -239,6 +241,7 @@ def _evaluate(
                       parent_run_id=state.get("mlflow_run_id"))
     try:
         result = _run_inference(cfg, model, dataset, device, classes, out_dir)
+        cost = _inference_cost(cfg, model, dataset, device, result.pop("seconds"))
         info = describe(cfg)
         metrics = {
             "mIoU": result["mIoU"], "mAcc": result["mAcc"], "aAcc": result["aAcc"], "units": "percent",
@@ -250,7 +253,7 @@ def _evaluate(
             "num_images": result["num_images"], "mlflow_run_id": tracker.run_id,
             "train_mlflow_run_id": state.get("mlflow_run_id"),
             "attention_mode": _value(cfg.model.attention.mode), "context": _dataset_context(dataset),
-            "backbone": _value(cfg.model.backbone), "pretrained": cfg.model.pretrained,
+            "backbone": _value(cfg.model.backbone), "pretrained": cfg.model.pretrained, "cost": cost,
         }
         metrics = _nan_to_none(metrics)
         write_json(out_dir / "metrics.json", metrics)
@@ -271,6 +274,7 @@ def _evaluate(
         for name, value in result["IoU"].items():
             if not math.isnan(value):
                 scalars[f"test/IoU/{sanitize_key(name)}"] = value
+        scalars.update({f"cost/{k}": v for k, v in cost.items() if isinstance(v, (int, float)) and v is not None})
         tracker.log_metrics(scalars, step=int(state.get("iteration") or 0))
         for name in ("config.yaml", "metrics.json", "per_class.csv", "per_class.md", "confusion.csv", *figures):
             tracker.log_artifact(out_dir / name, "eval")
@@ -283,6 +287,38 @@ def _evaluate(
     return metrics
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _inference_cost(
+    cfg: DictConfig, model: torch.nn.Module, dataset: Any, device: torch.device, seconds: Sequence[float]
+) -> dict[str, Any]:
+    """The model's params, GFLOPs of one forward (the first val image, or one slide window) and the
+    evaluation's own per-image latency: median wall time of the whole inference of an image (all
+    scales, flips and windows), measured in the loop above, and fps = 1 / that median."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    params = int(sum(p.numel() for p in model.parameters()))
+    flops, size = None, None
+    if len(dataset):
+        image = dataset[0]["image"]
+        h, w = image.shape[-2:]
+        if InferenceMode(cfg.eval.mode) is InferenceMode.slide:
+            h, w = min(h, int(cfg.eval.crop_size[0])), min(w, int(cfg.eval.crop_size[1]))
+        size = [int(h), int(w)]
+        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+            model(image[None, :, :h, :w].to(device))
+        flops = int(counter.get_total_flops())
+    median = statistics.median(seconds) * 1e3 if seconds else None
+    return {
+        "params_M": params / 1e6, "gflops": None if flops is None else flops / 1e9, "flops_input": size,
+        "latency_ms": median, "fps": None if not median else 1000.0 / median, "timed_images": len(seconds),
+        "threads": torch.get_num_threads(), "device": str(device),
+    }
+
+
 @torch.inference_mode()
 def _run_inference(
     cfg: DictConfig, model: torch.nn.Module, dataset: Any, device: torch.device, classes: list[str], out_dir: Path
@@ -291,16 +327,20 @@ def _run_inference(
     n = len(dataset) if ec.limit <= 0 else min(ec.limit, len(dataset))
     metric = SegmentationMetric(len(classes), cfg.data.ignore_index)
     samples = []
+    seconds = []
     for i in tqdm(range(n), desc=f"eval {cfg.data.val_split}", unit="img", mininterval=1.0, dynamic_ncols=True,
                   disable=not cfg.train.progress):
         item = dataset[i]
         label = item["label"]
+        _sync(device)
+        t0 = time.perf_counter()
         probs = predict(
             model, item["image"].to(device), tuple(label.shape[-2:]), len(classes),
             mode=InferenceMode(ec.mode).value, crop=list(ec.crop_size), stride=list(ec.stride),
             scales=list(ec.scales), flip=bool(ec.flip), align_corners=bool(ec.align_corners),
         )
         pred = probs.argmax(0).cpu()  # (H, W) at the label's (original) size
+        seconds.append(time.perf_counter() - t0)
         metric.update(pred, label)
         if len(samples) < ec.num_qualitative:
             samples.append((item["image"].cpu(), label.cpu(), pred, str(item.get("name", i))))
@@ -308,6 +348,7 @@ def _run_inference(
     result["confusion"] = metric.cm
     result["samples"] = samples
     result["num_images"] = n
+    result["seconds"] = seconds
     return result
 
 
