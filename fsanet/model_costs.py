@@ -17,7 +17,6 @@ from __future__ import annotations
 import gc
 import logging
 import statistics
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
@@ -59,31 +58,29 @@ def _flops(model: torch.nn.Module, x: torch.Tensor) -> int:
 
 def _time_interleaved(models: Sequence[torch.nn.Module], x: torch.Tensor, warmup: int, repeats: int,
                       rounds: int) -> list[dict[str, Any]]:
-    """Latency of each model, timed in ``rounds`` interleaved rounds (the order reverses every other
-    round), so that a burst of load from other processes hits every model alike. Each model gets
-    ``repeats`` timed forwards in all, split evenly over the rounds."""
-    per_round = max(repeats // rounds, 1)
+    """Latency of each model, timed in ``rounds`` interleaved rounds as ``fsanet bench attention`` times
+    its cases (:func:`fsanet.bench.round_shares` forwards per round, the visiting order rotated each
+    round), so that a burst of load from other processes hits every model alike."""
+    from fsanet.bench import rotated, round_shares, time_once
+
+    cpu = torch.device("cpu")
+    calls = [lambda m=m: m(x) for m in models]
     times: list[list[float]] = [[] for _ in models]
     round_medians: list[list[float]] = [[] for _ in models]
     with torch.inference_mode():
-        for model in models:
+        for call in calls:
             for _ in range(warmup):
-                model(x)
-        gc.collect()
-        gc.disable()  # no collector pauses inside the timed forwards
-        try:
-            for r in range(rounds):
-                order = range(len(models)) if r % 2 == 0 else reversed(range(len(models)))
-                for i in order:
-                    this_round = []
-                    for _ in range(per_round):
-                        t0 = time.perf_counter()
-                        models[i](x)
-                        this_round.append((time.perf_counter() - t0) * 1e3)
+                call()
+        for r, share in enumerate(round_shares(repeats, rounds)):
+            gc.collect()
+            gc.disable()  # no collector pauses inside a round
+            try:
+                for i in rotated(list(range(len(models))), r):
+                    this_round = [time_once(calls[i], cpu) * 1e3 for _ in range(share)]
                     times[i] += this_round
                     round_medians[i].append(statistics.median(this_round))
-        finally:
-            gc.enable()
+            finally:
+                gc.enable()
     out = []
     for ts, rm in zip(times, round_medians):
         median = statistics.median(ts)
