@@ -197,6 +197,25 @@ def mlflow_cli() -> list[str]:
     return [str(exe)] if exe.is_file() else [sys.executable, "-m", "mlflow"]
 
 
+def start_server(uri: str, folder: Path) -> tuple[str, subprocess.Popen]:
+    """An MLflow server on a free 127.0.0.1 port for the store ``uri``, once healthy: (base URL, process)."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = folder / "server.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [*mlflow_cli(), "server", "--backend-store-uri", uri, "--default-artifact-root",
+             (folder / "artifacts").as_uri(), "--workers", "1", "--host", "127.0.0.1", "--port", str(port)],
+            stdout=out, stderr=subprocess.STDOUT, env=ENV, start_new_session=True, cwd=folder,
+        )
+    try:
+        wait_healthy(base, proc, log)
+    except BaseException:
+        stop(proc)
+        raise
+    return base, proc
+
+
 # --------------------------------------------------------------------------------------------
 def test_mlflow_ui_lists_study_runs_with_band_params(tmp_path):
     from PIL import Image
@@ -210,17 +229,8 @@ def test_mlflow_ui_lists_study_runs_with_band_params(tmp_path):
     banded = [r for r in children if BAND_PARAM in r.data.params]
     assert banded, f"no child run of '{parent_name}' has the param {BAND_PARAM}"
 
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    log = tmp_path / "server.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [*mlflow_cli(), "server", "--backend-store-uri", uri, "--default-artifact-root",
-             (tmp_path / "artifacts").as_uri(), "--workers", "1", "--host", "127.0.0.1", "--port", str(port)],
-            stdout=out, stderr=subprocess.STDOUT, env=ENV, start_new_session=True, cwd=tmp_path,
-        )
+    base, proc = start_server(uri, tmp_path)
     try:
-        wait_healthy(base, proc, log)
         runs_url = f"{base}/#/experiments/{experiment_id}/runs"
         # default view: the parent run is listed (its children are folded under it)
         dom = browse(runs_url, tmp_path / "profile-default", tmp_path / "default.png", 900)
@@ -266,17 +276,8 @@ def test_mlflow_compare_view_shows_band_only_where_the_model_has_one(tmp_path):
     assert differ == sorted(["model.name", BAND_PARAM, "model.attention.mode", "model.attention.impl",
                              "model.attention.nonlocal_mode", "model.attention.nonlocal_use_scale"]), differ
 
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    log = tmp_path / "server.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [*mlflow_cli(), "server", "--backend-store-uri", uri, "--default-artifact-root",
-             (tmp_path / "artifacts").as_uri(), "--workers", "1", "--host", "127.0.0.1", "--port", str(port)],
-            stdout=out, stderr=subprocess.STDOUT, env=ENV, start_new_session=True, cwd=tmp_path,
-        )
+    base, proc = start_server(uri, tmp_path)
     try:
-        wait_healthy(base, proc, log)
         runs = json.dumps([fsa.info.run_id, nl.info.run_id])
         url = f"{base}/#/compare-runs?runs={runs}&experiments={json.dumps([experiment_id])}"
         dom = browse(url, tmp_path / "profile-compare", tmp_path / "compare.png", 2400)
