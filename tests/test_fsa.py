@@ -123,10 +123,14 @@ def test_autocast_keeps_residual_dtype(mode, train):
     x = torch.randn(2, 16, 12, 11)
     ref = flipped(m).double()
     y64 = ref(x.double())
+    x.requires_grad_()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = m(x)
     assert y.dtype == torch.float32
     assert rel(y.double(), y64, y64 - x.double()) <= 3e-2  # bfloat16 attention branch
+    y.square().mean().backward()  # the backward runs outside autocast, on bf16 gradients
+    assert x.grad.dtype == torch.float32 and torch.isfinite(x.grad).all()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters() if p.requires_grad)
 
 
 def test_train_mode_needs_more_than_one_value():

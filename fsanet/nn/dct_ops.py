@@ -356,7 +356,9 @@ def _band_dct2_setup(ctx, inputs, output) -> None:  # noqa: ANN001
 
 
 def _band_dct2_backward(ctx, gy: Tensor):  # noqa: ANN001, ANN202
-    ch, cw = ctx.saved_tensors
+    # Under autocast the forward may have mixed a bf16/fp16 map with float32 bases; the backward runs
+    # outside autocast, so the bases take the gradient's dtype here.
+    ch, cw = (b.to(gy.dtype) for b in ctx.saved_tensors)
     return _band_idct2_op(gy.contiguous(), ch, cw, None, None), None, None
 
 
@@ -428,7 +430,7 @@ def _band_idct2_setup(ctx, inputs, output) -> None:  # noqa: ANN001
 
 
 def _band_idct2_backward(ctx, g: Tensor):  # noqa: ANN001, ANN202
-    ch, cw = ctx.saved_tensors
+    ch, cw = (b.to(g.dtype) for b in ctx.saved_tensors)  # see _band_dct2_backward
     gy = _band_dct2_op(g.contiguous(), ch, cw)
     g_res = g if ctx.has_residual else None
     g_shift = g.sum((-2, -1)) if ctx.has_shift else None
