@@ -15,7 +15,7 @@ export DO_NOT_TRACK := true
 export MPLBACKEND := Agg
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: venv test test-slow test-all tables bench dvc-repro plots lint clean-results
+.PHONY: venv test test-slow test-all test-cuda tables bench dvc-repro plots lint clean-results
 
 venv: $(STAMP)
 
@@ -40,9 +40,13 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
-## make test-all: the suite including the slow end-to-end checks
+## make test-all: the suite including the slow end-to-end checks (not the GPU checks)
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -q -m "slow or not slow"
+	$(BIN)/python -m pytest -q -m "not cuda"
+
+## make test-cuda: the checks of the CUDA paths (needs a GPU and a CUDA build of torch)
+test-cuda: $(STAMP)
+	$(BIN)/python -m pytest -q -m cuda
 
 ## make tables: the whole study on the default profile
 tables: $(STAMP)
