@@ -358,6 +358,113 @@ def _describe(err: OmegaConfBaseException) -> str:
     return f"key '{key}': {msg}" if key else msg
 
 
+def _leaf_keys(node: Any, prefix: str = "") -> set[str]:
+    """Dotted keys of every value in a loaded YAML tree (lists count as values)."""
+    if isinstance(node, DictConfig):
+        keys: set[str] = set()
+        for k in node.keys():
+            keys |= _leaf_keys(node._get_node(k), f"{prefix}{k}.")
+        return keys
+    return {prefix.rstrip(".")}
+
+
+def _source_of(key: Optional[str], sources: list[tuple[str, set[str]]]) -> Optional[str]:
+    """The last source (file or ``command line``) that set ``key`` or one of its parents/children."""
+    if not key:
+        return None
+    for name, keys in reversed(sources):
+        if any(k == key or k.startswith(key + ".") or key.startswith(k + ".") for k in keys):
+            return name
+    return None
+
+
+# Allowed ranges: key -> (lowest, highest, what the value means). Lists are checked element-wise;
+# null (an optional value left unset) is always allowed. ``lowest``/``highest`` are inclusive.
+_INF = float("inf")
+RANGES: dict[str, tuple[float, float, str]] = {
+    "bench.channels": (1, _INF, "channels of the benchmarked maps"),
+    "bench.batch": (1, _INF, "batch size"),
+    "bench.paper_size": (1, _INF, "map size in pixels"),
+    "bench.sweep_sizes": (1, _INF, "map sizes in pixels"),
+    "bench.warmup": (0, _INF, "untimed runs"),
+    "bench.repeats": (1, _INF, "timed runs"),
+    "bench.rounds": (1, _INF, "interleaved rounds"),
+    "bench.timeout_s": (1e-3, _INF, "seconds"),
+    "bench.sweep_timeout_s": (1e-3, _INF, "seconds"),
+    "bench.memory_budget_gb": (1e-3, _INF, "GiB"),
+    "bench.threads": (0, _INF, "torch threads; 0 keeps torch's default"),
+    "data.num_classes": (1, _INF, "classes"),
+    "data.base_scale": (1, _INF, "pixels"),
+    "data.crop_size": (1, _INF, "pixels"),
+    "data.ratio_range": (1e-6, _INF, "scale ratios"),
+    "data.cat_max_ratio": (1e-6, 1.0, "largest share of one class in a crop"),
+    "data.flip_prob": (0.0, 1.0, "a probability"),
+    "data.std": (1e-12, _INF, "per-channel std (divides)"),
+    "data.num_workers": (0, _INF, "DataLoader workers"),
+    "data.synthetic.image_size": (16, _INF, "pixels"),
+    "data.synthetic.num_train": (1, _INF, "images"),
+    "data.synthetic.num_val": (1, _INF, "images"),
+    "data.synthetic.min_cue_distance": (0, _INF, "pixels"),
+    "data.synthetic.cells": (1, _INF, "stripes"),
+    "data.synthetic.position_hint": (0, 255, "grey levels"),
+    "data.synthetic.processes": (0, _INF, "processes; 0 = all cores"),
+    "model.small_channels": (1, _INF, "channels"),
+    "model.head_channels": (1, _INF, "channels"),
+    "model.head_kernel": (1, _INF, "kernel size"),
+    "model.dropout": (0.0, 0.999, "a dropout probability below 1"),
+    "model.aux_channels": (1, _INF, "channels"),
+    "model.aux_weight": (0.0, _INF, "loss weight"),
+    "model.attention.reduction": (1, _INF, "channel reduction factor"),
+    "model.attention.recurrence": (1, _INF, "applications of the block"),
+    "model.attention.qk_channels": (1, _INF, "channels"),
+    "model.attention.isa_key_channels": (1, _INF, "channels"),
+    "model.attention.isa_down_factor": (1, _INF, "pooling factor"),
+    "model.attention.aff_heads": (1, _INF, "heads"),
+    "train.max_iters": (1, _INF, "iterations"),
+    "train.batch_size": (1, _INF, "images per step (global)"),
+    "train.lr": (1e-12, _INF, "learning rate"),
+    "train.momentum": (0.0, 0.999999, "SGD momentum below 1"),
+    "train.betas": (0.0, 0.999999, "AdamW betas below 1"),
+    "train.weight_decay": (0.0, _INF, "weight decay"),
+    "train.warmup_iters": (0, _INF, "iterations"),
+    "train.warmup_ratio": (1e-12, 1.0, "share of the learning rate at the start of warm-up"),
+    "train.head_lr_mult": (1e-12, _INF, "learning-rate multiplier"),
+    "train.lr_power": (0.0, _INF, "poly exponent"),
+    "train.min_lr": (0.0, _INF, "learning rate"),
+    "train.ohem_thresh": (1e-12, 1.0, "a probability"),
+    "train.ohem_min_kept": (0, _INF, "pixels"),
+    "train.seed": (0, 2**63 - 1, "a non-negative seed"),
+    "train.threads": (0, _INF, "torch threads; 0 keeps torch's default"),
+    "train.log_interval": (1, _INF, "iterations"),
+    "train.ckpt_interval": (1, _INF, "iterations"),
+    "train.keep_ckpts": (0, _INF, "checkpoints; 0 keeps all"),
+    "eval.crop_size": (1, _INF, "pixels"),
+    "eval.stride": (1, _INF, "pixels"),
+    "eval.scales": (1e-6, _INF, "scale ratios"),
+    "eval.threads": (0, _INF, "torch threads; 0 keeps torch's default"),
+    "eval.limit": (0, _INF, "images; 0 = all"),
+    "eval.num_qualitative": (0, _INF, "rows"),
+    "tracking.flush_interval": (1, _INF, "iterations"),
+    "tracking.retries": (1, _INF, "attempts"),
+    "tracking.backoff_s": (0.0, _INF, "seconds"),
+    "tracking.http_timeout_s": (1, _INF, "seconds"),
+}
+
+
+def _check_ranges(cfg: DictConfig, sources: list[tuple[str, set[str]]]) -> None:
+    for key, (lo, hi, meaning) in RANGES.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is None:
+            continue
+        items = list(value) if OmegaConf.is_list(value) else [value]
+        for item in items:
+            if isinstance(item, bool) or not isinstance(item, (int, float)) or not lo <= item <= hi:
+                bound = f"≥ {lo:g}" if hi == _INF else f"between {lo:g} and {hi:g}"
+                where = _source_of(key, sources) or "the schema default"
+                shown = OmegaConf.to_container(value) if OmegaConf.is_list(value) else value
+                raise ConfigError(f"{where}: {key}={shown} is out of range: must be {bound} ({meaning})")
+
+
 def load_config(
     paths: Sequence[str | Path] = (),
     overrides: Sequence[str] = (),
@@ -367,16 +474,20 @@ def load_config(
 
     Args:
         paths: YAML files merged in order onto the schema defaults.
-        overrides: OmegaConf dotlist entries such as ``bench.repeats=30``.
+        overrides: OmegaConf dotlist entries such as ``bench.repeats=30``; each key at most once.
         schema: the dataclass to validate against.
 
     Returns:
-        A structured ``DictConfig`` (read-only) with every interpolation resolvable.
+        A structured ``DictConfig`` (read-only) with every interpolation resolvable and every value
+        of :data:`RANGES` in range.
 
     Raises:
-        ConfigError: naming the file (or ``command line``) and the key at fault.
+        ConfigError: naming the file (or ``command line``) and the key at fault: an empty or
+            non-mapping file, an unknown key, a wrong type, a key given twice on the command line, a
+            missing value, a failed interpolation or a value out of range.
     """
     cfg = OmegaConf.structured(schema)
+    sources: list[tuple[str, set[str]]] = []
     for path in paths:
         path = Path(path)
         if not path.is_file():
@@ -385,6 +496,13 @@ def load_config(
             loaded = OmegaConf.load(path)
         except Exception as err:  # YAML syntax errors come from ruamel/pyyaml
             raise ConfigError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+        if not isinstance(loaded, DictConfig):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections (data:, model:, …), "
+                              f"not a {type(loaded).__name__.replace('Config', '').lower()}")
+        if len(loaded) == 0:
+            raise ConfigError(f"{path}: the file sets nothing (empty, or comments only); add settings or "
+                              "leave it off the command line")
+        sources.append((str(path), _leaf_keys(loaded)))
         try:
             cfg = OmegaConf.merge(cfg, loaded)
         except OmegaConfBaseException as err:
@@ -393,30 +511,36 @@ def load_config(
         bad = [o for o in overrides if "=" not in o]
         if bad:
             raise ConfigError(f"command line: override '{bad[0]}' is not of the form key=value")
-        seen: set[str] = set()
+        seen: dict[str, str] = {}
         for item in overrides:
             key, _, text = item.partition("=")
             key = key.strip()
-            if key in seen:  # later wins (profiles append to a rule's defaults), but never silently
-                log.warning("command line: %s is given more than once; the last value (%s) wins", key, text)
-            seen.add(key)
+            if key in seen:
+                raise ConfigError(f"command line: {key} is given twice ({key}={seen[key]} and {key}={text}); "
+                                  "give each key once")
+            seen[key] = text
             try:
-                value = OmegaConf.from_dotlist([f"value={text}"])["value"]  # YAML-typed, as from_dotlist does
+                # YAML-typed, as from_dotlist does; interpolations stay unresolved until the end
+                value = OmegaConf.to_container(OmegaConf.from_dotlist([f"value={text}"]), resolve=False)["value"]
                 # update() walks list indices (data.download.0.url=...) where a merged dotlist cannot
                 OmegaConf.update(cfg, key, value, merge=True)
             except OmegaConfBaseException as err:
                 raise ConfigError(f"command line: {item!r}: {_describe(err)}") from None
-    missing = sorted(OmegaConf.missing_keys(cfg))
-    if missing:
-        sources = ", ".join(str(p) for p in paths) or "no config file"
-        raise ConfigError(
-            f"missing value for key '{missing[0]}' (read from {sources}); "
-            f"set it in a params file or on the command line as {missing[0]}=..."
-        )
+        sources.append(("command line", set(seen)))
     try:
+        missing = sorted(OmegaConf.missing_keys(cfg))
         OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as err:
-        raise ConfigError(f"interpolation failed: {_describe(err)}") from None
+        key = getattr(err, "full_key", None)
+        where = _source_of(key, sources) or "config"
+        raise ConfigError(f"{where}: interpolation failed: {_describe(err)}") from None
+    if missing:
+        src = ", ".join(str(p) for p in paths) or "no config file"
+        raise ConfigError(
+            f"missing value for key '{missing[0]}' (read from {src}); "
+            f"set it in a params file or on the command line as {missing[0]}=..."
+        )
+    _check_ranges(cfg, sources)
     OmegaConf.set_readonly(cfg, True)
     return cfg
 

@@ -19,8 +19,11 @@ RUNS = "results/runs/{dataset}/{model}/band~{band}/mode~{mode}/seed~{seed}"
 
 
 def quoted(items):
-    """Join fsanet CLI overrides (key=value) into one shell-quoted string."""
-    escaped = (str(item).replace("'", "'\\''") for item in items)
+    """Join fsanet CLI overrides (key=value) into one shell-quoted string, each key once: a later
+    item (the profile's train_overrides/eval_overrides) replaces an earlier one (the rule's default),
+    since `fsanet` refuses a key given twice."""
+    last = {str(item).partition("=")[0].strip(): str(item) for item in items}
+    escaped = (item.replace("'", "'\\''") for item in last.values())
     return " ".join(f"'{item}'" for item in escaped)
 
 
