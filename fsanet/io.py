@@ -1,4 +1,9 @@
-"""Atomic file output: every file the package writes goes to a temporary name first, then is renamed."""
+"""Atomic file output: every file the package writes goes to a temporary name first, then is renamed.
+
+The published file gets the mode a plain ``open(path, "w")`` would give it (``0o666`` less the
+process umask), never world-writable, so colleagues on a shared machine can read results when the
+umask allows it (the temporary file itself is created private, ``0o600``).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,25 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "write_json", "write_text", "read_json"]
+__all__ = ["atomic_path", "file_mode", "write_json", "write_text", "read_json"]
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where /proc allows (``os.umask`` only sets)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """Mode for a new output file: ``0o666`` less the umask, and never writable by others."""
+    return 0o666 & ~_umask() & ~0o002
 
 
 @contextlib.contextmanager
@@ -31,6 +54,8 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.exists():
+            os.chmod(tmp_path, file_mode())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
