@@ -219,7 +219,7 @@ def qualitative_grid(
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     if build_model is None:
-        from fsanet.models import build_model
+        from fsanet.models import build_model, load_trained_weights
     if build_dataset is None:
         from fsanet.data import build_dataset
     paths: dict[str, Path] = {}
@@ -241,7 +241,7 @@ def qualitative_grid(
             raise ValueError(f"{path}: trained on classes {state.get('classes')}, but the images come from "
                              f"dataset '{first.data.name}' with classes {classes}")
         model = build_model(cfg.model, len(classes), pretrained=False)  # weights from the checkpoint
-        model.load_state_dict(state["model"])
+        load_trained_weights(model, state, path)
         model.eval()
         if cfg.eval.eval_band is not None:
             apply_eval_band(model, [int(b) for b in cfg.eval.eval_band])

@@ -518,3 +518,23 @@ def test_fetch_from_url_with_checksum(tmp_path: Path) -> None:
         fetch_checkpoint("x.pth", cache, sha256="abc")
     with pytest.raises(PretrainedError, match="open-mmlab://resnet50_v1c"):
         fetch_checkpoint("open-mmlab://resnet18_v1c", cache)
+
+
+def test_checkpoint_of_another_model_is_one_line_naming_both():
+    from fsanet.models import load_trained_weights
+
+    cfg = load_config([], ["model.name=fsanet"]).model
+    state = {"model": build_model(cfg, 3, pretrained=False).state_dict(),
+             "config": {"model": {"name": "fsanet", "backbone": "small"}}}
+    other = build_model(load_config([], ["model.name=nonlocal"]).model, 3, pretrained=False)
+    with pytest.raises(ValueError) as err:
+        load_trained_weights(other, state, "run/model.pt")
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("run/model.pt: the checkpoint's weights do not fit the model (")
+    assert "trained as model.name=fsanet, but model.name=nonlocal was asked for" in msg
+    fewer = build_model(load_config([], ["model.name=fsanet"]).model, 5, pretrained=False)
+    with pytest.raises(ValueError, match="with another shape"):
+        load_trained_weights(fewer, state, "run/model.pt")
+    same = build_model(cfg, 3, pretrained=False)
+    load_trained_weights(same, state, "run/model.pt")
+    assert all(torch.equal(a, b) for a, b in zip(same.state_dict().values(), state["model"].values()))

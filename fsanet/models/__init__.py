@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Union
 
 from omegaconf import DictConfig, OmegaConf
@@ -34,7 +35,7 @@ from fsanet.models.resnet import ResNetV1c
 from fsanet.models.segmentor import SegmentationModel
 from fsanet.models.small import SmallBackbone
 
-__all__ = ["MODELS", "SegmentationModel", "build_backbone", "build_model"]
+__all__ = ["MODELS", "SegmentationModel", "build_backbone", "build_model", "load_trained_weights"]
 
 log = logging.getLogger(__name__)
 
@@ -131,3 +132,40 @@ def build_model(
     if cfg.aux:
         aux = AuxHead(in3, cfg.aux_channels, num_classes, kernel_size=cfg.head_kernel, dropout=cfg.dropout)
     return SegmentationModel(backbone, head, num_classes, aux, align_corners=cfg.align_corners, name=cfg.name)
+
+
+def load_trained_weights(model: nn.Module, state: Mapping[str, Any], source: Union[str, Path]) -> None:
+    """Load a trained checkpoint's weights into ``model`` (strict), or explain in one line why they do not fit.
+
+    Args:
+        model: the model built from the (possibly overridden) ``model`` section.
+        state: the checkpoint (``{"model": state_dict, "config": resolved config, ...}``).
+        source: the checkpoint's path, named in the error.
+
+    Raises:
+        ValueError: the weights and the model disagree (missing or unexpected keys, other shapes); the
+            message names the checkpoint's own ``model.*`` settings where they differ from the model's.
+    """
+    weights = state["model"]
+    own = model.state_dict()
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    reshaped = [k for k in own if k in weights and tuple(weights[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or reshaped:
+        trained = (state.get("config") or {}).get("model") or {}
+        built = getattr(model, "name", "?")
+        hints = []
+        if trained.get("name") not in (None, built):
+            hints.append(f"it was trained as model.name={trained['name']}, but model.name={built} was asked for")
+        if trained.get("backbone") is not None:
+            hints.append(f"its backbone is {trained['backbone']}")
+        parts = [f"{n} {what} (e.g. {keys[0]})" for n, what, keys in (
+            (len(missing), "missing", missing), (len(unexpected), "unexpected", unexpected),
+            (len(reshaped), "with another shape", reshaped)) if n]
+        raise ValueError(
+            f"{source}: the checkpoint's weights do not fit the model ({'; '.join(parts)})"
+            + (f": {'; '.join(hints)}" if hints else "")
+            + "; drop the model.* overrides so the checkpoint's own model settings are used"
+        )
+    model.load_state_dict(weights)
+
