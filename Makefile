@@ -15,7 +15,7 @@ export DO_NOT_TRACK := true
 export MPLBACKEND := Agg
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: venv test test-slow test-all test-cuda tables bench dvc-repro plots lint clean-results
+.PHONY: venv test test-slow test-all test-cuda gpu-check tables bench dvc-repro plots lint clean-results
 
 venv: $(STAMP)
 
@@ -47,6 +47,10 @@ test-all: $(STAMP)
 ## make test-cuda: the checks of the CUDA paths (needs a GPU and a CUDA build of torch)
 test-cuda: $(STAMP)
 	$(BIN)/python -m pytest -q -m cuda
+
+## make gpu-check: CUDA tests, T1 on the GPU, an R101 AMP step, DDP (2 GPUs), 3 study models; exits 0 without CUDA
+gpu-check: $(STAMP)
+	PYTHON=$(abspath $(BIN)/python) tools/gpu_check.sh results/gpu_check
 
 ## make tables: the whole study on the default profile
 tables: $(STAMP)

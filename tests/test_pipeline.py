@@ -39,6 +39,17 @@ def _copy_pipeline(dest: Path) -> Path:
     return dest
 
 
+def test_gpu_check_without_cuda_says_so_and_exits_0(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():  # on a GPU machine the real check runs through `make gpu-check`
+        return
+    proc = subprocess.run(["bash", str(ROOT / "tools" / "gpu_check.sh"), str(tmp_path / "out")], cwd=ROOT,
+                          env={**_env(), "PYTHON": sys.executable}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "gpu-check: no CUDA device (torch" in proc.stdout and "nothing to check" in proc.stdout
+
+
 def test_snakemake_lint_is_clean():
     res = _run([str(BIN / "snakemake"), "--lint"], ROOT, 120)
     assert res.returncode == 0, res.stdout + res.stderr
