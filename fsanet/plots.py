@@ -212,6 +212,7 @@ def qualitative_grid(
     from fsanet.engine.checkpoint import load_checkpoint
     from fsanet.engine.evaluate import apply_eval_band, eval_config
     from fsanet.engine.inference import predict
+    from fsanet.models import load_trained_weights
     from fsanet.tables import METHOD_NAMES
 
     if not checkpoints:
@@ -219,7 +220,7 @@ def qualitative_grid(
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     if build_model is None:
-        from fsanet.models import build_model, load_trained_weights
+        from fsanet.models import build_model
     if build_dataset is None:
         from fsanet.data import build_dataset
     paths: dict[str, Path] = {}
