@@ -80,10 +80,11 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
+from fsanet.band import band_label, normalize_band
 from fsanet.config import ConfigError, to_container
 from fsanet.io import write_json
-from fsanet.nn import ATTENTION, dct_ops
-from fsanet.nn.dct import normalize_band
+from fsanet.models import attention_modules, bench_modules
+from fsanet.nn import dct_ops
 from fsanet.provenance import environment
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,8 @@ __all__ = [
     "verdict",
 ]
 
-MODULE_NAMES = ("fsa", "nonlocal", "danet_pam", "criss_cross", "isa", "linear", "aff")
+#: the floor row's name in table T1: the cheapest possible module, one elementwise add
+FLOOR_DISPLAY = "floor: torch.add(x, x)"
 
 
 class Timeout(Exception):
@@ -341,7 +343,7 @@ class Case:
     """One row of the benchmark: a module configuration at one input size."""
 
     setting: str  # "paper" or "sweep"
-    module: str  # one of MODULE_NAMES, or "floor"
+    module: str  # a name of fsanet.models.attention_modules(), or "floor"
     h: int
     w: int
     mode: Optional[str] = None
@@ -353,56 +355,48 @@ class Case:
     def series(self) -> str:
         """The module configuration, independent of size: one line in the scaling plot."""
         parts = [self.module]
-        if self.module == "fsa":
-            b = self.band
-            parts += [f"{b[1] - b[0]}x{b[3] - b[2]}" if b else "full", self.mode or "", self.impl or ""]
+        if "band" in self.options:
+            parts += [band_label(self.band) if self.band else "full", self.mode or "", self.impl or ""]
         return "/".join(p for p in parts if p)
 
 
-def _fsa_case(setting: str, h: int, w: int, band: list[int], mode: str, impl: str) -> Case:
-    b = normalize_band(band, h, w)
-    return Case(setting, "fsa", h, w, mode=mode, impl=impl, band=b, options={"band": b, "mode": mode, "impl": impl})
-
-
-def _peer_case(setting: str, name: str, h: int, w: int) -> Case:
-    mode = "embedded_gaussian" if name == "nonlocal" else None
-    return Case(setting, name, h, w, mode=mode)
+def _case(setting: str, name: str, h: int, w: int, options: dict[str, Any]) -> Case:
+    """A case of module ``name`` with constructor ``options`` (a band is resolved against the map)."""
+    opts = dict(options)
+    band = None
+    if "band" in opts:
+        band = normalize_band(opts["band"], h, w)
+        opts["band"] = band
+    return Case(setting, name, h, w, mode=opts.get("mode"), impl=opts.get("impl"), band=band, options=opts)
 
 
 def build_cases(cfg: DictConfig) -> list[Case]:
-    """All benchmark rows for a :class:`~fsanet.config.BenchConfig`, in run order (small sizes first)."""
-    unknown = [m for m in cfg.modules if m not in MODULE_NAMES]
+    """All benchmark rows for a :class:`~fsanet.config.BenchConfig`, in run order (small sizes first).
+
+    ``bench.modules`` null means every method's module (:func:`fsanet.models.bench_modules`); each
+    module's rows come from its ``bench_variants`` (e.g. FSA: bands × modes × implementations).
+    """
+    known = attention_modules()
+    names = list(cfg.modules) if cfg.modules is not None else bench_modules()
+    unknown = [m for m in names if m not in known]
     if unknown:
-        raise ValueError(f"bench.modules: unknown module {unknown[0]!r}; choose from {', '.join(MODULE_NAMES)}")
+        raise ValueError(f"bench.modules: unknown module {unknown[0]!r}; choose from {', '.join(known)}")
     h, w = cfg.paper_size
     cases = [Case("paper", "floor", h, w)]
-    for name in cfg.modules:
-        if name == "fsa":
-            for band in cfg.paper_bands:
-                for mode in ("dot", "linsoftmax"):
-                    for impl in ("fused", "reference"):
-                        cases.append(_fsa_case("paper", h, w, list(band), mode, impl))
-        else:
-            cases.append(_peer_case("paper", name, h, w))
+    for name in names:
+        for opts in known[name].bench_variants("paper", [tuple(b) for b in cfg.paper_bands]):
+            cases.append(_case("paper", name, h, w, opts))
     for s in sorted(cfg.sweep_sizes):
         cases.append(Case("sweep", "floor", s, s))
-        for name in cfg.modules:
-            if name == "fsa":
-                cases.append(_fsa_case("sweep", s, s, list(cfg.sweep_band), "dot", "fused"))
-                cases.append(_fsa_case("sweep", s, s, list(cfg.sweep_band), "linsoftmax", "fused"))
-                cases.append(_fsa_case("sweep", s, s, list(cfg.sweep_band), "dot", "reference"))
-            else:
-                cases.append(_peer_case("sweep", name, s, s))
+        for name in names:
+            for opts in known[name].bench_variants("sweep", [tuple(cfg.sweep_band)]):
+                cases.append(_case("sweep", name, s, s, opts))
     return cases
 
 
 def build_module(case: Case, channels: int) -> nn.Module:
-    """The module a case measures, with its default (mmseg) options."""
-    cls = ATTENTION[case.module]
-    opts = dict(case.options)
-    if case.module == "nonlocal":
-        opts["mode"] = case.mode
-    return cls(channels, **opts)
+    """The module a case measures, with the case's options on top of its defaults (mmseg's)."""
+    return attention_modules()[case.module](channels, **case.options)
 
 
 # --------------------------------------------------------------------------------------------
@@ -412,6 +406,7 @@ def _row(case: Case, cfg: DictConfig) -> dict[str, Any]:
     return {
         "setting": case.setting,
         "module": case.module,
+        "display": FLOOR_DISPLAY if case.module == "floor" else attention_modules()[case.module].display,
         "series": case.series,
         "mode": case.mode,
         "impl": case.impl,

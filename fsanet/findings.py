@@ -30,12 +30,15 @@ from typing import Any, Optional
 
 from fsanet.io import read_json, write_json, write_text
 from fsanet.summary import (
-    BAND_MODELS,
     ablation_points,
     band_label,
+    band_model,
+    band_models,
     band_size,
+    baseline_models,
     load_summary,
     mean_std,
+    method_module,
     select_runs,
 )
 
@@ -78,9 +81,10 @@ def _groups(runs: Sequence[Mapping[str, Any]]) -> dict[tuple, list[Mapping[str, 
 def _method_findings(runs: Sequence[Mapping[str, Any]], default_band: str) -> list[Finding]:
     groups = _groups(runs)
     out = []
-    fcn = groups.get(("fcn", None, "full"))
+    banded, baselines = band_models(), baseline_models()
+    fcn = [r for (m, _, lab), rs in groups.items() if m in baselines and lab == "full" for r in rs]
     nl = groups.get(("nonlocal", None, "full"))
-    fsa = {mode: rs for (m, mode, lab), rs in groups.items() if m in BAND_MODELS and lab == default_band}
+    fsa = {mode: rs for (m, mode, lab), rs in groups.items() if m in banded and lab == default_band}
     # 1. FsaNet vs non-local
     for mode, rs in sorted(fsa.items(), key=lambda kv: str(kv[0])):
         claim = f"FsaNet {mode} ({default_band}) within {BARS['fsa_vs_nl']:.1f} mIoU of non-local (means)"
@@ -99,7 +103,7 @@ def _method_findings(runs: Sequence[Mapping[str, Any]], default_band: str) -> li
         ref, _, nf = mean_std(r["mIoU"] for r in fcn)
         bar = ref + BARS["above_fcn"]  # type: ignore[operator]
         for (model, mode, label), rs in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
-            if model == "fcn" or (model in BAND_MODELS and label != default_band):
+            if model in baselines or (model in banded and label != default_band):
                 continue
             name = model if mode is None else f"{model} {mode} ({label})"
             worst = min(r["mIoU"] for r in rs)
@@ -112,9 +116,10 @@ def _method_findings(runs: Sequence[Mapping[str, Any]], default_band: str) -> li
 
 def _spread_findings(runs: Sequence[Mapping[str, Any]], default_band: str, knee: Optional[list[int]]) -> list[Finding]:
     out = []
+    banded = band_models()
     knee_k = None if knee is None else band_size([0, knee[0], 0, knee[1]])
     for (model, mode, label), rs in sorted(_groups(runs).items(), key=lambda kv: tuple(map(str, kv[0]))):
-        if model in BAND_MODELS and label != default_band:
+        if model in banded and label != default_band:
             band = rs[0]["band"]
             if knee_k is None or band_size(band) < knee_k or mode not in (None, "dot"):
                 continue  # below the knee (or a mode outside the ablation): no spread claim
@@ -178,8 +183,9 @@ def _cost_findings(bench: Mapping[str, Any]) -> list[Finding]:
 
     rows = bench.get("results", [])  # run_attention_benchmark's report
     paper = [r for r in rows if r.get("setting") == "paper" and r.get("status") == "ok"]
-    nl = next((r for r in paper if r["module"] == "nonlocal"), None)
-    fsa = next((r for r in paper if r["module"] == "fsa" and r.get("mode") == "dot" and r.get("impl") == "fused"
+    module = method_module(band_model())  # the band model's attention module (FSA)
+    nl = next((r for r in paper if r["module"] == method_module("nonlocal")), None)
+    fsa = next((r for r in paper if r["module"] == module and r.get("mode") == "dot" and r.get("impl") == "fused"
                 and list(r.get("band") or []) == [0, 5, 0, 5]), None)
     if nl is None or fsa is None:
         return [_finding("FsaNet's cost at the paper's setting (T1)", None, "no fused FSA-dot 5×5 or non-local row")]
@@ -199,7 +205,7 @@ def _cost_findings(bench: Mapping[str, Any]) -> list[Finding]:
         f"fused FSA-dot 5×5 at {h}×{w}: ≥ {BARS['latency_cut']:.1f} % less latency than non-local", None,
         f"−{cut:.2f} % ({lat:.2f} vs {nl['latency_ms']:.1f} ms); over the rounds' spread −{worst:.2f} … −{best:.2f} %",
         verdict(worst, best, BARS["latency_cut"], better="higher")))
-    sweep = [r for r in rows if r.get("setting") == "sweep" and r["module"] == "fsa" and r.get("mode") == "dot"
+    sweep = [r for r in rows if r.get("setting") == "sweep" and r["module"] == module and r.get("mode") == "dot"
              and r.get("impl") == "fused" and r.get("status") == "ok" and r["h"] >= 128]
     if sweep:
         r = max(sweep, key=lambda r: r["h"])

@@ -25,10 +25,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
-from fsanet.config import config_hash, to_container
+from fsanet.band import BandError, band_label
+from fsanet.band import parse_band as _parse_band
+from fsanet.config import AttentionConfig, config_hash, to_container
 from fsanet.io import write_json
 from fsanet.provenance import environment
-from fsanet.summary import BAND_MODELS, band_label, normalize_band
 
 __all__ = ["model_costs", "parse_band", "write_model_costs"]
 
@@ -36,17 +37,11 @@ log = logging.getLogger(__name__)
 
 
 def parse_band(text: str) -> Optional[list[int]]:
-    """``full``/``none`` → None; ``5`` → ``[0,5,0,5]``; ``0,5,0,5`` → that band (ValueError otherwise)."""
-    text = text.strip().lower()
-    if text in ("full", "none", "null"):
-        return None
+    """``full``/``none`` → None; ``5`` → ``[0,5,0,5]``; ``4x6`` and ``0,5,0,5`` as written (:mod:`fsanet.band`)."""
     try:
-        values = [int(v) for v in text.replace("x", ",").split(",")]
-    except ValueError:
-        raise ValueError(f"band {text!r}: expected 'full', 'N', 'NxM' or 'u0,u1,v0,v1'") from None
-    if len(values) == 1:
-        values = [values[0], values[0]]
-    return normalize_band(values, f"band {text!r}")
+        return _parse_band(text)
+    except BandError as err:
+        raise ValueError(f"--band: {err}") from None
 
 
 def _flops(model: torch.nn.Module, x: torch.Tensor) -> int:
@@ -157,19 +152,24 @@ def _measure_all(
     cfg: DictConfig, base: dict[str, Any], names: list[str], band_list: list, size: list[int], warmup: int,
     repeats: int, rounds: int,
 ) -> list[dict[str, Any]]:
-    from fsanet.models import build_model
+    from fsanet.models import MODELS, build_model
 
     x = torch.randn(1, 3, int(size[0]), int(size[1]), generator=torch.Generator().manual_seed(0))  # (1, 3, H, W)
+    defaults = OmegaConf.structured(AttentionConfig)
     rows, models = [], []
     for name in names:
-        for band in band_list if name in BAND_MODELS else [None]:
+        head = MODELS[name]
+        for band in band_list if head.has_band() else [None]:
             model_cfg = OmegaConf.merge(base, {"name": name, "pretrained": None})
-            if name in BAND_MODELS:
+            for key in defaults:  # one config serves every head: each keeps only the options it reads
+                if key not in head.attention_options:
+                    model_cfg.attention[key] = defaults[key]
+            if head.has_band():
                 model_cfg.attention.band = None if band is None else list(band)
             torch.manual_seed(0)
             model = build_model(model_cfg, int(cfg.data.num_classes), pretrained=False).eval()
-            rows.append({"model": name, "band": None if name not in BAND_MODELS or band is None else list(band),
-                         "band_label": band_label(band if name in BAND_MODELS else None),
+            rows.append({"model": name, "band": None if not head.has_band() or band is None else list(band),
+                         "band_label": band_label(band if head.has_band() else None),
                          "params": int(sum(p.numel() for p in model.parameters())), "flops": _flops(model, x)})
             models.append(model)
     for row, timing in zip(rows, _time_interleaved(models, x, warmup, repeats, rounds)):

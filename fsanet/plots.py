@@ -19,7 +19,7 @@ from typing import Any, Optional
 import numpy as np
 
 from fsanet.io import atomic_path
-from fsanet.summary import ablation_points, load_summary, select_runs
+from fsanet.summary import ablation_points, band_model, load_summary, select_runs
 
 __all__ = ["ablation_plot", "qualitative_grid"]
 
@@ -50,7 +50,7 @@ def ablation_plot(
     out_csv: Optional[str | Path] = None,
     dataset: Optional[str] = None,
     setting: Optional[str] = None,
-    retrained_model: str = "fsanet",
+    retrained_model: Optional[str] = None,
     truncated_model: str = "nonlocal",
 ) -> list[Path]:
     """Plot the band ablation of one dataset (and write its data as CSV).
@@ -61,11 +61,13 @@ def ablation_plot(
         out_csv: the plotted points (finite K only; the full-band mean is a column), or None.
         dataset: which dataset; default the only one with ablation runs.
         setting: evaluation setting (default: single-scale, see :func:`fsanet.summary.select_runs`).
-        retrained_model, truncated_model: the two series' model names.
+        retrained_model, truncated_model: the two series' model names (default: the band model, and
+            non-local).
 
     Returns:
         The paths written.
     """
+    retrained_model = retrained_model or band_model()
     summary = load_summary(summary_json)
     runs = select_runs(summary, dataset=dataset, setting=setting)
     per_dataset = {}
@@ -81,10 +83,10 @@ def ablation_plot(
                          "choose one with --dataset")
     name, points = next(iter(per_dataset.items()))
     model_of = {"retrained": retrained_model, "truncated": truncated_model}
-    from fsanet.tables import DATASET_NAMES, METHOD_NAMES
+    from fsanet.summary import method_display
+    from fsanet.tables import DATASET_NAMES
 
-    ret_name = METHOD_NAMES.get(retrained_model, retrained_model)
-    tr_name = METHOD_NAMES.get(truncated_model, truncated_model)
+    ret_name, tr_name = method_display(retrained_model), method_display(truncated_model)
     styles = {
         "retrained": {"label": f"{ret_name}, retrained per band", "color": "tab:blue", "marker": "o"},
         "truncated": {"label": f"{tr_name}, trained at full band, truncated at evaluation", "color": "tab:orange",
@@ -213,7 +215,7 @@ def qualitative_grid(
     from fsanet.engine.evaluate import apply_eval_band, eval_config
     from fsanet.engine.inference import predict
     from fsanet.models import load_trained_weights
-    from fsanet.tables import METHOD_NAMES
+    from fsanet.summary import method_display
 
     if not checkpoints:
         raise ValueError("no checkpoints given: pass at least one --checkpoint LABEL=PATH")
@@ -267,7 +269,7 @@ def qualitative_grid(
         label = item["label"].numpy()
         panels = [(_to_rgb(item["image"], label.shape, first.data.mean, first.data.std),
                    str(item.get("name", r))), (_colorize(label, palette, ignore), "truth")]
-        panels += [(_colorize(preds[name][r], palette, ignore), METHOD_NAMES.get(name, name)) for name in checkpoints]
+        panels += [(_colorize(preds[name][r], palette, ignore), method_display(name)) for name in checkpoints]
         for c, (panel, title) in enumerate(panels):
             axes[r, c].imshow(panel, interpolation="nearest")
             axes[r, c].set_title(title, fontsize=8)

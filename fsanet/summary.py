@@ -6,7 +6,7 @@ The study's tables and plots read this file (never MLflow). Each record says wha
      "retrained": true, "mIoU": 71.2, "mAcc": ..., "aAcc": ..., "mlflow_run_id": "...", ...}
 
 * ``band``: the DCT band the model was trained with; null for the full spectrum, and null for models
-  whose decode head has no band option (everything but :data:`BAND_MODELS`), whatever their config says.
+  whose decode head has no band option (everything but :func:`band_models`), whatever their config says.
 * ``eval_band``: the band applied at evaluation time (truncation without retraining), or null.
 * ``retrained``: true unless ``eval_band`` is set: a truncated row is a full-band model cut down
   after training, not a model trained at that band.
@@ -31,11 +31,17 @@ from typing import Any, Optional
 
 import yaml
 
+from fsanet.band import BandError, band_label, band_size, is_full, stored_band
 from fsanet.config import config_hash
 from fsanet.io import read_json, write_json
 
 __all__ = [
-    "BAND_MODELS",
+    "band_model",
+    "band_models",
+    "baseline_models",
+    "method_display",
+    "method_module",
+    "method_order",
     "headline_metrics",
     "SummaryError",
     "ablation_points",
@@ -54,9 +60,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
-#: models whose decode head reads ``model.attention.band`` (fsanet.models.heads: only FSAHead);
-#: a test keeps this in step with fsanet.models.MODELS.
-BAND_MODELS = frozenset({"fsanet"})
 REQUIRED_KEYS = ("mIoU", "mAcc", "aAcc", "dataset", "model", "band", "eval_band", "seed")
 RUN_KEYS = ("dataset", "model", "mode", "band", "eval_band", "seed", "retrained", "context_band", "mIoU", "mAcc", "aAcc", "mlflow_run_id")
 _GLOB_CHARS = set("*?[")
@@ -67,53 +70,68 @@ class SummaryError(ValueError):
 
 
 # --------------------------------------------------------------------------------------------
+# Methods: what the reports need to know about each model, read from its head's declaration
+# (fsanet.models.MODELS; imported on first use, as it loads torch)
+# --------------------------------------------------------------------------------------------
+def _heads() -> Mapping[str, Any]:
+    from fsanet.models import MODELS
+
+    return MODELS
+
+
+def band_models() -> frozenset[str]:
+    """Models trained at a DCT band (their heads read ``model.attention.band``)."""
+    return frozenset(name for name, head in _heads().items() if head.has_band())
+
+
+def baseline_models() -> frozenset[str]:
+    """Models without an attention block (the attention-free baseline)."""
+    return frozenset(name for name, head in _heads().items() if not head.attention_classes)
+
+
+def band_model() -> str:
+    """The one model trained at a band: the default retrained series of the band ablation.
+
+    Raises:
+        SummaryError: there is none, or there are several (then name one with ``--retrained-model``).
+    """
+    names = sorted(band_models())
+    if len(names) != 1:
+        raise SummaryError(f"expected one model with a band, found {names or 'none'}; name one with --retrained-model")
+    return names[0]
+
+
+def method_display(model: str) -> str:
+    """The model's name in tables and plots (its key if it is not a known model)."""
+    head = _heads().get(model)
+    return head.display if head is not None and head.display else model
+
+
+def method_module(model: str) -> Optional[str]:
+    """Name of the model's (first) attention module in the benchmark, or None without attention."""
+    head = _heads().get(model)
+    return head.attention_classes[0].name if head is not None and head.attention_classes else None
+
+
+def method_order(model: str) -> int:
+    """The model's position in the tables (declaration order; unknown models last)."""
+    order = list(_heads())
+    return order.index(model) if model in order else len(order)
+
+
+# --------------------------------------------------------------------------------------------
 # Bands
 # --------------------------------------------------------------------------------------------
 def normalize_band(band: Any, where: str = "band") -> Optional[list[int]]:
-    """``None`` or ``[u0, u1, v0, v1]`` from a stored band (``[n_u, n_v]`` means ``[0, n_u, 0, n_v]``).
+    """``None`` or ``[u0, u1, v0, v1]`` from a stored band (:func:`fsanet.band.stored_band`).
 
     Raises:
-        SummaryError: not null, not 2 or 4 integers, or negative values other than ``-1`` upper bounds.
+        SummaryError: naming ``where`` (the file and key) and what is wrong with the band.
     """
-    if band is None:
-        return None
-    if not isinstance(band, (list, tuple)) or len(band) not in (2, 4) or not all(
-        isinstance(b, int) and not isinstance(b, bool) for b in band
-    ):
-        raise SummaryError(f"{where}: expected null, [n_u, n_v] or [u0, u1, v0, v1] integers, got {band!r}")
-    b = [0, band[0], 0, band[1]] if len(band) == 2 else list(band)
-    if b[0] < 0 or b[2] < 0 or b[1] < -1 or b[3] < -1 or (b[1] != -1 and b[1] <= b[0]) or (
-        b[3] != -1 and b[3] <= b[2]
-    ):
-        raise SummaryError(f"{where}: {band!r} is not a valid band (need 0 <= u0 < u1, 0 <= v0 < v1; -1 = to the end)")
-    return b
-
-
-def _is_full(band: Optional[Sequence[int]]) -> bool:
-    return band is None or (band[0] == 0 and band[2] == 0 and band[1] == -1 and band[3] == -1)
-
-
-def band_label(band: Optional[Sequence[int]], pretty: bool = False) -> str:
-    """``full``, ``5x5`` or ``4x4@(2,2)`` (``×`` with ``pretty``); open upper bounds read ``2:end``."""
-    if _is_full(band):
-        return "full"
-    u0, u1, v0, v1 = band  # type: ignore[misc]
-    times = "×" if pretty else "x"
-
-    def side(a: int, b: int) -> str:
-        return f"{a}:end" if b == -1 else str(b - a)
-
-    text = f"{side(u0, u1)}{times}{side(v0, v1)}"
-    if (u0, v0) != (0, 0) and u1 != -1 and v1 != -1:
-        text += f"@({u0},{v0})"
-    return text
-
-
-def band_size(band: Optional[Sequence[int]]) -> float:
-    """Number of kept coefficients K; ``inf`` for the full spectrum or an open-ended band."""
-    if band is None or band[1] == -1 or band[3] == -1:
-        return math.inf
-    return float((band[1] - band[0]) * (band[3] - band[2]))
+    try:
+        return stored_band(band)
+    except BandError as err:
+        raise SummaryError(f"{where}: {err}") from None
 
 
 def _band_key(band: Optional[Sequence[int]]) -> tuple:
@@ -224,7 +242,7 @@ def read_metrics(path: str | Path) -> dict[str, Any]:
     band = normalize_band(m["band"], f"{path}: key 'band'")
     eval_band = normalize_band(m["eval_band"], f"{path}: key 'eval_band'")
     attention_mode = m.get("attention_mode")
-    if m["model"] not in BAND_MODELS:
+    if m["model"] not in band_models():
         band = None  # the head has no band option: the config value is meaningless
         attention_mode = None  # nor an FSA mode
     scores = {k: _number(m[k], f"{path}: key '{k}'") for k in ("mIoU", "mAcc", "aAcc")}
@@ -385,18 +403,21 @@ def select_runs(
 
 
 def ablation_points(
-    runs: Sequence[Mapping[str, Any]], retrained_model: str = "fsanet", truncated_model: str = "nonlocal",
+    runs: Sequence[Mapping[str, Any]], retrained_model: Optional[str] = None, truncated_model: str = "nonlocal",
     retrained_mode: Optional[str] = "dot",
 ) -> list[dict[str, Any]]:
     """The band ablation (T2 and its plot) of one dataset's records.
 
-    Two series: ``retrained``: ``retrained_model`` trained at each band (no eval-time truncation);
+    Two series: ``retrained``: ``retrained_model`` (default: :func:`band_model`) trained at each band
+    (no eval-time truncation);
     ``truncated``: ``truncated_model`` trained once at the full band and evaluated at each ``eval_band``
     (its ``full`` point is the untruncated evaluation). With ``retrained_mode`` set, only retrained runs of
     that attention mode count (runs without a recorded mode count as any mode). Each point: ``series``, ``band``, ``label``,
     ``K`` (coefficients; inf = full), ``mean``, ``std``, ``n``, ``seeds``, ``run_ids``, ``delta`` (mean minus
     the series' full-band mean; None without a full point).
     """
+    retrained_model = retrained_model or band_model()
+    banded = band_models()
     groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     bands: dict[tuple[str, str], Optional[list[int]]] = {}
     for r in runs:
@@ -404,7 +425,7 @@ def ablation_points(
             if retrained_mode and r.get("mode") not in (None, retrained_mode):
                 continue
             series, band = "retrained", r["band"]
-        elif r["model"] == truncated_model and (r["model"] not in BAND_MODELS or _is_full(r["band"])):
+        elif r["model"] == truncated_model and (r["model"] not in banded or is_full(r["band"])):
             series, band = "truncated", r["eval_band"]
         else:
             continue
@@ -444,11 +465,12 @@ def headline_metrics(summary: Mapping[str, Any], findings: Optional[Mapping[str,
         findings: the content of ``findings.json`` (``fsanet tables findings --json``), if any.
     """
     groups: dict[tuple[str, str, str], list[float]] = {}
+    banded = band_models()
     for r in select_runs(summary):
         if r["mIoU"] is None:
             continue
         row = r["model"] + (f"_{r['mode']}" if r.get("mode") else "")
-        if r["model"] in BAND_MODELS:
+        if r["model"] in banded:
             row += f"_{band_label(r['band'])}"
         kind = "retrained" if r["eval_band"] is None else "truncated"
         if kind == "truncated":

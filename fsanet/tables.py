@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 import pandas as pd
 
+from fsanet.band import band_label, band_size
 from fsanet.config import config_hash
 from fsanet.io import atomic_path, read_json, write_text
 
@@ -22,16 +23,6 @@ log = logging.getLogger(__name__)
 __all__ = ["efficiency_frame", "efficiency_plot", "efficiency_tables"]
 
 REFERENCE = "nonlocal"
-DISPLAY = {
-    "fsa": "FSA",
-    "nonlocal": "Non-local (emb. Gaussian)",
-    "danet_pam": "DANet PAM",
-    "criss_cross": "CCNet RCCA (R=2)",
-    "isa": "ISA (8×8)",
-    "linear": "Linear attention",
-    "aff": "AFFormer filter",
-    "floor": "floor: torch.add(x, x)",
-}
 REQUIRED_ROW_KEYS = (
     "module", "mode", "impl", "h", "w", "channels", "band", "params", "flops",
     "peak_memory_bytes", "latency_ms", "latency_ms_min", "latency_ms_max", "status",
@@ -50,12 +41,21 @@ def _load_bench(path: str | Path) -> dict[str, Any]:
     return report
 
 
+def _module_display(module: str) -> str:
+    """T1 name of a module, for reports written before rows carried their ``display``."""
+    from fsanet.bench import FLOOR_DISPLAY
+    from fsanet.models import attention_modules
+
+    if module == "floor":
+        return FLOOR_DISPLAY
+    cls = attention_modules().get(module)
+    return cls.display if cls is not None else module
+
+
 def _label(row: dict[str, Any]) -> str:
-    name = DISPLAY.get(row["module"], row["module"])
-    if row["module"] == "fsa":
-        u0, u1, v0, v1 = row["band"]
-        band = f"{u1 - u0}×{v1 - v0}" + ("" if (u0, v0) == (0, 0) else f"@({u0},{v0})")
-        return f"{name} {band} {row['mode']} {row['impl']}"
+    name = row.get("display") or _module_display(row["module"])
+    if row.get("band") is not None:  # a banded module: one row per band, mode and implementation
+        return f"{name} {band_label(row['band'], pretty=True)} {row['mode']} {row['impl']}"
     return name
 
 
@@ -351,16 +351,6 @@ __all__ += ["ablation_frame", "ablation_tables", "methods_frame", "methods_table
             "per_class_tables", "study_tables"]
 
 #: model name → display name; the order is the row order of T3/T4 (the paper's own method last)
-METHOD_NAMES = {
-    "fcn": "FCN (no attention)",
-    "nonlocal": "NLNet (non-local)",
-    "danet": "DANet",
-    "criss_cross": "CCNet",
-    "isa": "ISANet",
-    "linear": "Linear attention",
-    "aff": "AFFormer filter",
-    "fsanet": "FsaNet",
-}
 DATASET_NAMES = {
     "synthetic": "synthetic (built-in procedural set, not a benchmark)",
     "cityscapes": "Cityscapes",
@@ -401,19 +391,18 @@ BACKBONE_NAMES = {
 
 
 def _method_label(model: str, band: Optional[list[int]], mode: Optional[str] = None) -> str:
-    from fsanet.summary import BAND_MODELS, band_label
+    from fsanet.summary import band_models, method_display
 
-    name = METHOD_NAMES.get(model, model)
+    name = method_display(model)
     if mode:
         name = f"{name} {MODE_NAMES.get(mode, mode)}"
-    return f"{name} ({band_label(band, pretty=True)})" if model in BAND_MODELS else name
+    return f"{name} ({band_label(band, pretty=True)})" if model in band_models() else name
 
 
 def _method_key(model: str, band: Optional[list[int]]) -> tuple:
-    from fsanet.summary import band_label, band_size
+    from fsanet.summary import method_order
 
-    order = list(METHOD_NAMES)
-    return (order.index(model) if model in order else len(order), model, band_size(band), band_label(band))
+    return (method_order(model), model, band_size(band), band_label(band))
 
 
 def _pm(mean: Optional[float], std: Optional[float], n: int, low: Optional[float] = None,
@@ -497,14 +486,15 @@ def _delta(point: Optional[dict[str, Any]], label: str) -> str:
 
 
 def ablation_frame(
-    runs: Sequence[dict[str, Any]], retrained_model: str = "fsanet", truncated_model: str = "nonlocal"
+    runs: Sequence[dict[str, Any]], retrained_model: Optional[str] = None, truncated_model: str = "nonlocal"
 ) -> tuple[pd.DataFrame, pd.DataFrame, list[dict[str, Any]]]:
     """T2 for one dataset's records: (shown, numeric, runs used).
 
     Rows are the bands of both series sorted by K with ``full`` last; cells are mIoU mean ± std over seeds.
     """
-    from fsanet.summary import ablation_points
+    from fsanet.summary import ablation_points, band_model, method_display
 
+    retrained_model = retrained_model or band_model()
     points = ablation_points(runs, retrained_model, truncated_model)
     if not points:
         raise ValueError(
@@ -514,8 +504,7 @@ def ablation_frame(
     by = {(p["series"], p["label"]): p for p in points}
     labels = sorted({p["label"] for p in points}, key=lambda lab: next(
         (p["K"], p["label"]) for p in points if p["label"] == lab))
-    ret_name = METHOD_NAMES.get(retrained_model, retrained_model)
-    tr_name = METHOD_NAMES.get(truncated_model, truncated_model)
+    ret_name, tr_name = method_display(retrained_model), method_display(truncated_model)
     shown, numeric = [], []
     for label in labels:
         ret, tr = by.get(("retrained", label)), by.get(("truncated", label))
@@ -546,11 +535,12 @@ def ablation_frame(
 
 def ablation_tables(
     summary_json: str | Path, out_dir: str | Path, datasets: Optional[Sequence[str]] = None,
-    setting: Optional[str] = None, retrained_model: str = "fsanet", truncated_model: str = "nonlocal",
+    setting: Optional[str] = None, retrained_model: Optional[str] = None, truncated_model: str = "nonlocal",
 ) -> list[Path]:
     """Write ``ablation.{md,tex,csv}`` (table T2): one table per dataset that has ablation runs."""
-    from fsanet.summary import load_summary, select_runs
+    from fsanet.summary import band_model, load_summary, method_display, select_runs
 
+    retrained_model = retrained_model or band_model()
     summary = load_summary(summary_json)
     runs = select_runs(summary, setting=setting)
     blocks, numeric, used = [], [], []
@@ -562,8 +552,7 @@ def ablation_tables(
             if datasets:
                 raise
             continue  # a dataset with method runs only
-        ret_name = METHOD_NAMES.get(retrained_model, retrained_model)
-        tr_name = METHOD_NAMES.get(truncated_model, truncated_model)
+        ret_name, tr_name = method_display(retrained_model), method_display(truncated_model)
         caption = (
             f"Band ablation on {_dataset_phrase(dataset, ds_runs[0]['setting'])}. mIoU (%) as mean ± sample "
             "standard deviation over seeds (n = runs; min–max after the semicolon). K = number of kept DCT coefficients (the u×v low-frequency "
@@ -600,13 +589,13 @@ def _load_costs(path: Optional[str | Path]) -> Optional[dict[str, Any]]:
 
 
 def _method_groups(runs: Sequence[dict[str, Any]], bands: Optional[Sequence[str]]) -> list[tuple[tuple, list]]:
-    from fsanet.summary import BAND_MODELS, band_label
+    from fsanet.summary import band_models
 
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in runs:
         if r["eval_band"] is not None:
             continue  # truncated without retraining: that is T2's business
-        if bands and r["model"] in BAND_MODELS and band_label(r["band"]) not in bands:
+        if bands and r["model"] in band_models() and band_label(r["band"]) not in bands:
             continue
         groups.setdefault((r["model"], r.get("mode"), band_label(r["band"])), []).append(r)
     return sorted(groups.items(), key=lambda kv: (*_method_key(kv[1][0]["model"], kv[1][0]["band"]),

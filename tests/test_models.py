@@ -61,8 +61,35 @@ def tiny_resnet() -> ResNetV1c:
 # --------------------------------------------------------------------------------------------
 # Factory and the SegmentationModel contract
 # --------------------------------------------------------------------------------------------
-def test_models_dict_names() -> None:
-    assert list(MODELS) == ["fcn", "fsanet", "nonlocal", "danet", "criss_cross", "isa", "linear", "aff"]
+def test_every_method_declares_itself_and_the_registries_follow() -> None:
+    from fsanet.models import attention_modules, band_models, bench_modules, display_name
+    from fsanet.nn.base import AttentionModule
+
+    for name, head in MODELS.items():
+        assert head.name == name and head.display and head.display != name or name in ("isa", "linear")
+        assert all(issubclass(cls, AttentionModule) and cls.name and cls.display for cls in head.attention_classes)
+        assert display_name(name) == head.display
+        # the model builds the attention it declares (the identity for the FCN)
+        built = build_model({"name": name}, num_classes=3, pretrained=False).decode_head.attention
+        kinds = {type(m) for m in built.modules()} if head.attention_classes else set()
+        assert set(head.attention_classes) <= kinds
+    assert band_models() == {"fsanet"}  # the only head that reads model.attention.band
+    assert not MODELS["fcn"].attention_classes and all(MODELS[m].attention_classes for m in MODELS if m != "fcn")
+    modules = attention_modules()
+    assert set(bench_modules()) <= set(modules) and len(bench_modules()) == len(MODELS) - 1
+    assert {"danet_pam", "danet_cam"} <= set(modules) and "danet_cam" not in bench_modules()
+    assert display_name("not_a_method") == "not_a_method"
+
+
+def test_an_attention_option_the_head_does_not_read_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"model.attention.mode=linsoftmax is not read by model.name=nonlocal "
+                                         r"\(it reads: reduction, nonlocal_mode"):
+        build_model({"name": "nonlocal", "attention": {"mode": "linsoftmax"}}, num_classes=3, pretrained=False)
+    with pytest.raises(ValueError, match=r"model.attention.band=\[0, 2, 0, 2\] is not read by model.name=fcn"):
+        build_model({"name": "fcn", "attention": {"band": [0, 2, 0, 2]}}, num_classes=3, pretrained=False)
+    # options at their defaults are fine whatever the head (shared params files set them for every method)
+    build_model({"name": "fcn", "attention": {"band": [0, 5, 0, 5], "mode": "dot", "reduction": 2}}, 3,
+                pretrained=False)
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -160,8 +187,9 @@ _OTHER_OPTION = {
 
 
 @pytest.mark.parametrize("name", list(MODELS))
-def test_undeclared_attention_options_have_no_effect(name: str) -> None:
-    """``attention_options`` (what a run logs as params) lists every option that changes the model."""
+def test_undeclared_attention_options_are_refused(name: str) -> None:
+    """``attention_options`` (what a run logs as params) lists every option a head reads; setting any other
+    is an error, so no option can change a model without being logged."""
     from dataclasses import fields
 
     from fsanet.config import AttentionConfig
@@ -183,13 +211,13 @@ def test_undeclared_attention_options_have_no_effect(name: str) -> None:
     def value(v) -> str:
         return "null" if v is None else str(v).replace(" ", "").replace("False", "false")
 
-    base_shapes, base_out = run([])
+    run([])
     for option, other in _OTHER_OPTION.items():
         if option in declared:
+            run([f"model.attention.{option}={value(other)}"])  # a declared option builds and runs
             continue
-        shapes, out = run([f"model.attention.{option}={value(other)}"])
-        assert shapes == base_shapes, option
-        torch.testing.assert_close(out, base_out, msg=f"{name}: model.attention.{option} changes the model")
+        with pytest.raises(ValueError, match=rf"model.attention.{option}=.* is not read by model.name={name}"):
+            run([f"model.attention.{option}={value(other)}"])  # an undeclared one cannot change the model
 
 
 def test_head_skeleton_is_shared() -> None:
@@ -235,7 +263,7 @@ def test_align_corners_is_used() -> None:
 # Errors
 # --------------------------------------------------------------------------------------------
 def test_bad_model_name_lists_the_choices() -> None:
-    with pytest.raises(ValueError, match=r"model.name='pspnet'.*fcn, fsanet, nonlocal, danet, criss_cross"):
+    with pytest.raises(ValueError, match=r"model.name='pspnet'.*choose one of: " + ", ".join(MODELS)):
         build_model({"name": "pspnet"}, 3)
 
 

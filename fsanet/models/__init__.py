@@ -9,15 +9,17 @@ The names are used verbatim in configs, result paths and ``summary.json``::
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping
+from enum import Enum
 from pathlib import Path
 from typing import Any, Union
 
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from fsanet.config import Backbone, ModelConfig
+from fsanet.config import AttentionConfig, Backbone, ModelConfig
 from fsanet.models.heads import (
     AFFHead,
     AuxHead,
@@ -34,22 +36,51 @@ from fsanet.models.pretrained import fetch_checkpoint, load_pretrained
 from fsanet.models.resnet import ResNetV1c
 from fsanet.models.segmentor import SegmentationModel
 from fsanet.models.small import SmallBackbone
+from fsanet.nn.base import AttentionModule
 
-__all__ = ["MODELS", "SegmentationModel", "build_backbone", "build_model", "load_trained_weights"]
+__all__ = [
+    "HEADS",
+    "MODELS",
+    "SegmentationModel",
+    "attention_modules",
+    "band_models",
+    "bench_modules",
+    "build_backbone",
+    "build_model",
+    "display_name",
+    "load_trained_weights",
+]
 
 log = logging.getLogger(__name__)
 
-#: model name → decode head class (all on the same skeleton; only the attention block differs)
-MODELS: dict[str, type[DecodeHead]] = {
-    "fcn": FCNHead,
-    "fsanet": FSAHead,
-    "nonlocal": NLHead,
-    "danet": DAHead,
-    "criss_cross": CCHead,
-    "isa": ISAHead,
-    "linear": LinearHead,
-    "aff": AFFHead,
-}
+#: the decode heads, in table order; each declares its name, display name, attention and options
+HEADS: tuple[type[DecodeHead], ...] = (FCNHead, NLHead, DAHead, CCHead, ISAHead, LinearHead, AFFHead, FSAHead)
+
+#: model name → decode head class (all on the same skeleton; only the attention block differs).
+#: A plain dict: a new method is one head class added here (or inserted at run time, as a test does).
+MODELS: dict[str, type[DecodeHead]] = {head.name: head for head in HEADS}
+
+
+def attention_modules() -> dict[str, type[AttentionModule]]:
+    """Attention-module name → class, over every head's declared ``attention_classes`` (the benchmark's choices)."""
+    return {cls.name: cls for head in MODELS.values() for cls in head.attention_classes}
+
+
+def bench_modules() -> list[str]:
+    """The benchmark's default modules: each method's first attention module, in table order."""
+    names = [head.attention_classes[0].name for head in MODELS.values() if head.attention_classes]
+    return list(dict.fromkeys(names))
+
+
+def band_models() -> frozenset[str]:
+    """Names of the methods trained at a DCT band (their heads read ``model.attention.band``)."""
+    return frozenset(name for name, head in MODELS.items() if head.has_band())
+
+
+def display_name(model: str) -> str:
+    """A method's name in tables and plots (its own name if it is not a known method)."""
+    head = MODELS.get(model)
+    return head.display if head is not None and head.display else model
 
 
 def _as_model_config(cfg: Union[ModelConfig, DictConfig, Mapping[str, Any]]) -> ModelConfig:
@@ -66,6 +97,26 @@ def _as_model_config(cfg: Union[ModelConfig, DictConfig, Mapping[str, Any]]) -> 
             raise ValueError(f"{where}: {str(err).splitlines()[0]}") from None
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
     raise TypeError(f"build_model expects a ModelConfig, DictConfig or dict, got {type(cfg).__name__}")
+
+
+def _check_attention_options(cfg: ModelConfig) -> None:
+    """Refuse a ``model.attention.*`` option set away from its default that the chosen head never reads."""
+    head = MODELS[cfg.name]
+    defaults = AttentionConfig()
+    for key in dataclasses.fields(AttentionConfig):
+        value, default = getattr(cfg.attention, key.name), getattr(defaults, key.name)
+        if key.name not in head.attention_options and _plain(value) != _plain(default):
+            reads = ", ".join(head.attention_options) or "none"
+            raise ValueError(
+                f"model.attention.{key.name}={_plain(value)} is not read by model.name={cfg.name} (it reads: "
+                f"{reads}); remove the setting, or choose a model that uses it"
+            )
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Enum):
+        return value.value
+    return list(value) if isinstance(value, (list, tuple)) else value
 
 
 def build_backbone(cfg: ModelConfig) -> nn.Module:
@@ -102,6 +153,7 @@ def build_model(
         if getattr(cfg, key) < 1:
             raise ValueError(f"model.{key} must be ≥ 1, got {getattr(cfg, key)}")
 
+    _check_attention_options(cfg)
     backbone = build_backbone(cfg)
     if not pretrained:
         pass  # the caller loads a full trained state dict

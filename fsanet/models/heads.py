@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from fsanet.config import AttentionConfig
 from fsanet.nn.aff import FrequencyFilter
+from fsanet.nn.base import AttentionModule
 from fsanet.nn.criss_cross import CrissCrossAttention
 from fsanet.nn.danet import ChannelAttention, PositionAttention
 from fsanet.nn.fsa import FrequencySelfAttention
@@ -99,10 +100,25 @@ class DecodeHead(nn.Module):
         dropout: Dropout2d probability before the classifier.
     """
 
+    # What a method declares about itself, once. Everything else (fsanet.models.MODELS and ATTENTION,
+    # the display names in the tables, which models have a band, the benchmark's module list, the CLI
+    # and profile choices) is derived from these.
+    #: ``model.name``, and the method's key in paths, summary.json and study profiles
+    name: ClassVar[str] = ""
+    #: the method's name in the tables and plots
+    display: ClassVar[str] = ""
+    #: the attention modules the head builds; the first one is the method's row in the benchmark
+    attention_classes: ClassVar[tuple[type[AttentionModule], ...]] = ()
+    #: the ``model.attention`` options this head reads; build_model refuses others that were set,
+    #: and only these are logged as the run's params. A head that reads ``band`` is a band model.
+    attention_options: ClassVar[tuple[str, ...]] = ("recurrence",)
     #: applications of the attention block when ``attention.recurrence`` is None
     default_recurrence: ClassVar[int] = 1
-    #: the ``model.attention`` options this head reads (only these are logged as the run's params)
-    attention_options: ClassVar[tuple[str, ...]] = ("recurrence",)
+
+    @classmethod
+    def has_band(cls) -> bool:
+        """Whether the method is trained at a DCT band (``model.attention.band``)."""
+        return "band" in cls.attention_options
 
     def __init__(
         self,
@@ -148,6 +164,9 @@ class DecodeHead(nn.Module):
 class FCNHead(DecodeHead):
     """The skeleton with no attention: mmseg ``FCNHead(num_convs=2, concat_input=True)``."""
 
+    name = "fcn"
+    display = "FCN (no attention)"
+    attention_classes = ()
     attention_options = ()
 
     def build_attention(self, channels: int, opts: AttentionConfig) -> nn.Module:
@@ -157,6 +176,9 @@ class FCNHead(DecodeHead):
 class FSAHead(DecodeHead):
     """FsaNet: frequency self-attention (``FSAHead1d``); options band, mode, impl, reduction."""
 
+    name = "fsanet"
+    display = "FsaNet"
+    attention_classes = (FrequencySelfAttention,)
     attention_options = ("band", "mode", "impl", "reduction", "recurrence")
 
     def build_attention(self, channels: int, opts: AttentionConfig) -> nn.Module:
@@ -169,6 +191,9 @@ class FSAHead(DecodeHead):
 class NLHead(DecodeHead):
     """Non-local (embedded Gaussian by default), mmseg ``NLHead``; options reduction, nonlocal_mode/use_scale."""
 
+    name = "nonlocal"
+    display = "NLNet (non-local)"
+    attention_classes = (NonLocal2d,)
     attention_options = ("reduction", "nonlocal_mode", "nonlocal_use_scale", "recurrence")
 
     def build_attention(self, channels: int, opts: AttentionConfig) -> nn.Module:
@@ -199,6 +224,9 @@ class DualAttention(nn.Module):
 class DAHead(DecodeHead):
     """DANet: position (PAM) + channel (CAM) attention; option qk_channels (null = C // 8)."""
 
+    name = "danet"
+    display = "DANet"
+    attention_classes = (PositionAttention, ChannelAttention)
     attention_options = ("qk_channels", "recurrence")
 
     def build_attention(self, channels: int, opts: AttentionConfig) -> nn.Module:
@@ -210,6 +238,9 @@ class DAHead(DecodeHead):
 class CCHead(DecodeHead):
     """CCNet: criss-cross attention applied ``recurrence`` (default 2) times with shared weights; option qk_channels."""
 
+    name = "criss_cross"
+    display = "CCNet"
+    attention_classes = (CrissCrossAttention,)
     attention_options = ("qk_channels", "recurrence")
 
     default_recurrence = 2
@@ -222,6 +253,9 @@ class CCHead(DecodeHead):
 class ISAHead(DecodeHead):
     """ISANet: interlaced sparse self-attention; options isa_key_channels (null = C // 2), isa_down_factor."""
 
+    name = "isa"
+    display = "ISANet"
+    attention_classes = (InterlacedSparseSelfAttention,)
     attention_options = ("isa_key_channels", "isa_down_factor", "recurrence")
 
     def build_attention(self, channels: int, opts: AttentionConfig) -> nn.Module:
@@ -233,6 +267,9 @@ class ISAHead(DecodeHead):
 class LinearHead(DecodeHead):
     """Linear attention (Li et al. 2020, position branch); option qk_channels (null = C // 8)."""
 
+    name = "linear"
+    display = "Linear attention"
+    attention_classes = (LinearAttention,)
     attention_options = ("qk_channels", "recurrence")
 
     def build_attention(self, channels: int, opts: AttentionConfig) -> nn.Module:
@@ -242,6 +279,9 @@ class LinearHead(DecodeHead):
 class AFFHead(DecodeHead):
     """AFFormer's adaptive frequency filter as the attention block; option aff_heads."""
 
+    name = "aff"
+    display = "AFFormer filter"
+    attention_classes = (FrequencyFilter,)
     attention_options = ("aff_heads", "recurrence")
 
     def build_attention(self, channels: int, opts: AttentionConfig) -> nn.Module:

@@ -55,6 +55,9 @@ class FrequencyFilter(AttentionModule):
         qkv_bias: bias of the qkv projection.
     """
 
+    name = "aff"
+    display = "AFFormer filter"
+
     def __init__(
         self,
         channels: int,

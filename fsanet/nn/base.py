@@ -9,11 +9,15 @@
 * ``eval_band``: when set to a band, the module's attention branch sees ``lowpass(x, eval_band)``
   while the residual keeps the full ``x``: the paper's "low-frequency attention without
   retraining" ablation, applicable to any trained model.
+* Declarations read by the benchmark and the tables: ``name`` (the key in ``bench.modules`` and in
+  the benchmark's JSON), ``display`` (the name in table T1) and :meth:`bench_variants` (the
+  constructor options of the rows the module gets in ``fsanet bench attention``).
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from collections.abc import Sequence
+from typing import Any, ClassVar, Optional
 
 from torch import Tensor, nn
 
@@ -28,6 +32,21 @@ class AttentionModule(nn.Module):
     Args:
         channels: input and output channels C.
     """
+
+    #: key in ``bench.modules`` and in the benchmark's rows
+    name: ClassVar[str] = ""
+    #: the module's name in table T1
+    display: ClassVar[str] = ""
+
+    @classmethod
+    def bench_variants(cls, setting: str, bands: Sequence[Band]) -> list[dict[str, Any]]:
+        """Constructor options of this module's rows in ``fsanet bench attention``: one row per dict.
+
+        Args:
+            setting: ``"paper"`` (the paper-size comparison) or ``"sweep"`` (the map-size sweep).
+            bands: the bands the benchmark asks for in that setting (used by modules with a band).
+        """
+        return [{}]
 
     def __init__(self, channels: int) -> None:
         super().__init__()

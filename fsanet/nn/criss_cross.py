@@ -40,6 +40,9 @@ class CrissCrossAttention(AttentionModule):
         qk_channels: query/key channels d; default max(C // 8, 1) as in mmcv.
     """
 
+    name = "criss_cross"
+    display = "CCNet RCCA (R=2)"
+
     def __init__(self, channels: int, recurrence: int = 2, qk_channels: Optional[int] = None) -> None:
         super().__init__(channels)
         if not isinstance(recurrence, int) or recurrence < 1:

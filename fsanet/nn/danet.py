@@ -31,6 +31,9 @@ class PositionAttention(AttentionModule):
         qk_channels: query/key channels d; default max(C // 8, 1) (mmseg ``pam_channels=64`` at C=512).
     """
 
+    name = "danet_pam"
+    display = "DANet PAM"
+
     def __init__(self, channels: int, qk_channels: Optional[int] = None) -> None:
         super().__init__(channels)
         d = max(channels // 8, 1) if qk_channels is None else qk_channels
@@ -71,6 +74,9 @@ class ChannelAttention(AttentionModule):
     Args:
         channels: input/output channels C.
     """
+
+    name = "danet_cam"
+    display = "DANet CAM"
 
     def __init__(self, channels: int) -> None:
         super().__init__(channels)

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
-from typing import Optional, Union
 
 import torch
 from torch import Tensor
+
+from fsanet.band import Band, BandLike, normalize_band
 
 __all__ = [
     "Band",
@@ -31,60 +31,8 @@ __all__ = [
     "dense_basis",
     "idct2",
     "lowpass",
-    "normalize_band",
+    "normalize_band",  # re-exported from fsanet.band, the one home of band parsing
 ]
-
-Band = tuple[int, int, int, int]
-#: A band as accepted by the public API: ``None`` (full), ``(n_u, n_v)`` (top-left block),
-#: or ``(u0, u1, v0, v1)`` where an upper bound of ``-1`` or ``None`` means "to the end".
-BandLike = Union[None, Sequence[Optional[int]]]
-
-
-def normalize_band(band: BandLike, h: Optional[int] = None, w: Optional[int] = None) -> Band:
-    """Turn a band spec into ``(u0, u1, v0, v1)`` and check it against an ``h``×``w`` map.
-
-    Args:
-        band: ``None`` for the full spectrum, ``(n_u, n_v)`` for ``[0, n_u) × [0, n_v)``, or
-            ``(u0, u1, v0, v1)``; ``-1``/``None`` as an upper bound means the map's size.
-        h, w: the map size. If omitted, open upper bounds are kept as ``-1`` and only the
-            size-independent checks run.
-
-    Raises:
-        ValueError: the band is malformed, empty, or reaches outside the ``h``×``w`` map.
-    """
-    if band is None:
-        band = (0, None, 0, None)
-    vals = list(band)
-    if len(vals) == 2:
-        vals = [0, vals[0], 0, vals[1]]
-    if len(vals) != 4:
-        raise ValueError(
-            f"band {tuple(band)!r} must be None, (n_u, n_v) or (u0, u1, v0, v1); got {len(vals)} numbers"
-        )
-    u0, u1, v0, v1 = (None if v is None else int(v) for v in vals)
-    if u0 is None or v0 is None:
-        raise ValueError(f"band {tuple(band)!r}: lower bounds u0 and v0 must be integers")
-    u1 = -1 if u1 is None else u1
-    v1 = -1 if v1 is None else v1
-    if u0 < 0 or v0 < 0:
-        raise ValueError(f"band {tuple(band)!r}: lower bounds must be ≥ 0")
-    if h is not None and u1 == -1:
-        u1 = h
-    if w is not None and v1 == -1:
-        v1 = w
-    for lo, hi, axis, size in ((u0, u1, "u (height)", h), (v0, v1, "v (width)", w)):
-        if hi != -1 and hi <= lo:
-            short = (f"; two numbers mean [0, n_u) × [0, n_v), so {tuple(band)!r} is [0, {vals[1]}) × "
-                     f"[0, {vals[3]}): for the n×n low band write [n, n] or [0, n, 0, n]") if len(band) == 2 else ""
-            raise ValueError(
-                f"band {tuple(band)!r} is empty along {axis}: need lower < upper, got [{lo}, {hi}){short}"
-            )
-        if size is not None and hi > size:
-            raise ValueError(
-                f"band {tuple(band)!r} reaches outside the map along {axis}: "
-                f"upper bound {hi} > map size {size}; use a band within [0, {size}]"
-            )
-    return (u0, u1, v0, v1)
 
 
 @functools.lru_cache(maxsize=256)

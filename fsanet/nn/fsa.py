@@ -60,7 +60,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -120,6 +121,17 @@ class FrequencySelfAttention(AttentionModule):
         sync_stats: in training mode under ``torch.distributed`` with world size > 1, the fused
             path all-reduces the BN batch statistics across processes (as ``SyncBatchNorm``).
     """
+
+    name = "fsa"
+    display = "FSA"
+
+    @classmethod
+    def bench_variants(cls, setting: str, bands: Sequence[Band]) -> list[dict[str, Any]]:
+        """Per band: both modes × both implementations at the paper size; in the sweep, fused dot,
+        fused LinSoftmax and the dot reference (the scaling of the unfused path)."""
+        kinds = ([(m, i) for m in MODES for i in IMPLS] if setting == "paper"
+                 else [("dot", "fused"), ("linsoftmax", "fused"), ("dot", "reference")])
+        return [{"band": tuple(b), "mode": m, "impl": i} for b in bands for m, i in kinds]
 
     def __init__(
         self,

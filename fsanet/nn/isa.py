@@ -85,6 +85,9 @@ class InterlacedSparseSelfAttention(AttentionModule):
             an int means the same for both axes.
     """
 
+    name = "isa"
+    display = "ISA (8×8)"
+
     def __init__(
         self,
         channels: int,

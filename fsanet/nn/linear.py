@@ -39,6 +39,9 @@ class LinearAttention(AttentionModule):
         eps: the ε of the denominator.
     """
 
+    name = "linear"
+    display = "Linear attention"
+
     def __init__(self, channels: int, qk_channels: Optional[int] = None, eps: float = 1e-6) -> None:
         super().__init__(channels)
         d = max(channels // 8, 1) if qk_channels is None else qk_channels

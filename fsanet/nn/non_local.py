@@ -6,10 +6,13 @@ Every position attends to every other position of the map: an ``N×N`` attention
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 from torch import Tensor, nn
 
 from fsanet.nn.base import AttentionModule
+from fsanet.nn.dct import Band
 
 __all__ = ["NonLocal2d"]
 
@@ -40,6 +43,14 @@ class NonLocal2d(AttentionModule):
         mode: ``"embedded_gaussian"`` or ``"dot_product"``.
         use_scale: divide the embedded-gaussian logits by sqrt(C').
     """
+
+    name = "nonlocal"
+    display = "Non-local (emb. Gaussian)"
+
+    @classmethod
+    def bench_variants(cls, setting: str, bands: Sequence[Band]) -> list[dict[str, Any]]:
+        """The embedded-Gaussian form (mmseg's default), named in the row."""
+        return [{"mode": "embedded_gaussian"}]
 
     def __init__(
         self,

@@ -3,6 +3,10 @@
 import hashlib
 from pathlib import Path
 
+from fsanet.models import band_models
+
+BAND_MODELS = band_models()  # methods trained at a DCT band, from the heads' declarations
+
 
 def fsanet_source_hash():
     """Hash of the package sources: passed as a param so that a code change under fsanet/ reruns jobs."""
@@ -75,7 +79,7 @@ def train_overrides(wildcards, threads):
         f"tracking.study_marker=results/mlflow/{config['study']}.json",
         f"tracking.run_name={wildcards.model}_b{wildcards.band}_{wildcards.mode}_{wildcards.dataset}_s{wildcards.seed}",
     ]
-    if wildcards.model == "fsanet":
+    if wildcards.model in BAND_MODELS:
         items.append(f"model.attention.band={band_value(wildcards.band)}")
         items.append(f"model.attention.mode={wildcards.mode}")
     return quoted(
@@ -93,12 +97,12 @@ def eval_overrides(wildcards, threads):
 
 
 def method_band(model):
-    return config["fsanet_default_band"] if model == "fsanet" else "none"
+    return config["fsanet_default_band"] if model in BAND_MODELS else "none"
 
 
 def method_modes(model):
     """FSA kernels trained in the method comparison; 'none' for heads without one."""
-    return config["fsanet_modes"] if model == "fsanet" else ["none"]
+    return config["fsanet_modes"] if model in BAND_MODELS else ["none"]
 
 
 def run_dir(ds, model, band, mode, seed):
@@ -114,11 +118,11 @@ def study_evaluations():
             for mode in method_modes(m):
                 for s in config["method_seeds"]:
                     out.add(f"{run_dir(ds, m, method_band(m), mode, s)}/eval/none/metrics.json")
-        if "fsanet" in config["methods"]:
+        for m in sorted(BAND_MODELS & set(config["methods"])):
             for b in config["fsanet_bands"]:
                 for s in config["band_seeds"]:
                     out.add(
-                        f"{run_dir(ds, 'fsanet', b, config['fsanet_band_mode'], s)}/eval/none/metrics.json"
+                        f"{run_dir(ds, m, b, config['fsanet_band_mode'], s)}/eval/none/metrics.json"
                     )
         t = config.get("truncation_model")
         if t:
