@@ -125,6 +125,32 @@ class ArchiveConfig:
     package_id: Optional[int] = None
     checksum: Optional[str] = None
     extract_to: Optional[str] = None
+    # Expected total uncompressed size of the members (bytes), from the dataset's manifest; extraction
+    # refuses an archive that holds more than this plus data.extract.size_margin. null = not known.
+    unpacked_bytes: Optional[int] = None
+
+
+@dataclass
+class ExtractConfig:
+    """Limits on archive extraction (``fsanet.data.archive.safe_extract``) against decompression bombs.
+
+    The limits are checked on the sizes the archive declares, before anything is written; a member
+    that produces more bytes than it declares is refused while it is read. Each refusal names the key
+    to raise for a genuine archive.
+    """
+
+    # Largest expansion (uncompressed / compressed size) of a zip member, and of a whole archive (tar
+    # members have no compressed size of their own). Images and PNG labels are ~1:1, JSON and text
+    # 5–20:1; decompression bombs reach 1000:1. Checked from ratio_min_bytes uncompressed on, so small
+    # very compressible files (lists, empty masks) are never refused.
+    max_ratio: float = 100.0
+    ratio_min_bytes: int = 1048576  # 1 MiB
+    # With data.download[].unpacked_bytes set, an archive may hold at most that total plus this share.
+    size_margin: float = 0.05
+    # The target's disk must have the uncompressed total plus this share (file-system blocks and
+    # metadata) plus min_free_bytes free before extraction starts.
+    free_margin: float = 0.05
+    min_free_bytes: int = 67108864  # 64 MiB
 
 
 @dataclass
@@ -159,6 +185,7 @@ class DataConfig:
     num_workers: int = 0  # DataLoader workers
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     download: List[ArchiveConfig] = field(default_factory=list)  # official archives (datasets part B)
+    extract: ExtractConfig = field(default_factory=ExtractConfig)  # limits on unpacking them
 
 
 # --------------------------------------------------------------------------------------------
@@ -406,6 +433,11 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "data.synthetic.cells": (1, _INF, "stripes"),
     "data.synthetic.position_hint": (0, 255, "grey levels"),
     "data.synthetic.processes": (0, _INF, "processes; 0 = all cores"),
+    "data.extract.max_ratio": (1.0, _INF, "uncompressed / compressed size"),
+    "data.extract.ratio_min_bytes": (0, _INF, "bytes"),
+    "data.extract.size_margin": (0.0, _INF, "share of data.download[].unpacked_bytes"),
+    "data.extract.free_margin": (0.0, _INF, "share of the uncompressed size"),
+    "data.extract.min_free_bytes": (0, _INF, "bytes"),
     "model.small_channels": (1, _INF, "channels"),
     "model.head_channels": (1, _INF, "channels"),
     "model.head_kernel": (1, _INF, "kernel size"),
