@@ -314,11 +314,31 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
         "download", help="fetch the official archives, verify checksums, extract safely",
         description="Download (resumable) or take from --from DIR the archives listed under data.download "
         "in params/data/NAME.yaml, verify their checksums and extract them under --root. Cityscapes reads "
-        "CITYSCAPES_USERNAME / CITYSCAPES_PASSWORD from the environment.",
+        "CITYSCAPES_USERNAME / CITYSCAPES_PASSWORD from the environment. Extraction refuses decompression "
+        "bombs by the limits under data.extract (max_ratio, free disk) and data.download[].unpacked_bytes. "
+        "A lock per archive and per dataset lets two downloads share a root; a process waits for another's "
+        "lock up to FSANET_LOCK_TIMEOUT_S seconds (environment variable; default 12 hours, negative: no limit).",
     )
     common(p)
     p.add_argument("--from", dest="from_dir", type=Path, metavar="DIR", help="archives downloaded by hand")
     p.set_defaults(handler=_run_data_download)
+
+    p = data.add_parser(
+        "verify", help="re-hash the downloaded archives against their published or self-recorded checksums",
+        description="Re-hashes each archive of NAME found in ROOT/archives against the checksum in "
+        "params/data/NAME.yaml or, for archives without one, the digest recorded in "
+        "ROOT/archives/checksums.json (published by the site, or self-recorded on first use after the archive "
+        "extracted safely with the dataset's layout). Prints one line per archive (ok, self-recorded, "
+        "mismatch, missing, unverified); exit status 1 if any mismatches. --clear forgets self-recorded "
+        "digests so that the next `fsanet data download` checks and records the archive again. Downloads "
+        "take a lock per archive and per dataset and wait for another process's lock up to "
+        "FSANET_LOCK_TIMEOUT_S seconds (environment variable; default 12 hours, negative: no limit).",
+    )
+    common(p)
+    p.add_argument("--archive", metavar="FILE", help="only this archive (a file name from data.download)")
+    p.add_argument("--clear", action="store_true",
+                   help="remove the self-recorded digests (of --archive FILE only, if given) instead of checking")
+    p.set_defaults(handler=_run_data_verify)
 
     p = data.add_parser("prepare", help="convert labels, write split lists, check split sizes")
     common(p)
@@ -363,8 +383,32 @@ def _run_data_download(args: argparse.Namespace) -> None:
     if args.name == "synthetic":
         raise ValueError("the synthetic set is generated, not downloaded: run `fsanet data prepare synthetic`")
     cfg = _data_config(args)
-    for target in download_dataset(args.name, cfg.data.download, args.root, args.from_dir, _progress(args)):
+    targets = download_dataset(
+        args.name, cfg.data.download, args.root, args.from_dir, _progress(args), limits=cfg.data.extract
+    )
+    for target in targets:
         print(f"{args.name}: extracted into {target}")
+
+
+def _run_data_verify(args: argparse.Namespace) -> None:
+    from fsanet.data.download import clear_recorded, verify_archives
+
+    if args.name == "synthetic":
+        raise ValueError("the synthetic set is generated, not downloaded: there are no archives to verify")
+    cfg = _data_config(args)
+    if args.clear:
+        gone = clear_recorded(args.name, cfg.data.download, args.root, args.archive)
+        print(f"{args.name}: forgot the self-recorded digest of {', '.join(gone)}" if gone
+              else f"{args.name}: no self-recorded digest to forget")
+        return
+    rows = verify_archives(args.name, cfg.data.download, args.root, args.archive, _progress(args))
+    for row in rows:
+        print(f"{row.archive}: {row.status} ({row.detail})")
+    bad = [row.archive for row in rows if row.status == "mismatch"]
+    if bad:
+        print(f"fsanet data verify: error: {len(bad)} archive(s) do not match their checksum: {', '.join(bad)}",
+              file=sys.stderr)
+        raise SystemExit(1)
 
 
 def _run_data_prepare(args: argparse.Namespace) -> None:

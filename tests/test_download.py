@@ -7,6 +7,7 @@ import json
 import logging
 import shutil
 import threading
+import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -21,6 +22,7 @@ from fsanet.data import cityscapes
 from fsanet.data.archive import UnsafeArchiveError
 from fsanet.data.download import (
     RECORD,
+    SELF_RECORDED,
     ChecksumError,
     DownloadError,
     download_dataset,
@@ -46,6 +48,10 @@ class FakeServer:
         self.files: dict[str, bytes] = {}
         self.cut_once: set[str] = set()  # first GET of these paths sends half the body and hangs up
         self.no_range = False
+        self.bad_range = False  # answer every range request with the whole file as a 206 from byte 0
+        self.content_types: dict[str, str] = {}  # path -> Content-Type of a 200 answer (default octet-stream)
+        self.throttle_s = 0.0  # pause after each block of `block` bytes of a body (a slow server)
+        self.block = 1 << 16
         self.packages: dict[int, tuple[str, bytes]] = {}  # Cityscapes package id -> (name, bytes)
         self.md5_override: dict[int, str] = {}
         self.requests: list[tuple[str, str, str | None]] = []
@@ -70,10 +76,18 @@ class FakeServer:
                     self.send_header(k, v)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)
+                if not server.throttle_s:
+                    self.wfile.write(body)
+                    return
+                for i in range(0, len(body), server.block):
+                    self.wfile.write(body[i : i + server.block])
+                    self.wfile.flush()
+                    time.sleep(server.throttle_s)
 
             def _serve_bytes(self, key, data):
                 rng = self.headers.get("Range")
+                if rng and server.bad_range:
+                    return self._send(206, data, {"Content-Range": f"bytes 0-{len(data) - 1}/{len(data)}"})
                 if rng and not server.no_range:
                     start = int(rng.split("=")[1].split("-")[0])
                     if start >= len(data):
@@ -91,7 +105,9 @@ class FakeServer:
                     self.wfile.flush()
                     self.close_connection = True
                     return
-                self._send(200, data, {"Content-Type": "application/octet-stream"})
+                self._send(
+                    200, data, {"Content-Type": server.content_types.get(key, "application/octet-stream")}
+                )
 
             def _logged_in(self):
                 return "session=ok" in (self.headers.get("Cookie") or "")
@@ -330,7 +346,10 @@ def test_download_dataset_extracts_the_official_layout(server, tmp_path, name, c
     assert sorted(record) == sorted(e["name"] for e in entries)
     if name == "coco_stuff":  # stuffthingmaps has no published checksum: recorded with a warning
         data = archives["stuffthingmaps_trainval2017.zip"].read_bytes()
-        assert record["stuffthingmaps_trainval2017.zip"] == "sha256:" + hashlib.sha256(data).hexdigest()
+        entry = record["stuffthingmaps_trainval2017.zip"]
+        assert entry["checksum"] == "sha256:" + hashlib.sha256(data).hexdigest()
+        assert entry["source"] == SELF_RECORDED and entry["recorded_at"]
+        assert entry["url"] == f"{server.url}/files/stuffthingmaps_trainval2017.zip"
         assert "no published checksum" in caplog.text
     # a rerun is a no-op: nothing requested
     n = len(server.requests)
@@ -406,7 +425,7 @@ def test_mirror_used_when_primary_is_missing(server, tmp_path):
     server.files["/mirror/f.zip"] = PAYLOAD
     from fsanet.data.download import _fetch_any
 
-    dest = _fetch_any(
+    dest, url = _fetch_any(
         [f"{server.url}/gone/f.zip", f"{server.url}/mirror/f.zip"],
         tmp_path / "f.zip",
         md5(PAYLOAD),
@@ -414,7 +433,7 @@ def test_mirror_used_when_primary_is_missing(server, tmp_path):
         10,
         False,
     )
-    assert dest.read_bytes() == PAYLOAD
+    assert dest.read_bytes() == PAYLOAD and url == f"{server.url}/mirror/f.zip"
     with pytest.raises(DownloadError, match="404.*404"):
         _fetch_any([f"{server.url}/a", f"{server.url}/b"], tmp_path / "g.zip", None, 0, 10, False)
 
@@ -464,7 +483,8 @@ def test_cityscapes_login_flow(cityscapes_site, tmp_path, monkeypatch, caplog):
         "/file-handling/?packageID=3",
     ]
     record = json.loads((data_root / "archives" / RECORD).read_text())
-    assert record["gtFine_trainvaltest.zip"] == md5(server.packages[1][1])
+    assert record["gtFine_trainvaltest.zip"]["checksum"] == md5(server.packages[1][1])
+    assert record["gtFine_trainvaltest.zip"]["source"] == f"published by {server.url} (package 1)"
     _no_secret_anywhere(data_root, caplog.text)
     # a rerun needs neither the network nor the credentials
     monkeypatch.delenv("CITYSCAPES_PASSWORD")
