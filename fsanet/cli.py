@@ -522,6 +522,19 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="a table or plot to log (repeatable)")
     p.add_argument("--out", type=Path, default=None, metavar="JSON", help="receipt to write")
     p.set_defaults(handler=_run_mlflow_publish)
+    p = mlflow.add_parser(
+        "sync", help="upload runs kept offline (<run dir>/mlflow_offline/) into a store",
+        description="A run whose store was unreachable or failed keeps its params, metrics, tags and artifacts "
+        "under <run dir>/mlflow_offline/. This uploads every such copy in or below the given folders (a "
+        "training before its evaluations): into the run it was logging to if the store has it, else into a "
+        "new run nested under its training or study run; only what the run lacks is added, and the copy is "
+        "marked synced, so running it again adds nothing. Credentials: MLFLOW_TRACKING_USERNAME/PASSWORD.",
+    )
+    p.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="run folders to search")
+    p.add_argument("--uri", default=None,
+                   help="the store (default: the one each copy names, else $MLFLOW_TRACKING_URI, else "
+                   "sqlite:///mlflow.db at the project root); a SQLite store must exist")
+    p.set_defaults(handler=_run_mlflow_sync)
 
 
 def _run_train(args: argparse.Namespace) -> None:
@@ -563,6 +576,21 @@ def _run_mlflow_relocate(args: argparse.Namespace) -> None:
     counts = relocate_store(args.db)
     print(f"mlflow relocate: {counts['experiments']} experiment and {counts['runs']} run locations now under "
           f"{args.db.resolve().parent / 'mlruns'}")
+
+
+def _run_mlflow_sync(args: argparse.Namespace) -> None:
+    from fsanet.tracking import TrackingError, sync_offline
+
+    try:
+        receipts = sync_offline(args.run_dirs, uri=args.uri)
+    except TrackingError as err:
+        raise SystemExit(f"fsanet mlflow sync: error: {err}") from None
+    for r in receipts:
+        print(f"mlflow sync: {r['folder']} -> {'new' if r['created'] else 'existing'} run {r['run_id']} "
+              f"({r['status']}) at {r['tracking_uri']}: added {r['params']} params, {r['metrics']} metric "
+              f"points, {r['tags']} tags, {r['artifacts']} artifacts")
+    if not receipts:
+        print("mlflow sync: no offline copies (mlflow_offline/run.json) found")
 
 
 def _run_mlflow_publish(args: argparse.Namespace) -> None:

@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 
 from fsanet.config import TrackingConfig
 from fsanet.io import read_json, write_json
-from fsanet.tracking import Tracker, read_marker
+from fsanet.tracking import Tracker, read_marker, redact
 
 __all__ = ["VERDICTS", "publish_study", "study_metrics"]
 
@@ -79,14 +79,15 @@ def publish_study(
     metrics = study_metrics(read_json(summary), read_json(findings) if findings else None)
     cfg = OmegaConf.structured(TrackingConfig(uri=info["tracking_uri"], experiment=info["experiment"]))
     receipt_dir = Path(out).parent if out else Path(summary).parent
-    tracker = Tracker(cfg, receipt_dir, str(info.get("study", "study")), resume_run_id=info["parent_run_id"])
+    tracker = Tracker(cfg, receipt_dir, str(info.get("study", "study")), resume_run_id=info["parent_run_id"],
+                      require_store=f"the study of marker {marker}")
     tracker.log_metrics(metrics, step=0)
     for path in files:
         tracker.log_artifact(path, f"results/{path.parent.name}")
     tracker.finish("FINISHED")
     receipt = {
         "parent_run_id": tracker.run_id, "requested_parent_run_id": info["parent_run_id"],
-        "tracking_uri": info["tracking_uri"], "experiment": info["experiment"],
+        "tracking_uri": redact(info["tracking_uri"]), "experiment": info["experiment"],
         "metrics": len(metrics), "artifacts": [p.as_posix() for p in files],
         "offline": tracker.offline_reason,
     }

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ __all__ = [
     "list_checkpoints",
     "load_checkpoint",
     "prune_checkpoints",
+    "remove_stale_temporaries",
     "save_checkpoint",
 ]
 
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
 _NAME = re.compile(r"^iter_(\d+)\.pt$")
+# the temporary name of an atomic write (``fsanet.io.atomic_path``): ``.<final name>.tmp-<random><suffix>``
+_TEMPORARY = re.compile(r"^\..+\.tmp-")
 
 
 def checkpoint_path(run_dir: str | Path, iteration: int) -> Path:
@@ -79,6 +82,41 @@ def prune_checkpoints(run_dir: str | Path, keep: int) -> None:
         return
     for _, path in list_checkpoints(run_dir)[:-keep]:
         path.unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(run_dir: str | Path, subfolders: Sequence[str] = (CHECKPOINT_DIR,)) -> list[Path]:
+    """Delete the temporary files that atomic writes interrupted by a kill left behind.
+
+    Call it when a run starts, before anything writes to the folder: a process killed while saving a
+    checkpoint leaves a ``.iter_N.pt.tmp-*`` file as large as a checkpoint, which nothing else removes.
+
+    Args:
+        run_dir: the run folder; the files directly in it are checked.
+        subfolders: folders below ``run_dir`` that are checked with everything inside them (other
+            folders, e.g. ``eval/`` where another process may be writing, are left alone).
+
+    Returns:
+        The removed files (one log line lists them).
+    """
+    run_dir = Path(run_dir)
+    candidates = [p for p in run_dir.iterdir() if p.is_file()] if run_dir.is_dir() else []
+    for name in subfolders:
+        if (run_dir / name).is_dir():
+            candidates += [p for p in (run_dir / name).rglob("*") if p.is_file()]
+    removed, size = [], 0
+    for path in candidates:
+        if _TEMPORARY.match(path.name):
+            try:
+                size += path.stat().st_size
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            removed.append(path)
+    if removed:
+        names = ", ".join(str(p.relative_to(run_dir)) for p in removed[:5]) + (" …" if len(removed) > 5 else "")
+        log.info("removed %d stale temporary file(s) (%.1f MB) left in %s by an interrupted write: %s",
+                 len(removed), size / 1e6, run_dir, names)
+    return removed
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -38,7 +38,7 @@ from fsanet.engine.metrics import SegmentationMetric
 from fsanet.engine.train import BuildDataset, BuildModel, default_run_name, describe, run_params, run_tags
 from fsanet.io import atomic_path, read_json, write_json, write_text
 from fsanet.repro import deterministic_mode, seed_everything
-from fsanet.tracking import Tracker, sanitize_key
+from fsanet.tracking import Tracker, check_store, redact_config, sanitize_key
 
 __all__ = ["apply_eval_band", "default_eval_dir", "eval_config", "eval_tag", "evaluate", "evaluate_bands",
            "with_eval_band"]
@@ -216,6 +216,10 @@ def _evaluate(
     build_model: BuildModel, build_dataset: BuildDataset,
 ) -> dict[str, Any]:
     ec = cfg.eval
+    train_run_id = state.get("mlflow_run_id")
+    # the run is nested under its training run: the store that run was logged to must still exist
+    require_store = f"the training run {train_run_id} of {checkpoint}" if train_run_id else None
+    check_store(cfg.tracking, require_store)  # before the slow part
     device = resolve_device(Device(ec.device).value, key="eval.device")
     seed_everything(cfg.train.seed)
     dataset = build_dataset(cfg.data, cfg.data.val_split, False, seed=cfg.train.seed)
@@ -237,8 +241,9 @@ def _evaluate(
     tags = run_tags(cfg, "eval", device, out_dir)
     tags.update({"eval_band": str(band), "eval.tag": tag, "checkpoint": str(checkpoint),
                  "train_run_id": str(state.get("mlflow_run_id"))})
+    run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
     tracker = Tracker(cfg.tracking, out_dir, f"{default_run_name(cfg)}_eval_{tag}", tags,
-                      parent_run_id=state.get("mlflow_run_id"))
+                      parent_run_id=train_run_id, parent_dir=run_dir, require_store=require_store)
     try:
         result = _run_inference(cfg, model, dataset, device, classes, out_dir)
         cost = _inference_cost(cfg, model, dataset, device, result.pop("seconds"))
@@ -267,7 +272,7 @@ def _evaluate(
             _write_confusion_png(out_dir, classes, result["confusion"])
             _write_qualitative(out_dir, result["samples"], np.asarray(dataset.PALETTE, dtype=np.uint8),
                                cfg.data.mean, cfg.data.std, cfg.data.ignore_index)
-        resolved = to_container(cfg)
+        resolved = redact_config(to_container(cfg))
         write_text(out_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
         tracker.log_params({**run_params(resolved), "checkpoint": str(checkpoint)})
         scalars = {f"test/{k}": result[k] for k in ("mIoU", "mAcc", "aAcc") if not math.isnan(result[k])}
@@ -279,8 +284,8 @@ def _evaluate(
         for name in ("config.yaml", "metrics.json", "per_class.csv", "per_class.md", "confusion.csv", *figures):
             tracker.log_artifact(out_dir / name, "eval")
         tracker.finish("FINISHED")
-    except BaseException:
-        tracker.finish("FAILED")
+    except BaseException as err:
+        tracker.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
     log.info("%s: mIoU %.2f  mAcc %.2f  aAcc %.2f  (%d images)", tag, result["mIoU"], result["mAcc"],
              result["aAcc"], result["num_images"])

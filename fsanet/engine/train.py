@@ -12,19 +12,30 @@ One call of :func:`train` runs (or resumes) one training run in ``out_dir``:
   resumes from the newest checkpoint and, on CPU, ends with the same bits as an uninterrupted run.
 * A NaN/Inf loss stops the run with :class:`NonFiniteLossError` before anything is saved, so the
   newest checkpoint on disk is the last good state.
-* Outputs: ``config.yaml`` (resolved), ``run_info.json`` (provenance, seeds, MLflow run id),
+* Every stop is recorded: ``run_info.json`` ends ``finished``, ``failed`` or ``interrupted`` (Ctrl-C,
+  or SIGTERM from a scheduler) and the MLflow run FINISHED, FAILED or KILLED. After a kill -9 the
+  rerun records it: it resumes, or, if ``model.pt`` was already written, only closes the run. MLflow
+  metrics are flushed at every checkpoint; a resumed run re-logs from the checkpoint's history what
+  the store lacks, and never logs a (key, step) twice. ``train_seconds`` adds up the training time
+  of all segments (carried in the checkpoints). Temporary files of writes interrupted by a kill are
+  removed when the run starts again.
+* Outputs: ``config.yaml`` (resolved; credentials in URIs redacted, as everywhere below),
+  ``run_info.json`` (status, provenance, seeds, MLflow run id and store, training time),
   ``train_log.json`` (loss and lr every ``log_interval`` iterations), ``checkpoints/``, and ``model.pt``
   (weights + config) for ``fsanet eval``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import platform
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Optional
 
@@ -36,11 +47,13 @@ from tqdm import tqdm
 
 from fsanet.config import AmpDtype, Device, LossKind, OptimizerKind, to_container
 from fsanet.engine.checkpoint import (
+    CHECKPOINT_DIR,
     checkpoint_path,
     config_diff,
     latest_checkpoint,
     load_checkpoint,
     prune_checkpoints,
+    remove_stale_temporaries,
     save_checkpoint,
 )
 from fsanet.engine.distributed import (
@@ -55,10 +68,10 @@ from fsanet.engine.distributed import (
 from fsanet.engine.loader import IterationBatchSampler, build_train_loader
 from fsanet.engine.losses import cross_entropy, make_loss
 from fsanet.engine.schedule import set_lr, warmup_poly_lr
-from fsanet.io import write_json, write_text
+from fsanet.io import read_json, write_json, write_text
 from fsanet.provenance import environment
 from fsanet.repro import deterministic_mode, get_rng_state, seed_everything, set_rng_state
-from fsanet.tracking import Tracker, flatten
+from fsanet.tracking import OFFLINE_DIR, Tracker, flatten, redact, redact_config
 
 __all__ = ["NonFiniteLossError", "TrainResult", "attention_options", "run_params", "run_tags", "train"]
 
@@ -224,7 +237,12 @@ def train(
 
 
 class _Run:
-    """The state of one training process; :meth:`run` is the loop."""
+    """The state of one training process; :meth:`run` is the loop.
+
+    Besides the weights, a checkpoint carries what the bookkeeping of a resumed run needs: the
+    training log (re-logged to MLflow where the store lacks points), the measured speeds, the
+    training time accumulated over all segments (processes) so far and their number.
+    """
 
     def __init__(
         self, cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
@@ -232,8 +250,15 @@ class _Run:
     ) -> None:
         self.cfg, self.tc, self.out_dir, self.device, self.info = cfg, cfg.train, out_dir, device, info
         self.build_model, self.build_dataset, self.callback = build_model, build_dataset, callback
-        self.resolved = to_container(cfg)
-        self.run_name = default_run_name(cfg)
+        self.resolved = redact_config(to_container(cfg))  # what is written, checkpointed and logged
+        self.run_name = redact(default_run_name(cfg))
+        self.tracker = Tracker(cfg.tracking, out_dir, self.run_name, active=False)  # until _start_tracking
+        self.history: list[dict[str, Any]] = []
+        self.speeds: list[list[float]] = []  # [iteration, it/s] per logging window (MLflow train/it_per_s)
+        self.prior_seconds = 0.0  # training time of earlier segments
+        self.segments = 1
+        self.iteration = 0
+        self.t_start: Optional[float] = None
 
     # -- setup ---------------------------------------------------------------------------------
     def _resume_state(self) -> Optional[dict[str, Any]]:
@@ -254,6 +279,13 @@ class _Run:
         log.info("resuming from %s (iteration %d of %d)", path, state["iteration"], self.tc.max_iters)
         return state
 
+    def _read_run_info(self) -> dict[str, Any]:
+        path = self.out_dir / "run_info.json"
+        try:
+            return read_json(path) if path.is_file() else {}
+        except ValueError:
+            return {}
+
     def _write_run_info(self, status: str, **extra: Any) -> None:
         if not self.info.is_main:
             return
@@ -266,6 +298,7 @@ class _Run:
                       "model init; sample p of the data stream drawn under sample_seed(seed, p)"},
             "world_size": self.info.world_size,
             "mlflow_run_id": self.tracker.run_id,
+            "mlflow_tracking_uri": self.tracker.display_uri,
             "mlflow_offline": self.tracker.offline_reason,
             "deterministic": self.tc.deterministic,
             "environment": environment(self.device),
@@ -273,77 +306,132 @@ class _Run:
             **extra,
         })
 
-    # -- loop ----------------------------------------------------------------------------------
-    def run(self) -> TrainResult:
+    def _build(self) -> None:
+        """Dataset, model (DDP-wrapped), optimizer, AMP scaler and loss, in a fixed RNG order."""
         cfg, tc, info, device = self.cfg, self.tc, self.info, self.device
+        seed_everything(tc.seed)
+        self.dataset = self.build_dataset(cfg.data, cfg.data.train_split, True, seed=tc.seed)
+        self.classes = [str(c) for c in self.dataset.CLASSES]
+        model = self.build_model(cfg.model, len(self.classes))
+        self.ddp_model = prepare_model(model, device, info, tc.sync_bn, tc.find_unused_parameters)
+        self.model = (self.ddp_model.module if isinstance(self.ddp_model, nn.parallel.DistributedDataParallel)
+                      else self.ddp_model)
+        self.optimizer = _make_optimizer(self.ddp_model, tc)
+        self.amp_dtype = _amp_dtype(cfg, device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.loss_fn = make_loss(LossKind(tc.loss).value, tc.ohem_thresh, tc.ohem_min_kept, cfg.data.ignore_index)
+        self.aux_weight = float(cfg.model.aux_weight)
+
+    def _restore(self, state: Optional[dict[str, Any]]) -> int:
+        """Load the checkpoint's states (or seed a fresh run); returns the first iteration to run."""
+        if state is None:
+            seed_everything(self.tc.seed + self.info.rank)
+            return 0
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self._restore_bookkeeping(state)
+        rngs = state["rng"]
+        set_rng_state(rngs[min(self.info.rank, len(rngs) - 1)])
+        return int(state["iteration"])
+
+    def _restore_bookkeeping(self, state: dict[str, Any]) -> None:
+        self.history = list(state["history"])
+        self.speeds = [list(s) for s in state.get("speeds", [])]
+        self.prior_seconds = float(state.get("train_seconds") or 0.0)
+        self.segments = int(state.get("segments", 1)) + 1
+        self.iteration = int(state["iteration"])
+
+    def _start_tracking(self, state: Optional[dict[str, Any]]) -> None:
+        """Open (or reopen) the MLflow run, log the params and, when resuming, whatever the store lacks."""
+        tags = run_tags(self.cfg, "train", self.device, self.out_dir) if self.info.is_main else {}
+        tags["world_size"] = str(self.info.world_size)
+        tags["deterministic"] = str(self.tc.deterministic)
+        self.tracker = Tracker(self.cfg.tracking, self.out_dir, self.run_name, tags,
+                               resume_run_id=state.get("mlflow_run_id") if state else None,
+                               active=self.info.is_main, continues=state is not None)
+        self.tracker.log_params(run_params(self.resolved))
+        if state is not None:
+            self.tracker.load_logged_steps((*TRAIN_METRICS, "train/it_per_s", "train/seconds"))
+            speeds = {int(i): v for i, v in self.speeds}
+            for entry in self.history:
+                self.tracker.log_metrics(_train_metrics(entry, speeds.get(entry["iteration"])),
+                                         step=entry["iteration"])
+            self.tracker.flush()
+        if self.info.is_main:
+            write_text(self.out_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(self.resolved)))
+
+    def _seconds(self) -> float:
+        """Training time of all segments so far (this one counted from the start of its loop)."""
+        now = 0.0 if self.t_start is None else time.perf_counter() - self.t_start
+        return self.prior_seconds + now
+
+    # -- run -----------------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        if self.info.is_main:
+            remove_stale_temporaries(self.out_dir, (CHECKPOINT_DIR, OFFLINE_DIR))
         state = self._resume_state()
         model_path = self.out_dir / FINAL_MODEL
-        if state is not None and state["iteration"] >= tc.max_iters and model_path.is_file():
-            log.info("%s already finished %d iterations; nothing to do", self.out_dir, state["iteration"])
-            history = state["history"]
-            return TrainResult(self.out_dir, model_path, state["iteration"],
-                               history[-1]["loss"] if history else None, state.get("mlflow_run_id"), None)
-        seed_everything(tc.seed)
-        dataset = self.build_dataset(cfg.data, cfg.data.train_split, True, seed=tc.seed)
-        classes = [str(c) for c in dataset.CLASSES]
-        model = self.build_model(cfg.model, len(classes))
-        ddp_model = prepare_model(model, device, info, tc.sync_bn, tc.find_unused_parameters)
-        model = ddp_model.module if isinstance(ddp_model, nn.parallel.DistributedDataParallel) else ddp_model
-        optimizer = _make_optimizer(ddp_model, tc)
-        amp_dtype = _amp_dtype(cfg, device)
-        scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-        loss_fn = make_loss(LossKind(tc.loss).value, tc.ohem_thresh, tc.ohem_min_kept, cfg.data.ignore_index)
-        aux_weight = float(cfg.model.aux_weight)
+        if state is not None and state["iteration"] >= self.tc.max_iters and model_path.is_file():
+            return self._complete(state, model_path)
+        resumed_from = int(state["iteration"]) if state is not None else None
+        self.iteration = resumed_from or 0
+        try:
+            with _sigterm_as_interrupt():
+                self._build()
+                start = self._restore(state)
+                self._start_tracking(state)
+                self._write_run_info("running", resumed_from=resumed_from, started=_now(),
+                                     segments=self.segments)
+                it = self._loop(start)
+                self._finish(it, model_path, resumed_from)
+        except BaseException as err:
+            self._stop(err)
+            raise
+        history = self.history
+        return TrainResult(self.out_dir, model_path, it, history[-1]["loss"] if history else None,
+                           self.tracker.run_id, resumed_from)
 
-        start, history, run_id = 0, [], None
-        if state is not None:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            if state.get("scaler"):
-                scaler.load_state_dict(state["scaler"])
-            start, history, run_id = state["iteration"], list(state["history"]), state.get("mlflow_run_id")
-            rngs = state["rng"]
-            set_rng_state(rngs[min(info.rank, len(rngs) - 1)])
-        else:
-            seed_everything(tc.seed + info.rank)
+    def _complete(self, state: dict[str, Any], model_path: Path) -> TrainResult:
+        """Rerun of a run whose ``model.pt`` is written: nothing to train. If the run was stopped before
+        it was closed (run_info.json not ``finished``, or the MLflow run not ended), close it now."""
+        iterations, history = int(state["iteration"]), list(state["history"])
+        final_loss = history[-1]["loss"] if history else None
+        previous = self._read_run_info()
+        if previous.get("status") == "finished" and previous.get("mlflow_status"):
+            log.info("%s already finished %d iterations; nothing to do", self.out_dir, iterations)
+            return TrainResult(self.out_dir, model_path, iterations, final_loss, state.get("mlflow_run_id"), None)
+        log.info("%s: %s is complete but the run was not closed (run_info status %r); closing it", self.out_dir,
+                 FINAL_MODEL, previous.get("status"))
+        self._restore_bookkeeping(state)
+        self.segments -= 1  # closing adds no training segment
+        seconds = state.get("train_seconds", previous.get("train_seconds"))
+        try:
+            with _sigterm_as_interrupt():
+                self._start_tracking(state)
+                self._close(iterations, previous.get("resumed_from"), seconds, final_loss)
+        except BaseException as err:
+            self._stop(err)
+            raise
+        return TrainResult(self.out_dir, model_path, iterations, final_loss, self.tracker.run_id, None)
 
-        tags = run_tags(cfg, "train", device, self.out_dir) if info.is_main else {}
-        tags["world_size"] = str(info.world_size)
-        tags["deterministic"] = str(tc.deterministic)
-        self.tracker = Tracker(cfg.tracking, self.out_dir, self.run_name, tags, resume_run_id=run_id,
-                               active=info.is_main)
-        self.tracker.log_params(run_params(self.resolved))
-        if info.is_main:
-            write_text(self.out_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(self.resolved)))
-        self._write_run_info("running", resumed_from=start if state else None, started=_now())
-
-        def checkpoint(it: int) -> None:
-            rngs = all_gather_objects(get_rng_state(), info)
-            if info.is_main:
-                save_checkpoint(checkpoint_path(self.out_dir, it), {
-                    "format": 1, "iteration": it, "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": rngs,
-                    "history": history, "config": self.resolved, "classes": classes,
-                    "num_classes": len(classes), "mlflow_run_id": self.tracker.run_id,
-                    "world_size": info.world_size,
-                })
-                prune_checkpoints(self.out_dir, tc.keep_ckpts)
-                write_json(self.out_dir / "train_log.json", history)
-            barrier(info)
-
-        sampler = IterationBatchSampler(len(dataset), tc.batch_size, tc.seed, start, tc.max_iters,
+    def _loop(self, start: int) -> int:
+        """Iterations ``start`` … ``max_iters``: returns the number of finished iterations."""
+        cfg, tc, info, device = self.cfg, self.tc, self.info, self.device
+        sampler = IterationBatchSampler(len(self.dataset), tc.batch_size, tc.seed, start, tc.max_iters,
                                         info.rank, info.world_size)
-        loader = build_train_loader(dataset, sampler, cfg.data.num_workers, tc.seed,
+        loader = build_train_loader(self.dataset, sampler, cfg.data.num_workers, tc.seed,
                                     pin_memory=device.type == "cuda")
         check_every = 1 if device.type == "cpu" else tc.log_interval
         window = torch.zeros(3, dtype=torch.float64, device=device)  # sums of loss, main, aux
         n_window, t_window = 0, time.perf_counter()
-        lr = self._lr(start)
+        ddp_model, optimizer, scaler, amp_dtype = self.ddp_model, self.optimizer, self.scaler, self.amp_dtype
         bar = tqdm(total=tc.max_iters, initial=start, desc=self.run_name, unit="it", mininterval=1.0,
                    dynamic_ncols=True, disable=not (info.is_main and tc.progress))
         ddp_model.train()
-        it = start
-        t_start = time.perf_counter()
+        it = self.iteration = start
+        self.t_start = time.perf_counter()
         try:
             for images, labels in loader:
                 images = images.to(device, non_blocking=True)
@@ -352,10 +440,10 @@ class _Run:
                 set_lr(optimizer, lr)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     out = ddp_model(images)
-                loss_main = loss_fn(out["out"], labels)
+                loss_main = self.loss_fn(out["out"], labels)
                 loss_aux = (cross_entropy(out["aux"], labels, cfg.data.ignore_index)
-                            if aux_weight and "aux" in out else None)
-                loss = loss_main if loss_aux is None else loss_main + aux_weight * loss_aux
+                            if self.aux_weight and "aux" in out else None)
+                loss = loss_main if loss_aux is None else loss_main + self.aux_weight * loss_aux
                 window += torch.stack([loss.detach(), loss_main.detach(),
                                        loss_main.detach() * 0 if loss_aux is None else loss_aux.detach()]).double()
                 n_window += 1
@@ -368,49 +456,92 @@ class _Run:
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
-                it = done
+                it = self.iteration = done
                 bar.update()
                 if log_now:
-                    means = self._reduce_mean(window) / n_window
-                    entry = {"iteration": it, "loss": float(means[0]), "loss_main": float(means[1]),
-                             "loss_aux": float(means[2]), "lr": lr}
-                    history.append(entry)
-                    elapsed = time.perf_counter() - t_window
-                    self.tracker.log_metrics({"train/loss": entry["loss"], "train/loss_main": entry["loss_main"],
-                                              "train/loss_aux": entry["loss_aux"], "train/lr": lr,
-                                              "train/it_per_s": n_window / max(elapsed, 1e-9)}, step=it)
-                    self.tracker.maybe_flush(it)
-                    bar.set_postfix(loss=f"{entry['loss']:.4f}", lr=f"{lr:.2e}", refresh=False)
+                    self._log_window(window, n_window, time.perf_counter() - t_window, it, lr, bar)
                     window.zero_()
                     n_window, t_window = 0, time.perf_counter()
                 if ckpt_now:
-                    checkpoint(it)
+                    self._checkpoint(it)
                 if self.callback is not None:
                     self.callback(it)
+        finally:
             bar.close()
-            train_time = time.perf_counter() - t_start
-            if info.is_main:
-                save_checkpoint(model_path, {
-                    "format": 1, "iteration": it, "model": model.state_dict(), "config": self.resolved,
-                    "classes": classes, "num_classes": len(classes), "mlflow_run_id": self.tracker.run_id,
-                })
-                write_json(self.out_dir / "train_log.json", history)
-                self._write_run_info("finished", resumed_from=start if state else None, iterations=it,
-                                     train_seconds=train_time, finished=_now(),
-                                     final_loss=history[-1]["loss"] if history else None)
-                for name in ("config.yaml", "run_info.json", "train_log.json"):
-                    self.tracker.log_artifact(self.out_dir / name)
-                self.tracker.log_metrics({"train/seconds": train_time}, step=it)
-            barrier(info)
-            self.tracker.finish("FINISHED")
-        except BaseException as err:
-            bar.close()
-            status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
-            self.tracker.finish(status)
-            self._write_run_info("failed", error=f"{type(err).__name__}: {err}", iterations=it)
-            raise
-        return TrainResult(self.out_dir, model_path, it, history[-1]["loss"] if history else None,
-                           self.tracker.run_id, start if state else None)
+        return it
+
+    def _log_window(self, window: Tensor, n_window: int, elapsed: float, it: int, lr: float, bar: Any) -> None:
+        """Close a logging window: mean losses into the history and MLflow, speed into MLflow."""
+        means = self._reduce_mean(window) / n_window
+        entry = {"iteration": it, "loss": float(means[0]), "loss_main": float(means[1]),
+                 "loss_aux": float(means[2]), "lr": lr}
+        self.history.append(entry)
+        speed = n_window / max(elapsed, 1e-9)
+        self.speeds.append([it, speed])
+        self.tracker.log_metrics(_train_metrics(entry, speed), step=it)
+        self.tracker.maybe_flush(it)
+        bar.set_postfix(loss=f"{entry['loss']:.4f}", lr=f"{lr:.2e}", refresh=False)
+
+    def _checkpoint(self, it: int) -> None:
+        """Write checkpoint ``it`` (main rank) and send the buffered metrics, so a killed run loses none."""
+        rngs = all_gather_objects(get_rng_state(), self.info)
+        if self.info.is_main:
+            save_checkpoint(checkpoint_path(self.out_dir, it), {
+                "format": 1, "iteration": it, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(), "rng": rngs,
+                "history": self.history, "config": self.resolved, "classes": self.classes,
+                "num_classes": len(self.classes), "mlflow_run_id": self.tracker.run_id,
+                "world_size": self.info.world_size, "speeds": self.speeds, "train_seconds": self._seconds(),
+                "segments": self.segments,
+            })
+            prune_checkpoints(self.out_dir, self.tc.keep_ckpts)
+            write_json(self.out_dir / "train_log.json", self.history)
+            self.tracker.flush()
+        barrier(self.info)
+
+    def _finish(self, it: int, model_path: Path, resumed_from: Optional[int]) -> None:
+        """Write ``model.pt`` and the final log, then close the run (main rank)."""
+        seconds = self._seconds()
+        if self.info.is_main:
+            save_checkpoint(model_path, {
+                "format": 1, "iteration": it, "model": self.model.state_dict(), "config": self.resolved,
+                "classes": self.classes, "num_classes": len(self.classes), "mlflow_run_id": self.tracker.run_id,
+                "train_seconds": seconds, "segments": self.segments,
+            })
+            write_json(self.out_dir / "train_log.json", self.history)
+            self._close(it, resumed_from, seconds, self.history[-1]["loss"] if self.history else None)
+        barrier(self.info)
+
+    def _close(self, it: int, resumed_from: Optional[int], seconds: Optional[float],
+               final_loss: Optional[float]) -> None:
+        """Mark the run finished: run_info.json, MLflow artifacts and ``train/seconds``, the MLflow run
+        FINISHED, and run_info.json again with the tracking outcome (a rerun finds a closed run)."""
+        fields = {"resumed_from": resumed_from, "iterations": it, "train_seconds": seconds,
+                  "segments": self.segments, "finished": _now(), "final_loss": final_loss}
+        self._write_run_info("finished", **fields)
+        for name in ("config.yaml", "run_info.json", "train_log.json"):
+            self.tracker.log_artifact(self.out_dir / name)
+        if seconds is not None:
+            self.tracker.log_metrics({"train/seconds": seconds}, step=it)
+        self.tracker.finish("FINISHED")
+        outcome = ("disabled" if not self.tracker.active else "offline" if self.tracker.offline
+                   else self.tracker.status)
+        self._write_run_info("finished", **fields, mlflow_status=outcome)
+
+    def _stop(self, err: BaseException) -> None:
+        """Record a run stopped by ``err``: MLflow KILLED (interrupt) or FAILED, run_info.json
+        ``interrupted`` or ``failed``. Errors while recording are logged, so that ``err`` propagates."""
+        interrupted = isinstance(err, KeyboardInterrupt)
+        try:
+            self.tracker.finish("KILLED" if interrupted else "FAILED")
+        except Exception as inner:
+            log.warning("could not close the MLflow run: %s", redact(f"{type(inner).__name__}: {inner}"))
+        try:
+            self._write_run_info("interrupted" if interrupted else "failed",
+                                 error=redact(f"{type(err).__name__}: {err}"), iterations=self.iteration,
+                                 train_seconds=self._seconds(), segments=self.segments, stopped=_now())
+        except Exception as inner:
+            log.warning("could not record the stop in %s: %s", self.out_dir / "run_info.json", inner)
 
     def _lr(self, it: int) -> float:
         tc = self.tc
@@ -434,6 +565,36 @@ class _Run:
                 f"checkpoint is {newest or 'none (no checkpoint was written yet)'}; lower train.lr or "
                 "check the data, then rerun the command to resume from it"
             )
+
+
+TRAIN_METRICS = ("train/loss", "train/loss_main", "train/loss_aux", "train/lr")
+
+
+def _train_metrics(entry: dict[str, Any], it_per_s: Optional[float]) -> dict[str, float]:
+    """The MLflow metrics of one training-log entry (and the window's speed, when known)."""
+    out = {"train/loss": entry["loss"], "train/loss_main": entry["loss_main"], "train/loss_aux": entry["loss_aux"],
+           "train/lr": entry["lr"]}
+    if it_per_s is not None:
+        out["train/it_per_s"] = it_per_s
+    return out
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM (a scheduler cancelling the job) stops the run like Ctrl-C does, so
+    that the run is recorded as interrupted; the previous handler is restored afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def _now() -> str:
