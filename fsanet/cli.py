@@ -122,7 +122,7 @@ def _add_tables(sub: argparse._SubParsersAction) -> None:
         return p
 
     p = study("ablation", "T2: band ablation (FsaNet retrained vs NL truncated without retraining)", "ablation")
-    p.add_argument("--retrained-model", default="fsanet", help="model trained per band (default fsanet)")
+    p.add_argument("--retrained-model", default=None, help="model trained per band (default: the model with a band)")
     p.add_argument("--truncated-model", default="nonlocal", help="full-band model truncated at eval (default nonlocal)")
     p.set_defaults(handler=_run_tables_ablation)
     p = study("methods", "T3: method comparison per dataset (mIoU, params, GFLOPs, fps)", "methods_DATASET")
@@ -218,7 +218,7 @@ def _add_plots(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--csv", type=Path, default=Path("results/plots/ablation.csv"), help="the plotted data (dvc plots)")
     p.add_argument("--dataset", default=None, help="dataset (default: the only one with ablation runs)")
     p.add_argument("--setting", default=None, help="evaluation setting (default: single-scale)")
-    p.add_argument("--retrained-model", default="fsanet")
+    p.add_argument("--retrained-model", default=None, help="model trained per band (default: the model with a band)")
     p.add_argument("--truncated-model", default="nonlocal")
     p.set_defaults(handler=_run_plots_ablation)
 

@@ -105,6 +105,23 @@ def test_default_profile_dry_run_plans_the_study(tmp_path):
     assert stats["mlflow_init"] == 1 and stats["prepare_data"] == 1
 
 
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("methods=[fcn,segnext]", "profile key 'methods': unknown name 'segnext'"),
+        ("datasets=[synthetic,kitti]", "profile key 'datasets': unknown name 'kitti'"),
+        ("band_seed=[0]", "band_seed"),  # a misspelt key (band_seeds) is refused, not ignored
+        ("fsanet_bands=[2x2]", "2x2"),
+    ],
+)
+def test_profile_with_a_wrong_key_or_name_is_refused_at_parse_time(tmp_path, override, needle):
+    repo = _copy_pipeline(tmp_path)
+    res = _run([str(BIN / "snakemake"), "-n", "all_tables", "--config", override], repo, 120)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0 and needle in out, out[-3000:]
+    assert "Job stats" not in out  # nothing was planned
+
+
 def test_smoke_study_end_to_end(tmp_path):
     """The smoke profile runs the whole DAG (data -> mlflow -> train -> eval -> tables) in ≤ 2 min."""
     repo = _copy_pipeline(tmp_path)

@@ -3,7 +3,30 @@
 import hashlib
 from pathlib import Path
 
-from fsanet.models import band_models
+from snakemake.utils import validate
+
+from fsanet.data import DATASETS
+from fsanet.models import MODELS, band_models
+
+validate(config, "../schemas/profile.schema.yaml")
+
+
+def check_names(key, names, known):
+    """A profile's method or dataset names must be known to the package: one line naming the key."""
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(
+            f"profile key '{key}': unknown name {unknown[0]!r}; choose from {', '.join(known)}"
+        )
+
+
+check_names("methods", config["methods"], MODELS)
+check_names("datasets", config["datasets"], DATASETS)
+if config.get("truncation_model"):
+    check_names("truncation_model", [config["truncation_model"]], config["methods"])
+missing = [d for d in config["datasets"] if d not in config["fsanet_configs"]]
+if missing:
+    raise ValueError(f"profile key 'fsanet_configs': no params files for dataset {missing[0]!r}")
 
 BAND_MODELS = band_models()  # methods trained at a DCT band, from the heads' declarations
 
