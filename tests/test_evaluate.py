@@ -13,6 +13,7 @@ from fsanet.engine.checkpoint import save_checkpoint
 from fsanet.engine.evaluate import apply_eval_band, default_eval_dir, eval_config, eval_tag, evaluate
 from fsanet.engine.inference import predict, slide_inference, slide_windows, whole_inference
 from fsanet.engine.metrics import SegmentationMetric
+from fsanet.models import build_model
 
 
 class Pointwise(nn.Module):
@@ -218,3 +219,19 @@ def test_eval_band_on_model_without_attention_is_an_error():
     with pytest.raises(ValueError, match="no attention modules"):
         apply_eval_band(model, [0, 8, 0, 8])
     assert apply_eval_band(model, None) == 0
+
+
+def test_checkpoint_of_another_model_is_one_line_naming_both(tmp_path):
+    """Evaluating an FCN checkpoint as DANet: one line naming the checkpoint and both model names."""
+    cfg = load_config([], ["tracking.enabled=false", "train.progress=false", "model.name=fcn"])
+    model = build_model(cfg.model, 3)
+    ckpt = tmp_path / "run" / "model.pt"
+    save_checkpoint(ckpt, {"model": model.state_dict(), "config": to_container(cfg), "classes": ["a", "b", "c"],
+                           "num_classes": 3, "iteration": 7, "mlflow_run_id": None})
+    wrong = eval_config(ckpt, overrides=["model.name=danet"])
+    with pytest.raises(ValueError) as err:
+        evaluate(wrong, ckpt, tmp_path / "out", build_dataset=build_tiny_dataset)
+    msg = str(err.value)
+    assert "\n" not in msg and str(ckpt) in msg
+    assert "model.name=fcn" in msg and "model.name=danet" in msg and "drop the model.* overrides" in msg
+    assert not (tmp_path / "out" / "metrics.json").exists()

@@ -37,6 +37,7 @@ from fsanet.engine.inference import predict
 from fsanet.engine.metrics import SegmentationMetric
 from fsanet.engine.train import BuildDataset, BuildModel, default_run_name, describe, run_params, run_tags
 from fsanet.io import atomic_path, read_json, write_json, write_text
+from fsanet.models import load_trained_weights
 from fsanet.repro import deterministic_mode, seed_everything
 from fsanet.tracking import Tracker, check_store, redact_config, sanitize_key
 
@@ -230,7 +231,7 @@ def _evaluate(
         )
     num_classes = len(classes)
     model = build_model(cfg.model, num_classes, pretrained=False)  # the checkpoint holds every weight
-    model.load_state_dict(state["model"])
+    load_trained_weights(model, state, checkpoint)
     model.to(device).eval()
     band = None if ec.eval_band is None else [int(b) for b in ec.eval_band]
     if band is not None:
