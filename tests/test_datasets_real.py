@@ -1,7 +1,7 @@
 """The five benchmarks on their miniatures: tables against the spec, conversions, split checks, loaders, CLI.
 
 Every expected label array here is written out by hand from the fake's documented block pattern
-(see ``fsanet/data/fakes.py``), not computed by the code under test. Table digests are sha256 over
+(see ``tests/fakes.py``), not computed by the code under test. Table digests are sha256 over
 ``json.dumps`` of the lists as printed in the spec (datasets.md §1.4, §2.4, §3.4, §4.4, §5.3).
 """
 
@@ -13,6 +13,7 @@ import shutil
 
 import numpy as np
 import pytest
+from fakes import write_fake
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -21,7 +22,6 @@ from PIL import Image
 from fsanet.cli import main
 from fsanet.config import load_config
 from fsanet.data import DATASETS, ade20k, build_dataset, cityscapes, coco, coco_stuff, voc
-from fsanet.data.fakes import write_fake
 from fsanet.data.imageio import DataError, read_image, read_label
 from fsanet.data.prepare import dataset_stats, is_prepared, parallel_map, prepare_dataset, show_samples
 

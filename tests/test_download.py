@@ -14,11 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fakes import ARCHIVES, pack_fake_archives
 from omegaconf import OmegaConf
 
 from fsanet.cli import main
 from fsanet.config import load_config
-from fsanet.data import cityscapes
+from fsanet.data import cityscapes_site as site
 from fsanet.data.archive import UnsafeArchiveError
 from fsanet.data.download import (
     RECORD,
@@ -31,7 +32,6 @@ from fsanet.data.download import (
     parse_checksum,
     verify_checksum,
 )
-from fsanet.data.fakes import ARCHIVES, pack_fake_archives
 from fsanet.data.imageio import read_label
 
 USER, PASSWORD = "alice@example.org", "s3cret-Pa55word"
@@ -540,10 +540,10 @@ def test_cityscapes_not_logged_in_is_a_clear_error(cityscapes_site, tmp_path):
     import requests
 
     with requests.Session() as anonymous, pytest.raises(DownloadError, match="not logged in"):
-        cityscapes.package_checksum(anonymous, server.url, 1)
+        site.package_checksum(anonymous, server.url, 1)
     with pytest.raises(DownloadError, match="redirected"):
         fetch(
-            cityscapes.package_url(server.url, 1),
+            site.package_url(server.url, 1),
             tmp_path / "x.zip",
             None,
             allow_redirects=False,
@@ -551,7 +551,7 @@ def test_cityscapes_not_logged_in_is_a_clear_error(cityscapes_site, tmp_path):
         )
     session = requests.Session()
     session.cookies.set("session", "ok")
-    assert cityscapes.package_ids(session, server.url) == {
+    assert site.package_ids(session, server.url) == {
         "gtFine_trainvaltest.zip": 1,
         "leftImg8bit_trainvaltest.zip": 3,
     }

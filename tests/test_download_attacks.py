@@ -19,6 +19,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from fakes import pack_fake_archives
 from filelock import FileLock
 from omegaconf import OmegaConf
 from test_download import PARAMS, USER, FakeServer, entries_for, md5
@@ -36,7 +37,6 @@ from fsanet.data.download import (
     fetch,
     looks_like_html,
 )
-from fsanet.data.fakes import pack_fake_archives
 
 REPO = Path(__file__).resolve().parent.parent
 STUFF = "stuffthingmaps_trainval2017.zip"  # the COCO-Stuff archive without a published checksum

@@ -249,7 +249,7 @@ eval:
 def test_two_dataset_study_runs_to_the_end(tmp_path):
     """synthetic + fake Cityscapes (archives as the official ones, tiny R50) through all_tables: per-dataset
     tables and plots, one summary, findings and the MLflow publish step."""
-    from fsanet.data.fakes import pack_fake_archives
+    from fakes import pack_fake_archives
 
     repo = _copy_pipeline(tmp_path)
     (repo / "params/profiles/two.yaml").write_text(TWO_DATASETS)

@@ -47,6 +47,7 @@ import urllib3
 from filelock import FileLock, Timeout
 from tqdm import tqdm
 
+from fsanet.data import cityscapes_site
 from fsanet.data.download_errors import ChecksumError, DownloadError
 from fsanet.io import read_json, write_json
 
@@ -755,8 +756,8 @@ class _DatasetDownload:
         source = None
         package_id = None
         if a.get("package_id") is not None:  # Cityscapes: login-protected packages
-            site = a.get("site") or _cityscapes().SITE
-            if self.from_dir is None or (expected is None and _cityscapes().has_credentials()):
+            site = a.get("site") or cityscapes_site.SITE
+            if self.from_dir is None or (expected is None and cityscapes_site.has_credentials()):
                 package_id, site_md5 = self._cityscapes_package(
                     site, file_name, a["package_id"], expected is None
                 )
@@ -791,7 +792,7 @@ class _DatasetDownload:
             )
             dest.unlink()
         if package_id is not None:
-            url = _cityscapes().package_url(site, package_id)
+            url = cityscapes_site.package_url(site, package_id)
             path = fetch(
                 url,
                 dest,
@@ -818,13 +819,12 @@ class _DatasetDownload:
         self, site: str, file_name: str, package_id: int, want_md5: bool
     ) -> tuple[int, str | None]:
         """Log in once, and return the package's id as the site lists it and, if asked, the MD5 it serves."""
-        cityscapes = _cityscapes()
         try:
             if self.session is None:
-                self.session = cityscapes.login(site, self.timeout)
-                self.listed = cityscapes.package_ids(self.session, site, self.timeout)
-            pid = cityscapes.resolve_package(self.listed, file_name, package_id)
-            md5 = cityscapes.package_checksum(self.session, site, pid, self.timeout) if want_md5 else None
+                self.session = cityscapes_site.login(site, self.timeout)
+                self.listed = cityscapes_site.package_ids(self.session, site, self.timeout)
+            pid = cityscapes_site.resolve_package(self.listed, file_name, package_id)
+            md5 = cityscapes_site.package_checksum(self.session, site, pid, self.timeout) if want_md5 else None
         except requests.RequestException as err:
             raise DownloadError(
                 f"{site}: {type(err).__name__} while asking for {file_name}; check the network and "
@@ -927,12 +927,6 @@ class _DatasetDownload:
                     )
             if record is not None:
                 _record(self.archive_dir, file_name, record, self.lock_timeout)
-
-
-def _cityscapes() -> Any:
-    from fsanet.data import cityscapes
-
-    return cityscapes
 
 
 def download_dataset(
