@@ -258,7 +258,7 @@ def _run_plots_ablation(args: argparse.Namespace) -> None:
 
 
 def _run_plots_dvc_template(args: argparse.Namespace) -> None:
-    from fsanet.data.download_errors import DownloadError
+    from fsanet.data.errors import DownloadError
     from fsanet.dvc_plots import NPM_REGISTRY, write_offline_template
 
     try:

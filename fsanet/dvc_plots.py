@@ -105,8 +105,8 @@ def write_offline_template(
         progress: show download progress bars.
 
     Raises:
-        fsanet.data.download_errors.ChecksumError: a tarball is not the pinned one (it is not kept).
-        fsanet.data.download_errors.DownloadError: the registry cannot be reached.
+        fsanet.data.errors.ChecksumError: a tarball is not the pinned one (it is not kept).
+        fsanet.data.errors.DownloadError: the registry cannot be reached.
     """
     cache_dir = Path(cache_dir)
     scripts = []

@@ -22,7 +22,8 @@ from PIL import Image
 from fsanet.cli import main
 from fsanet.config import load_config
 from fsanet.data import DATASETS, ade20k, build_dataset, cityscapes, coco, coco_stuff, voc
-from fsanet.data.imageio import DataError, read_image, read_label
+from fsanet.data.errors import DataError
+from fsanet.data.imageio import read_image, read_label
 from fsanet.data.prepare import dataset_stats, is_prepared, parallel_map, prepare_dataset, show_samples
 
 

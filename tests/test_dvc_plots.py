@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fsanet.data.download_errors import ChecksumError
+from fsanet.data.errors import ChecksumError
 from fsanet.dvc_plots import VEGA_PACKAGES, VegaPackage, read_package_script, write_offline_template
 
 

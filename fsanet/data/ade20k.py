@@ -19,7 +19,7 @@ import numpy as np
 
 from fsanet.data.base import SegmentationDataset, scan_pairs
 from fsanet.data.convert import check_count, missing_summary
-from fsanet.data.imageio import DataError
+from fsanet.data.errors import DataError
 
 __all__ = ["CLASSES", "DIRNAME", "PALETTE", "SPLIT_SIZES", "ADE20KDataset", "prepare", "reduce_zero_label"]
 

@@ -31,7 +31,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from fsanet.data.imageio import DataError, read_image, read_label
+from fsanet.data.errors import DataError
+from fsanet.data.imageio import read_image, read_label
 from fsanet.data.transforms import sample_rng, to_tensor
 
 __all__ = ["DataError", "SegmentationDataset", "read_split_list", "scan_pairs"]

@@ -27,7 +27,8 @@ from PIL import Image, ImageDraw
 
 from fsanet.data.base import SegmentationDataset, scan_pairs
 from fsanet.data.convert import check_count, missing_summary, parallel_map
-from fsanet.data.imageio import DataError, read_label, write_label
+from fsanet.data.errors import DataError
+from fsanet.data.imageio import read_label, write_label
 from fsanet.io import write_text
 
 __all__ = [

@@ -13,7 +13,7 @@ import os
 
 import requests
 
-from fsanet.data.download_errors import DownloadError
+from fsanet.data.errors import DownloadError
 
 __all__ = [
     "PASSWORD_ENV",

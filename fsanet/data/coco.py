@@ -30,7 +30,8 @@ from torch.utils.data import Dataset
 
 from fsanet.data.coco_stuff import CLASSES as _COCO_STUFF_CLASSES
 from fsanet.data.convert import check_count, missing_summary
-from fsanet.data.imageio import DataError, read_image
+from fsanet.data.errors import DataError
+from fsanet.data.imageio import read_image
 from fsanet.data.transforms import to_tensor
 
 __all__ = [

@@ -14,7 +14,7 @@ from typing import TypeVar
 
 from tqdm import tqdm
 
-from fsanet.data.imageio import DataError
+from fsanet.data.errors import DataError
 
 __all__ = ["check_count", "missing_summary", "parallel_map"]
 

@@ -48,7 +48,7 @@ from filelock import FileLock, Timeout
 from tqdm import tqdm
 
 from fsanet.data import cityscapes_site
-from fsanet.data.download_errors import ChecksumError, DownloadError
+from fsanet.data.errors import ChecksumError, DownloadError
 from fsanet.io import read_json, write_json
 
 __all__ = [

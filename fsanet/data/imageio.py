@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from fsanet.data.errors import DataError
 from fsanet.io import atomic_path
 
 __all__ = ["DataError", "read_image", "read_label", "write_image", "write_label", "palette_to_pil"]
@@ -24,10 +25,6 @@ log = logging.getLogger(__name__)
 
 # Pillow raises these for truncated, corrupt or non-image files.
 _DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, EOFError)
-
-
-class DataError(ValueError):
-    """A dataset file or folder is missing or malformed. The message names the file and the fix."""
 
 
 def _open_decoded(path: Path, what: str) -> Image.Image:

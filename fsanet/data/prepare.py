@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from fsanet.data.convert import check_count, missing_summary, parallel_map
-from fsanet.data.imageio import DataError
+from fsanet.data.errors import DataError
 from fsanet.io import read_json, write_json
 
 __all__ = [

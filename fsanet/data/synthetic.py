@@ -139,7 +139,8 @@ from skimage.draw import disk, polygon
 from tqdm import tqdm
 
 from fsanet.data.base import SegmentationDataset, read_split_list
-from fsanet.data.imageio import DataError, read_image, read_label, write_image, write_label
+from fsanet.data.errors import DataError
+from fsanet.data.imageio import read_image, read_label, write_image, write_label
 from fsanet.data.oracle import oracle_counts, oracle_curve
 from fsanet.io import atomic_path, read_json, write_json, write_text
 

@@ -26,7 +26,8 @@ import scipy.io
 
 from fsanet.data.base import SegmentationDataset, read_split_list
 from fsanet.data.convert import check_count, missing_summary, parallel_map
-from fsanet.data.imageio import DataError, write_label
+from fsanet.data.errors import DataError
+from fsanet.data.imageio import write_label
 from fsanet.io import write_text
 
 __all__ = [
