@@ -120,6 +120,8 @@ def test_profile_with_a_wrong_key_or_name_is_refused_at_parse_time(tmp_path, ove
     out = res.stdout + res.stderr
     assert res.returncode != 0 and needle in out, out[-3000:]
     assert "Job stats" not in out  # nothing was planned
+    line = next(ln for ln in out.splitlines() if needle in ln)
+    assert line.startswith("profile"), line  # one line of ours, not a schema dump
 
 
 def test_smoke_study_end_to_end(tmp_path):

@@ -3,12 +3,30 @@
 import hashlib
 from pathlib import Path
 
+import jsonschema
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from fsanet.data import DATASETS
 from fsanet.models import MODELS, band_models
 
-validate(config, "../schemas/profile.schema.yaml")
+
+def validate_profile():
+    """The profile against workflow/schemas/profile.schema.yaml, as one line naming the key at fault."""
+    try:
+        validate(config, "../schemas/profile.schema.yaml")
+    except WorkflowError as err:
+        e = err.__cause__ or err.__context__  # the jsonschema error it was raised from
+        if not isinstance(e, jsonschema.ValidationError):
+            raise
+        key = ".".join(str(p) for p in e.absolute_path)
+        where = f"profile key '{key}'" if key else "profile"
+        raise ValueError(
+            f"{where}: {e.message} (see workflow/schemas/profile.schema.yaml)"
+        ) from None
+
+
+validate_profile()
 
 
 def check_names(key, names, known):
