@@ -1,3 +1,3 @@
-"""fsanet: frequency self-attention (FsaNet) and its peers for semantic segmentation, as a reproducible study."""
+"""fsanet: frequency self-attention (FsaNet) and peers in semantic segmentation, a reproducible study."""
 
 __version__ = "0.1.0"

@@ -64,8 +64,11 @@ def normalize_band(band: BandLike, h: Optional[int] = None, w: Optional[int] = N
         raise BandError(
             f"band {tuple(band)!r} must be None, (n_u, n_v) or (u0, u1, v0, v1); got {len(vals)} numbers"
         )
-    if any(v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not float(v).is_integer())
-           for v in vals):
+    if any(
+        v is not None
+        and (isinstance(v, bool) or not isinstance(v, (int, float)) or not float(v).is_integer())
+        for v in vals
+    ):
         raise BandError(f"band {tuple(band)!r}: bounds must be integers")
     u0, u1, v0, v1 = (None if v is None else int(v) for v in vals)
     if u0 is None or v0 is None:
@@ -73,15 +76,23 @@ def normalize_band(band: BandLike, h: Optional[int] = None, w: Optional[int] = N
     u1 = -1 if u1 is None else u1
     v1 = -1 if v1 is None else v1
     if u0 < 0 or v0 < 0 or u1 < -1 or v1 < -1:
-        raise BandError(f"band {tuple(band)!r}: lower bounds must be ≥ 0 and upper bounds ≥ 1 (or -1 = to the end)")
+        raise BandError(
+            f"band {tuple(band)!r}: lower bounds must be ≥ 0 and upper bounds ≥ 1 (or -1 = to the end)"
+        )
     if h is not None and u1 == -1:
         u1 = h
     if w is not None and v1 == -1:
         v1 = w
     for lo, hi, axis, size in ((u0, u1, "u (height)", h), (v0, v1, "v (width)", w)):
         if hi != -1 and hi <= lo:
-            short = (f"; two numbers mean [0, n_u) × [0, n_v), so {tuple(band)!r} is [0, {vals[1]}) × "
-                     f"[0, {vals[3]}): for the n×n low band write [n, n] or [0, n, 0, n]") if len(band) == 2 else ""
+            short = (
+                (
+                    f"; two numbers mean [0, n_u) × [0, n_v), so {tuple(band)!r} is [0, {vals[1]}) × "
+                    f"[0, {vals[3]}): for the n×n low band write [n, n] or [0, n, 0, n]"
+                )
+                if len(band) == 2
+                else ""
+            )
             raise BandError(
                 f"band {tuple(band)!r} is empty along {axis}: need lower < upper, got [{lo}, {hi}){short}"
             )
@@ -102,7 +113,9 @@ def stored_band(band: Any) -> Optional[list[int]]:
     """
     if band is None:
         return None
-    if not isinstance(band, (list, tuple)) or not all(isinstance(b, int) and not isinstance(b, bool) for b in band):
+    if not isinstance(band, (list, tuple)) or not all(
+        isinstance(b, int) and not isinstance(b, bool) for b in band
+    ):
         raise BandError(f"expected null, [n_u, n_v] or [u0, u1, v0, v1] integers, got {band!r}")
     return list(normalize_band(band))
 

@@ -17,7 +17,8 @@ Protocol (``fsanet bench attention``):
   This is the CUDA definition transposed to CPU: bytes of tensor storage allocated during the forward
   and alive at the same time, the input excluded. It does not see scratch memory that a kernel
   allocates outside ATen (e.g. inside MKL, or the few-KiB per-map rows of the numba DCT kernels), which
-  CUDA's counter would also miss unless it came from the caching allocator. ``tests/test_bench.py`` checks it to the byte on known allocation patterns and
+  CUDA's counter would also miss unless it came from the caching allocator. ``tests/test_bench.py`` checks it
+  to the byte on known allocation patterns and
   against the N² attention map of a non-local block.
 * **Latency.** The median (and min/max) of ``repeats`` ≥ 20 timed forwards after ``warmup`` untimed ones,
   under ``torch.inference_mode``, fp32, with the thread count recorded (CUDA: synchronised).
@@ -198,7 +199,7 @@ def memory_limit(device: torch.device, budget_bytes: int, release_cache: bool = 
 
 
 def measure_peak_memory(fn: Callable[[], Any], device: torch.device) -> int:
-    """Peak bytes allocated by one call of ``fn`` beyond what was allocated before it (see module docstring)."""
+    """Peak bytes allocated by one call of ``fn`` beyond what was allocated before it (see the module)."""
     gc.collect()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -240,7 +241,7 @@ def time_once(fn: Callable[[], Any], device: torch.device) -> float:
 
 
 def measure_latency(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> list[float]:
-    """Wall-clock milliseconds of ``repeats`` calls after ``warmup`` untimed ones; GC is paused while timing."""
+    """Wall-clock ms of ``repeats`` calls after ``warmup`` untimed ones; GC is paused while timing."""
     return measure_latency_paired(fn, None, device, warmup, repeats)[0]
 
 
@@ -502,7 +503,11 @@ def _prepare_case(
         if row["flops_analytic"] is not None and row["flops_analytic"] != row["flops"]:
             log.warning(
                 "%s at %dx%d: analytic FLOPs %d differ from the counter's %d",
-                case.series, case.h, case.w, row["flops_analytic"], row["flops"],
+                case.series,
+                case.h,
+                case.w,
+                row["flops_analytic"],
+                row["flops"],
             )
     except Timeout as err:
         row.update(status="timeout", note=str(err))
@@ -526,8 +531,12 @@ def _time_share(timed: _Timed, share: int, device: torch.device) -> tuple[list[f
     return times, ref_times
 
 
-def time_rounds(timed: list[_Timed], cfg: DictConfig, device: torch.device,
-                progress: Optional[Callable[[int], None]] = None) -> None:
+def time_rounds(
+    timed: list[_Timed],
+    cfg: DictConfig,
+    device: torch.device,
+    progress: Optional[Callable[[int], None]] = None,
+) -> None:
     """Time prepared cases in interleaved rounds, appending each round's timings to each case.
 
     In round ``r`` the cases still ``ok`` are visited in their given order rotated left by ``r``, each
@@ -551,8 +560,10 @@ def time_rounds(timed: list[_Timed], cfg: DictConfig, device: torch.device,
                     with memory_limit(device, budget, release_cache=False):
                         times, ref_times = _time_share(t, share, device)
                 except OutOfMemory as err:
-                    t.row.update(status="oom", note=f"beyond memory_budget_gb={cfg.memory_budget_gb} "
-                                 f"in round {r + 1}: {err}")
+                    t.row.update(
+                        status="oom",
+                        note=f"beyond memory_budget_gb={cfg.memory_budget_gb} in round {r + 1}: {err}",
+                    )
                 else:
                     t.times.append(times)
                     t.ref_times.append(ref_times)
@@ -656,7 +667,9 @@ def pin_allocator() -> str:
     libc = ctypes.CDLL("libc.so.6")
     m_trim_threshold, m_mmap_threshold = -1, -3  # from malloc.h
     ok = libc.mallopt(m_mmap_threshold, 1 << 30) == 1 and libc.mallopt(m_trim_threshold, (1 << 31) - 1) == 1
-    return "glibc mallopt(M_MMAP_THRESHOLD=1GiB, M_TRIM_THRESHOLD=2GiB)" if ok else "default (mallopt refused)"
+    return (
+        "glibc mallopt(M_MMAP_THRESHOLD=1GiB, M_TRIM_THRESHOLD=2GiB)" if ok else "default (mallopt refused)"
+    )
 
 
 def resolve_device(device: str) -> torch.device:
@@ -728,7 +741,11 @@ def run_attention_benchmark(cfg: DictConfig, out: str | Path) -> dict[str, Any]:
                     if row["status"] != "ok" and case.setting == "sweep":
                         failed[case.series] = row["status"]
                 log.info(
-                    "%-28s %4dx%-4d %-8s %s ms%s", case.series, case.h, case.w, row["status"],
+                    "%-28s %4dx%-4d %-8s %s ms%s",
+                    case.series,
+                    case.h,
+                    case.w,
+                    row["status"],
                     f"{row['latency_ms']:.3f}" if row["latency_ms"] is not None else "-",
                     _fmt_spread(row["latency_spread_ms"]),
                 )

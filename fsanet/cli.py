@@ -20,12 +20,18 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, K
 
 def setup_logging(verbosity: int) -> None:
     level = logging.WARNING if verbosity < 0 else logging.INFO if verbosity == 0 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--config", "-c", action="append", default=[], metavar="YAML",
+        "--config",
+        "-c",
+        action="append",
+        default=[],
+        metavar="YAML",
         help="params file merged onto the defaults (repeatable; later files win)",
     )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="OmegaConf dotlist overrides")
@@ -58,7 +64,8 @@ def _run_bench_attention(args: argparse.Namespace) -> None:
 
 def _add_bench_models(bench: argparse._SubParsersAction) -> None:
     p = bench.add_parser(
-        "models", help="params, GFLOPs and CPU fps of every segmentation model (for table T3)",
+        "models",
+        help="params, GFLOPs and CPU fps of every segmentation model (for table T3)",
         description="Builds each model of fsanet.models.MODELS from the config's model section (FsaNet once "
         "per --band) and measures params, FlopCounterMode GFLOPs and CPU fps on one (1, 3, H, W) input.",
     )
@@ -66,14 +73,27 @@ def _add_bench_models(bench: argparse._SubParsersAction) -> None:
     _config_args(p)
     p.add_argument("--out", required=True, type=Path, metavar="PATH.json", help="where to write the JSON")
     p.add_argument("--models", nargs="+", metavar="NAME", help="model names (default: all)")
-    p.add_argument("--band", action="append", default=[], metavar="BAND",
-                   help="FsaNet band: full, N, NxM or u0,u1,v0,v1 (repeatable; default: model.attention.band)")
+    p.add_argument(
+        "--band",
+        action="append",
+        default=[],
+        metavar="BAND",
+        help="FsaNet band: full, N, NxM or u0,u1,v0,v1 (repeatable; default: model.attention.band)",
+    )
     p.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"), help="default: data.crop_size")
     p.add_argument("--warmup", type=int, default=2, help="untimed forwards (default 2)")
-    p.add_argument("--repeats", type=int, default=10, help="timed forwards; the median is reported (default 10)")
-    p.add_argument("--rounds", type=int, default=5,
-                   help="interleaved timing rounds; every model is timed in each, so load hits all alike (default 5)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads while timing (default 1; 0 = torch's)")
+    p.add_argument(
+        "--repeats", type=int, default=10, help="timed forwards; the median is reported (default 10)"
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        help="interleaved timing rounds; every model is timed in each, so load hits all alike (default 5)",
+    )
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch threads while timing (default 1; 0 = torch's)"
+    )
     p.set_defaults(handler=_run_bench_models)
 
 
@@ -83,8 +103,17 @@ def _run_bench_models(args: argparse.Namespace) -> None:
 
     cfg = load_config(args.config, args.overrides)
     bands = [parse_band(b) for b in args.band] or None
-    report = write_model_costs(cfg, args.out, input_size=args.input_size, models=args.models, bands=bands,
-                               warmup=args.warmup, repeats=args.repeats, threads=args.threads, rounds=args.rounds)
+    report = write_model_costs(
+        cfg,
+        args.out,
+        input_size=args.input_size,
+        models=args.models,
+        bands=bands,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        threads=args.threads,
+        rounds=args.rounds,
+    )
     print(f"bench models: {len(report['rows'])} models at {report['input_size']}; wrote {args.out}")
 
 
@@ -95,58 +124,107 @@ def _add_tables(sub: argparse._SubParsersAction) -> None:
     tables = sub.add_parser("tables", help="render result files as Markdown/LaTeX/CSV tables and plots")
     what = tables.add_subparsers(dest="what", required=True)
     p = what.add_parser("efficiency", help="T1: efficiency against regular self-attention (non-local)")
-    p.add_argument("--bench", required=True, type=Path, metavar="JSON", help="output of `fsanet bench attention`")
-    p.add_argument("--out-dir", type=Path, default=Path("results/tables"), help="folder for efficiency.{md,tex,csv}")
+    p.add_argument(
+        "--bench", required=True, type=Path, metavar="JSON", help="output of `fsanet bench attention`"
+    )
+    p.add_argument(
+        "--out-dir", type=Path, default=Path("results/tables"), help="folder for efficiency.{md,tex,csv}"
+    )
     p.add_argument(
         "--plot", type=Path, default=Path("results/plots/efficiency_scaling.png"), help="log-log plot path"
     )
     p.set_defaults(handler=_run_tables_efficiency)
 
     p = what.add_parser(
-        "summary", help="results/metrics/summary.json: one record per evaluation (from metrics.json files)",
-        description="Collects `fsanet eval` metrics.json files (paths or glob patterns) into one sorted summary "
+        "summary",
+        help="results/metrics/summary.json: one record per evaluation (from metrics.json files)",
+        description="Collects `fsanet eval` metrics.json files (paths or glob patterns) into one sorted "
+        "summary "
         "with provenance; the study tables and plots read it.",
     )
-    p.add_argument("--metrics", required=True, nargs="+", metavar="FILE", help="metrics.json files or glob patterns")
+    p.add_argument(
+        "--metrics", required=True, nargs="+", metavar="FILE", help="metrics.json files or glob patterns"
+    )
     p.add_argument("--out", type=Path, default=Path("results/metrics/summary.json"), help="the summary JSON")
     p.set_defaults(handler=_run_tables_summary)
 
     def study(name: str, text: str, stem: str) -> argparse.ArgumentParser:
         p = what.add_parser(name, help=text)
-        p.add_argument("--summary", type=Path, default=Path("results/metrics/summary.json"),
-                       help="output of `fsanet tables summary`")
-        p.add_argument("--out-dir", type=Path, default=Path("results/tables"), help=f"folder for {stem}.{{md,tex,csv}}")
+        p.add_argument(
+            "--summary",
+            type=Path,
+            default=Path("results/metrics/summary.json"),
+            help="output of `fsanet tables summary`",
+        )
+        p.add_argument(
+            "--out-dir", type=Path, default=Path("results/tables"), help=f"folder for {stem}.{{md,tex,csv}}"
+        )
         p.add_argument("--dataset", action="append", metavar="NAME", help="only these datasets (repeatable)")
-        p.add_argument("--setting", default=None, metavar="SPLIT/MODE/SCALES",
-                       help="evaluation setting, e.g. val/slide/ms+flip (default: the single-scale evaluations)")
+        p.add_argument(
+            "--setting",
+            default=None,
+            metavar="SPLIT/MODE/SCALES",
+            help="evaluation setting, e.g. val/slide/ms+flip (default: the single-scale evaluations)",
+        )
         return p
 
-    p = study("ablation", "T2: band ablation (FsaNet retrained vs NL truncated without retraining)", "ablation")
-    p.add_argument("--retrained-model", default=None, help="model trained per band (default: the model with a band)")
-    p.add_argument("--truncated-model", default="nonlocal", help="full-band model truncated at eval (default nonlocal)")
+    p = study(
+        "ablation", "T2: band ablation (FsaNet retrained vs NL truncated without retraining)", "ablation"
+    )
+    p.add_argument(
+        "--retrained-model", default=None, help="model trained per band (default: the model with a band)"
+    )
+    p.add_argument(
+        "--truncated-model", default="nonlocal", help="full-band model truncated at eval (default nonlocal)"
+    )
     p.set_defaults(handler=_run_tables_ablation)
     p = study("methods", "T3: method comparison per dataset (mIoU, params, GFLOPs, fps)", "methods_DATASET")
     p.add_argument("--costs", type=Path, default=None, metavar="JSON", help="output of `fsanet bench models`")
-    p.add_argument("--band", action="append", metavar="LABEL", help="FsaNet bands to list, e.g. 5x5 (default: all)")
+    p.add_argument(
+        "--band", action="append", metavar="LABEL", help="FsaNet bands to list, e.g. 5x5 (default: all)"
+    )
     p.set_defaults(handler=_run_tables_methods)
-    p = what.add_parser("findings", help="results/tables/findings.md: the study's claims with numbers and verdicts")
-    p.add_argument("--summary", type=Path, default=Path("results/metrics/summary.json"),
-                   help="output of `fsanet tables summary`")
-    p.add_argument("--bench", type=Path, default=None, metavar="JSON", help="output of `fsanet bench attention` (T1)")
+    p = what.add_parser(
+        "findings", help="results/tables/findings.md: the study's claims with numbers and verdicts"
+    )
+    p.add_argument(
+        "--summary",
+        type=Path,
+        default=Path("results/metrics/summary.json"),
+        help="output of `fsanet tables summary`",
+    )
+    p.add_argument(
+        "--bench", type=Path, default=None, metavar="JSON", help="output of `fsanet bench attention` (T1)"
+    )
     p.add_argument("--out", type=Path, default=Path("results/tables/findings.md"), help="the findings file")
-    p.add_argument("--json", type=Path, default=None, metavar="PATH",
-                   help="also write the claims and verdicts as JSON (read by `fsanet mlflow publish`)")
+    p.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="also write the claims and verdicts as JSON (read by `fsanet mlflow publish`)",
+    )
     p.add_argument("--dataset", default=None, metavar="NAME", help="only this dataset (default: all)")
     p.add_argument("--default-band", default="5x5", metavar="LABEL", help="FsaNet's band in the method rows")
     p.set_defaults(handler=_run_tables_findings)
-    p = what.add_parser("metrics", help="metrics/study.json: the study's headline numbers (dvc metrics, dvc exp show)")
-    p.add_argument("--summary", type=Path, default=Path("results/metrics/summary.json"),
-                   help="output of `fsanet tables summary`")
-    p.add_argument("--findings", type=Path, default=None, metavar="JSON", help="`fsanet tables findings --json` output")
+    p = what.add_parser(
+        "metrics", help="metrics/study.json: the study's headline numbers (dvc metrics, dvc exp show)"
+    )
+    p.add_argument(
+        "--summary",
+        type=Path,
+        default=Path("results/metrics/summary.json"),
+        help="output of `fsanet tables summary`",
+    )
+    p.add_argument(
+        "--findings", type=Path, default=None, metavar="JSON", help="`fsanet tables findings --json` output"
+    )
     p.add_argument("--out", type=Path, default=Path("metrics/study.json"), help="the metrics file")
     p.set_defaults(handler=_run_tables_metrics)
     p = study("per-class", "T4: per-class IoU per method", "per_class_DATASET")
-    p.add_argument("--band", action="append", metavar="LABEL", help="FsaNet bands to list, e.g. 5x5 (default: all)")
+    p.add_argument(
+        "--band", action="append", metavar="LABEL", help="FsaNet bands to list, e.g. 5x5 (default: all)"
+    )
     p.set_defaults(handler=_run_tables_per_class)
 
 
@@ -161,15 +239,19 @@ def _run_tables_summary(args: argparse.Namespace) -> None:
     from fsanet.summary import write_summary
 
     summary = write_summary(args.metrics, args.out)
-    print(f"tables summary: {len(summary['runs'])} evaluations from {summary['provenance']['created_from']} files; "
-          f"wrote {args.out}")
+    print(
+        f"tables summary: {len(summary['runs'])} evaluations from {summary['provenance']['created_from']} "
+        "files; "
+        f"wrote {args.out}"
+    )
 
 
 def _run_tables_ablation(args: argparse.Namespace) -> None:
     from fsanet.tables import ablation_tables
 
-    paths = ablation_tables(args.summary, args.out_dir, args.dataset, args.setting, args.retrained_model,
-                            args.truncated_model)
+    paths = ablation_tables(
+        args.summary, args.out_dir, args.dataset, args.setting, args.retrained_model, args.truncated_model
+    )
     print("tables ablation: wrote " + ", ".join(map(str, paths)))
 
 
@@ -185,7 +267,10 @@ def _run_tables_findings(args: argparse.Namespace) -> None:
 
     items = write_findings(args.summary, args.out, args.bench, args.dataset, args.default_band, args.json)
     counts = {v: sum(f["verdict"] == v for f in items) for v in ("pass", "fail", "unstable", "untestable")}
-    print(f"tables findings: {len(items)} claims ({', '.join(f'{k} {v}' for k, v in counts.items())}); wrote {args.out}")
+    print(
+        f"tables findings: {len(items)} claims ({', '.join(f'{k} {v}' for k, v in counts.items())}); wrote "
+        f"{args.out}"
+    )
 
 
 def _run_tables_metrics(args: argparse.Namespace) -> None:
@@ -212,38 +297,63 @@ def _add_plots(sub: argparse._SubParsersAction) -> None:
     plots = sub.add_parser("plots", help="study figures (band ablation, qualitative grid)")
     what = plots.add_subparsers(dest="what", required=True)
     p = what.add_parser("ablation", help="mIoU vs number of DCT coefficients K, retrained vs truncated")
-    p.add_argument("--summary", type=Path, default=Path("results/metrics/summary.json"),
-                   help="output of `fsanet tables summary`")
+    p.add_argument(
+        "--summary",
+        type=Path,
+        default=Path("results/metrics/summary.json"),
+        help="output of `fsanet tables summary`",
+    )
     p.add_argument("--out", type=Path, default=Path("results/plots/ablation.png"), help="the PNG")
-    p.add_argument("--csv", type=Path, default=Path("results/plots/ablation.csv"), help="the plotted data (dvc plots)")
+    p.add_argument(
+        "--csv", type=Path, default=Path("results/plots/ablation.csv"), help="the plotted data (dvc plots)"
+    )
     p.add_argument("--dataset", default=None, help="dataset (default: the only one with ablation runs)")
     p.add_argument("--setting", default=None, help="evaluation setting (default: single-scale)")
-    p.add_argument("--retrained-model", default=None, help="model trained per band (default: the model with a band)")
+    p.add_argument(
+        "--retrained-model", default=None, help="model trained per band (default: the model with a band)"
+    )
     p.add_argument("--truncated-model", default="nonlocal")
     p.set_defaults(handler=_run_plots_ablation)
 
     p = what.add_parser(
-        "dvc-template", help="an offline page template for `dvc plots show` (Vega libraries inlined)",
-        description="Downloads vega, vega-lite and vega-embed (the versions DVC's page loads from a CDN) from the "
+        "dvc-template",
+        help="an offline page template for `dvc plots show` (Vega libraries inlined)",
+        description="Downloads vega, vega-lite and vega-embed (the versions DVC's page loads from a CDN) "
+        "from the "
         "npm registry once, verifies each against its pinned sha512, and writes a page template with them "
         "inlined: `dvc plots show --html-template FILE` then needs no network (`make plots`).",
     )
     p.add_argument("--out", type=Path, default=Path(".dvc/tmp/plots_template.html"), help="the template")
     p.add_argument("--cache-dir", type=Path, default=Path(".dvc/tmp/npm"), help="where the tarballs are kept")
-    p.add_argument("--registry", default=None, metavar="URL", help="npm registry (default https://registry.npmjs.org)")
+    p.add_argument(
+        "--registry", default=None, metavar="URL", help="npm registry (default https://registry.npmjs.org)"
+    )
     p.set_defaults(handler=_run_plots_dvc_template)
 
     p = what.add_parser(
-        "qualitative", help="rows = images, columns = image | truth | each checkpoint's prediction",
-        description="Runs each checkpoint (its stored config + key=value overrides, e.g. data.root=DIR) on the "
+        "qualitative",
+        help="rows = images, columns = image | truth | each checkpoint's prediction",
+        description="Runs each checkpoint (its stored config + key=value overrides, e.g. data.root=DIR) on "
+        "the "
         "first N validation images of the first checkpoint's dataset.",
     )
     p.__class__ = _IntermixedParser
-    p.add_argument("--checkpoint", action="append", required=True, metavar="LABEL=PATH",
-                   help="column label and model.pt (repeatable, in column order)")
+    p.add_argument(
+        "--checkpoint",
+        action="append",
+        required=True,
+        metavar="LABEL=PATH",
+        help="column label and model.pt (repeatable, in column order)",
+    )
     p.add_argument("--out", type=Path, required=True, metavar="PNG", help="the PNG")
-    p.add_argument("--set", action="append", default=[], metavar="LABEL:key=value", dest="per_checkpoint",
-                   help="override for one column only, e.g. 'NL 2x2:eval.eval_band=[0,2,0,2]' (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="LABEL:key=value",
+        dest="per_checkpoint",
+        help="override for one column only, e.g. 'NL 2x2:eval.eval_band=[0,2,0,2]' (repeatable)",
+    )
     p.add_argument("-n", type=int, default=4, help="number of images (default 4)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every checkpoint's config")
     p.set_defaults(handler=_run_plots_qualitative)
@@ -252,8 +362,15 @@ def _add_plots(sub: argparse._SubParsersAction) -> None:
 def _run_plots_ablation(args: argparse.Namespace) -> None:
     from fsanet.plots import ablation_plot
 
-    paths = ablation_plot(args.summary, args.out, args.csv, args.dataset, args.setting, args.retrained_model,
-                          args.truncated_model)
+    paths = ablation_plot(
+        args.summary,
+        args.out,
+        args.csv,
+        args.dataset,
+        args.setting,
+        args.retrained_model,
+        args.truncated_model,
+    )
     print("plots ablation: wrote " + ", ".join(map(str, paths)))
 
 
@@ -262,7 +379,9 @@ def _run_plots_dvc_template(args: argparse.Namespace) -> None:
     from fsanet.dvc_plots import NPM_REGISTRY, write_offline_template
 
     try:
-        out = write_offline_template(args.out, args.cache_dir, args.registry or NPM_REGISTRY, progress=_progress(args))
+        out = write_offline_template(
+            args.out, args.cache_dir, args.registry or NPM_REGISTRY, progress=_progress(args)
+        )
     except DownloadError as err:
         raise SystemExit(f"fsanet plots dvc-template: error: {err}") from None
     print(f"plots dvc-template: wrote {out}; render with `dvc plots show --html-template {out}`")
@@ -275,7 +394,9 @@ def _run_plots_qualitative(args: argparse.Namespace) -> None:
     for item in args.checkpoint:
         label, sep, path = item.partition("=")
         if not sep or not label or not path:
-            raise ValueError(f"--checkpoint {item!r}: expected LABEL=PATH, e.g. FsaNet=results/runs/.../model.pt")
+            raise ValueError(
+                f"--checkpoint {item!r}: expected LABEL=PATH, e.g. FsaNet=results/runs/.../model.pt"
+            )
         if label in checkpoints:
             raise ValueError(f"--checkpoint: label {label!r} given twice")
         checkpoints[label] = Path(path)
@@ -305,29 +426,39 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--root", type=Path, default=Path("data"), help="data root folder (default: data)")
         if config:
             p.add_argument(
-                "--config", "-c", action="append", default=[], metavar="YAML",
+                "--config",
+                "-c",
+                action="append",
+                default=[],
+                metavar="YAML",
                 help="params file(s) (default: params/data/NAME.yaml when it exists)",
             )
-            p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. data.check_split_sizes=false")
+            p.add_argument(
+                "overrides", nargs="*", metavar="key=value", help="e.g. data.check_split_sizes=false"
+            )
 
     p = data.add_parser(
-        "download", help="fetch the official archives, verify checksums, extract safely",
+        "download",
+        help="fetch the official archives, verify checksums, extract safely",
         description="Download (resumable) or take from --from DIR the archives listed under data.download "
         "in params/data/NAME.yaml, verify their checksums and extract them under --root. Cityscapes reads "
         "CITYSCAPES_USERNAME / CITYSCAPES_PASSWORD from the environment. Extraction refuses decompression "
         "bombs by the limits under data.extract (max_ratio, free disk) and data.download[].unpacked_bytes. "
         "A lock per archive and per dataset lets two downloads share a root; a process waits for another's "
-        "lock up to FSANET_LOCK_TIMEOUT_S seconds (environment variable; default 12 hours, negative: no limit).",
+        "lock up to FSANET_LOCK_TIMEOUT_S seconds (environment variable; default 12 hours, negative: no "
+        "limit).",
     )
     common(p)
     p.add_argument("--from", dest="from_dir", type=Path, metavar="DIR", help="archives downloaded by hand")
     p.set_defaults(handler=_run_data_download)
 
     p = data.add_parser(
-        "verify", help="re-hash the downloaded archives against their published or self-recorded checksums",
+        "verify",
+        help="re-hash the downloaded archives against their published or self-recorded checksums",
         description="Re-hashes each archive of NAME found in ROOT/archives against the checksum in "
         "params/data/NAME.yaml or, for archives without one, the digest recorded in "
-        "ROOT/archives/checksums.json (published by the site, or self-recorded on first use after the archive "
+        "ROOT/archives/checksums.json (published by the site, or self-recorded on first use after the "
+        "archive "
         "extracted safely with the dataset's layout). Prints one line per archive (ok, self-recorded, "
         "mismatch, missing, unverified); exit status 1 if any mismatches. --clear forgets self-recorded "
         "digests so that the next `fsanet data download` checks and records the archive again. Downloads "
@@ -336,16 +467,23 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     )
     common(p)
     p.add_argument("--archive", metavar="FILE", help="only this archive (a file name from data.download)")
-    p.add_argument("--clear", action="store_true",
-                   help="remove the self-recorded digests (of --archive FILE only, if given) instead of checking")
+    p.add_argument(
+        "--clear",
+        action="store_true",
+        help="remove the self-recorded digests (of --archive FILE only, if given) instead of checking",
+    )
     p.set_defaults(handler=_run_data_verify)
 
     p = data.add_parser("prepare", help="convert labels, write split lists, check split sizes")
     common(p)
     p.add_argument("--workers", type=int, default=0, help="processes (0 = one per CPU)")
     p.add_argument("--force", action="store_true", help="redo even if marked prepared")
-    p.add_argument("--marker", type=Path, metavar="JSON",
-                   help="also write the preparation summary here when done (a pipeline's output file)")
+    p.add_argument(
+        "--marker",
+        type=Path,
+        metavar="JSON",
+        help="also write the preparation summary here when done (a pipeline's output file)",
+    )
     p.set_defaults(handler=_run_data_prepare)
 
     p = data.add_parser("stats", help="sample counts and class frequencies")
@@ -381,7 +519,9 @@ def _run_data_download(args: argparse.Namespace) -> None:
     from fsanet.data.download import download_dataset
 
     if args.name == "synthetic":
-        raise ValueError("the synthetic set is generated, not downloaded: run `fsanet data prepare synthetic`")
+        raise ValueError(
+            "the synthetic set is generated, not downloaded: run `fsanet data prepare synthetic`"
+        )
     cfg = _data_config(args)
     targets = download_dataset(
         args.name, cfg.data.download, args.root, args.from_dir, _progress(args), limits=cfg.data.extract
@@ -398,16 +538,21 @@ def _run_data_verify(args: argparse.Namespace) -> None:
     cfg = _data_config(args)
     if args.clear:
         gone = clear_recorded(args.name, cfg.data.download, args.root, args.archive)
-        print(f"{args.name}: forgot the self-recorded digest of {', '.join(gone)}" if gone
-              else f"{args.name}: no self-recorded digest to forget")
+        print(
+            f"{args.name}: forgot the self-recorded digest of {', '.join(gone)}"
+            if gone
+            else f"{args.name}: no self-recorded digest to forget"
+        )
         return
     rows = verify_archives(args.name, cfg.data.download, args.root, args.archive, _progress(args))
     for row in rows:
         print(f"{row.archive}: {row.status} ({row.detail})")
     bad = [row.archive for row in rows if row.status == "mismatch"]
     if bad:
-        print(f"fsanet data verify: error: {len(bad)} archive(s) do not match their checksum: {', '.join(bad)}",
-              file=sys.stderr)
+        print(
+            f"fsanet data verify: error: {len(bad)} archive(s) do not match their checksum: {', '.join(bad)}",
+            file=sys.stderr,
+        )
         raise SystemExit(1)
 
 
@@ -416,19 +561,30 @@ def _run_data_prepare(args: argparse.Namespace) -> None:
     if args.name == "synthetic":
         from fsanet.data.synthetic import prepare_synthetic
 
-        root = prepare_synthetic(args.root / "synthetic", cfg.data, processes=args.workers or None,
-                                 force=args.force, progress=_progress(args))
+        root = prepare_synthetic(
+            args.root / "synthetic",
+            cfg.data,
+            processes=args.workers or None,
+            force=args.force,
+            progress=_progress(args),
+        )
         if args.marker:
             from fsanet.io import read_json, write_json
 
-            write_json(args.marker, {"dataset": "synthetic", "root": str(root), **read_json(root / "READY.json")})
+            write_json(
+                args.marker, {"dataset": "synthetic", "root": str(root), **read_json(root / "READY.json")}
+            )
         print(f"synthetic: ready in {root}")
         return
     from fsanet.data.prepare import prepare_dataset
 
     summary = prepare_dataset(
-        args.name, args.root, workers=args.workers, check_split_sizes=cfg.data.check_split_sizes,
-        progress=_progress(args), force=args.force,
+        args.name,
+        args.root,
+        workers=args.workers,
+        check_split_sizes=cfg.data.check_split_sizes,
+        progress=_progress(args),
+        force=args.force,
     )
     if args.marker:
         from fsanet.io import write_json
@@ -445,8 +601,10 @@ def _run_data_stats(args: argparse.Namespace) -> None:
         classes = st["classes"]
         total = sum(classes.values()) or 1
         unit = "objects" if args.name == "coco" else "pixels"
-        print(f"{args.name}/{split}: {st['samples']} samples, {sum(classes.values())} labelled {unit}"
-              + (f", {st['ignore']} ignored" if "ignore" in st else ""))
+        print(
+            f"{args.name}/{split}: {st['samples']} samples, {sum(classes.values())} labelled {unit}"
+            + (f", {st['ignore']} ignored" if "ignore" in st else "")
+        )
         width = max(len(c) for c in classes)
         for k, (cls, count) in enumerate(classes.items()):
             print(f"  {k:3d} {cls:<{width}} {count:>14d} {100 * count / total:7.3f}%")
@@ -476,22 +634,34 @@ class _IntermixedParser(argparse.ArgumentParser):
 def _add_train(sub: argparse._SubParsersAction) -> None:
     """`fsanet train` and `fsanet mlflow init` (engine)."""
     p = sub.add_parser(
-        "train", help="train (or resume) one model",
+        "train",
+        help="train (or resume) one model",
         description="Iteration-based training (mmseg protocol). Rerunning the same command resumes from "
         "the newest checkpoint in --out-dir. Multi-GPU: torchrun --nproc-per-node N -m fsanet.cli train ...",
     )
     p.__class__ = _IntermixedParser
     _config_args(p)
-    p.add_argument("--out-dir", type=Path, default=None, metavar="DIR",
-                   help="run folder (default: results/runs/<model>_<dataset>_s<seed>)")
-    p.add_argument("--eval-out", type=Path, default=None, metavar="DIR",
-                   help="then evaluate the final model on the val split in this process, writing the reports "
-                   "`fsanet eval --checkpoint <run>/model.pt --out-dir DIR` would write (saves a start-up)")
+    p.add_argument(
+        "--out-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="run folder (default: results/runs/<model>_<dataset>_s<seed>)",
+    )
+    p.add_argument(
+        "--eval-out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="then evaluate the final model on the val split in this process, writing the reports "
+        "`fsanet eval --checkpoint <run>/model.pt --out-dir DIR` would write (saves a start-up)",
+    )
     p.set_defaults(handler=_run_train)
 
     mlflow = sub.add_parser("mlflow", help="MLflow store helpers").add_subparsers(dest="what", required=True)
     p = mlflow.add_parser(
-        "init", help="create the store, experiment and a study's parent run (once, before parallel jobs)",
+        "init",
+        help="create the store, experiment and a study's parent run (once, before parallel jobs)",
         description="Creates the tracking store (avoiding the fresh-SQLite migration race of parallel "
         "jobs), the experiment and the study's parent run, and writes a marker JSON with the parent run id; "
         "runs started with tracking.study_marker=MARKER become its children.",
@@ -499,41 +669,63 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--experiment", required=True, help="experiment name, e.g. fsanet/ablation-band")
     p.add_argument("--study", required=True, help="name of the parent run")
     p.add_argument("--out", required=True, type=Path, metavar="MARKER.json", help="marker file to write")
-    p.add_argument("--uri", default=None,
-                   help="tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db at the project root)")
+    p.add_argument(
+        "--uri",
+        default=None,
+        help="tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db at the project root)",
+    )
     p.set_defaults(handler=_run_mlflow_init)
     p = mlflow.add_parser(
-        "relocate", help="after moving or copying mlflow.db with its mlruns/, point its artifact locations there",
-        description="A local store keeps absolute file:// artifact locations. After moving mlflow.db together "
+        "relocate",
+        help="after moving or copying mlflow.db with its mlruns/, point its artifact locations there",
+        description="A local store keeps absolute file:// artifact locations. After moving mlflow.db "
+        "together "
         "with the mlruns/ folder beside it, this rewrites the locations under the new folder.",
     )
     p.add_argument("db", type=Path, help="the moved mlflow.db")
     p.set_defaults(handler=_run_mlflow_relocate)
     p = mlflow.add_parser(
-        "publish", help="log a finished study's summary, findings, tables and plots on its parent run",
+        "publish",
+        help="log a finished study's summary, findings, tables and plots on its parent run",
         description="Reopens the study's parent run named by the marker of `fsanet mlflow init`, logs the "
         "per-group mIoU (mean, std, n) of summary.json and the findings' verdict counts as metrics, and the "
         "files as artifacts, then marks the run FINISHED.",
     )
-    p.add_argument("--marker", required=True, type=Path, metavar="MARKER.json", help="written by `fsanet mlflow init`")
+    p.add_argument(
+        "--marker", required=True, type=Path, metavar="MARKER.json", help="written by `fsanet mlflow init`"
+    )
     p.add_argument("--summary", required=True, type=Path, help="results/metrics/summary.json")
-    p.add_argument("--findings", type=Path, default=None, metavar="JSON", help="`fsanet tables findings --json` output")
-    p.add_argument("--artifact", action="append", default=[], type=Path, metavar="FILE", dest="artifacts",
-                   help="a table or plot to log (repeatable)")
+    p.add_argument(
+        "--findings", type=Path, default=None, metavar="JSON", help="`fsanet tables findings --json` output"
+    )
+    p.add_argument(
+        "--artifact",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="FILE",
+        dest="artifacts",
+        help="a table or plot to log (repeatable)",
+    )
     p.add_argument("--out", type=Path, default=None, metavar="JSON", help="receipt to write")
     p.set_defaults(handler=_run_mlflow_publish)
     p = mlflow.add_parser(
-        "sync", help="upload runs kept offline (<run dir>/mlflow_offline/) into a store",
-        description="A run whose store was unreachable or failed keeps its params, metrics, tags and artifacts "
+        "sync",
+        help="upload runs kept offline (<run dir>/mlflow_offline/) into a store",
+        description="A run whose store was unreachable or failed keeps its params, metrics, tags and "
+        "artifacts "
         "under <run dir>/mlflow_offline/. This uploads every such copy in or below the given folders (a "
         "training before its evaluations): into the run it was logging to if the store has it, else into a "
         "new run nested under its training or study run; only what the run lacks is added, and the copy is "
         "marked synced, so running it again adds nothing. Credentials: MLFLOW_TRACKING_USERNAME/PASSWORD.",
     )
     p.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="run folders to search")
-    p.add_argument("--uri", default=None,
-                   help="the store (default: the one each copy names, else $MLFLOW_TRACKING_URI, else "
-                   "sqlite:///mlflow.db at the project root); a SQLite store must exist")
+    p.add_argument(
+        "--uri",
+        default=None,
+        help="the store (default: the one each copy names, else $MLFLOW_TRACKING_URI, else "
+        "sqlite:///mlflow.db at the project root); a SQLite store must exist",
+    )
     p.set_defaults(handler=_run_mlflow_sync)
 
 
@@ -566,16 +758,20 @@ def _run_mlflow_init(args: argparse.Namespace) -> None:
         marker = init_study(args.experiment, args.study, args.out, uri=args.uri)
     except TrackingError as err:
         raise SystemExit(f"fsanet mlflow init: error: {err}") from None
-    print(f"mlflow: study '{marker['study']}' parent run {marker['parent_run_id']} "
-          f"in '{marker['experiment']}' at {marker['tracking_uri']}; marker {args.out}")
+    print(
+        f"mlflow: study '{marker['study']}' parent run {marker['parent_run_id']} "
+        f"in '{marker['experiment']}' at {marker['tracking_uri']}; marker {args.out}"
+    )
 
 
 def _run_mlflow_relocate(args: argparse.Namespace) -> None:
     from fsanet.tracking import relocate_store
 
     counts = relocate_store(args.db)
-    print(f"mlflow relocate: {counts['experiments']} experiment and {counts['runs']} run locations now under "
-          f"{args.db.resolve().parent / 'mlruns'}")
+    print(
+        f"mlflow relocate: {counts['experiments']} experiment and {counts['runs']} run locations now under "
+        f"{args.db.resolve().parent / 'mlruns'}"
+    )
 
 
 def _run_mlflow_sync(args: argparse.Namespace) -> None:
@@ -586,9 +782,11 @@ def _run_mlflow_sync(args: argparse.Namespace) -> None:
     except TrackingError as err:
         raise SystemExit(f"fsanet mlflow sync: error: {err}") from None
     for r in receipts:
-        print(f"mlflow sync: {r['folder']} -> {'new' if r['created'] else 'existing'} run {r['run_id']} "
-              f"({r['status']}) at {r['tracking_uri']}: added {r['params']} params, {r['metrics']} metric "
-              f"points, {r['tags']} tags, {r['artifacts']} artifacts")
+        print(
+            f"mlflow sync: {r['folder']} -> {'new' if r['created'] else 'existing'} run {r['run_id']} "
+            f"({r['status']}) at {r['tracking_uri']}: added {r['params']} params, {r['metrics']} metric "
+            f"points, {r['tags']} tags, {r['artifacts']} artifacts"
+        )
     if not receipts:
         print("mlflow sync: no offline copies (mlflow_offline/run.json) found")
 
@@ -597,28 +795,45 @@ def _run_mlflow_publish(args: argparse.Namespace) -> None:
     from fsanet.publish import publish_study
 
     r = publish_study(args.marker, args.summary, args.artifacts, args.findings, args.out)
-    print(f"mlflow: published {r['metrics']} metrics and {len(r['artifacts'])} files to run {r['parent_run_id']} "
-          f"in '{r['experiment']}'" + (f" (offline: {r['offline']})" if r["offline"] else ""))
+    print(
+        f"mlflow: published {r['metrics']} metrics and {len(r['artifacts'])} files to run "
+        f"{r['parent_run_id']} "
+        f"in '{r['experiment']}'" + (f" (offline: {r['offline']})" if r["offline"] else "")
+    )
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     """`fsanet eval` (engine)."""
     p = sub.add_parser(
-        "eval", help="evaluate a checkpoint: mIoU/mAcc/aAcc, tables, confusion matrix, examples",
+        "eval",
+        help="evaluate a checkpoint: mIoU/mAcc/aAcc, tables, confusion matrix, examples",
         description="Evaluates --checkpoint with the config stored in it, updated by --config files and "
         "key=value overrides, e.g. eval.eval_band=[0,8,0,8] (band truncation without retraining), "
         "eval.mode=slide, eval.scales=[0.5,0.75,1.0,1.25,1.5,1.75] eval.flip=true.",
     )
     p.__class__ = _IntermixedParser
-    p.add_argument("--checkpoint", required=True, type=Path, metavar="PATH", help="model.pt or checkpoints/iter_N.pt")
+    p.add_argument(
+        "--checkpoint", required=True, type=Path, metavar="PATH", help="model.pt or checkpoints/iter_N.pt"
+    )
     _config_args(p)
-    p.add_argument("--out-dir", type=str, default=None, metavar="DIR",
-                   help="report folder (default: <run dir>/eval/<split>[_band…][_slide<crop>s<stride>]"
-                   "[_ms<scales>][_flip]); with several --band it must contain {band}, which each band's "
-                   "text replaces")
-    p.add_argument("--band", action="append", default=[], metavar="B", dest="bands",
-                   help="truncation band: n (the n×n band [0,n,0,n]) or none; repeatable, to evaluate one "
-                   "checkpoint at several bands in one process (overrides eval.eval_band)")
+    p.add_argument(
+        "--out-dir",
+        type=str,
+        default=None,
+        metavar="DIR",
+        help="report folder (default: <run dir>/eval/<split>[_band…][_slide<crop>s<stride>]"
+        "[_ms<scales>][_flip]); with several --band it must contain {band}, which each band's "
+        "text replaces",
+    )
+    p.add_argument(
+        "--band",
+        action="append",
+        default=[],
+        metavar="B",
+        dest="bands",
+        help="truncation band: n (the n×n band [0,n,0,n]) or none; repeatable, to evaluate one "
+        "checkpoint at several bands in one process (overrides eval.eval_band)",
+    )
     p.set_defaults(handler=_run_eval)
 
 
@@ -632,8 +847,10 @@ def _band_arg(text: str) -> list[int] | None:
 
 def _print_eval(m: dict, out_dir: Path | str) -> None:
     fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
-    print(f"eval: mIoU {fmt(m['mIoU'])}  mAcc {fmt(m['mAcc'])}  aAcc {fmt(m['aAcc'])} "
-          f"({m['num_images']} images); reports in {out_dir}")
+    print(
+        f"eval: mIoU {fmt(m['mIoU'])}  mAcc {fmt(m['mAcc'])}  aAcc {fmt(m['aAcc'])} "
+        f"({m['num_images']} images); reports in {out_dir}"
+    )
 
 
 def _run_eval(args: argparse.Namespace) -> None:
@@ -647,8 +864,10 @@ def _run_eval(args: argparse.Namespace) -> None:
     if len(args.bands) != len(set(args.bands)):
         raise ValueError(f"--band: each band once, got {' '.join(args.bands)}")
     if args.out_dir is not None and len(args.bands) > 1 and "{band}" not in args.out_dir:
-        raise ValueError(f"--out-dir {args.out_dir!r}: with several --band it must contain {{band}}, e.g. "
-                         "results/runs/.../eval/{band}")
+        raise ValueError(
+            f"--out-dir {args.out_dir!r}: with several --band it must contain {{band}}, e.g. "
+            "results/runs/.../eval/{band}"
+        )
     runs = []
     for text in args.bands:
         band = _band_arg(text)

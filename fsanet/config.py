@@ -335,7 +335,9 @@ class EvalConfig:
     mode: InferenceMode = InferenceMode.whole
     crop_size: List[int] = field(default_factory=lambda: [512, 512])  # slide window (h, w)
     stride: List[int] = field(default_factory=lambda: [341, 341])  # slide stride (h, w)
-    scales: List[float] = field(default_factory=lambda: [1.0])  # multi-scale ratios (mmseg aug test: 0.5..1.75)
+    scales: List[float] = field(
+        default_factory=lambda: [1.0]
+    )  # multi-scale ratios (mmseg aug test: 0.5..1.75)
     flip: bool = False
     align_corners: bool = False  # when resizing logits back to the label's size
     eval_band: Optional[List[int]] = None
@@ -343,7 +345,9 @@ class EvalConfig:
     threads: int = 1
     limit: int = 0  # evaluate only the first N images (0 = all)
     num_qualitative: int = 4  # rows of the image | truth | prediction grid
-    figures: bool = True  # draw confusion.png and qualitative.png (the CSV and markdown reports are always written)
+    figures: bool = (
+        True  # draw confusion.png and qualitative.png (the CSV and markdown reports are always written)
+    )
 
 
 @dataclass
@@ -527,11 +531,15 @@ def load_config(
         except Exception as err:  # YAML syntax errors come from ruamel/pyyaml
             raise ConfigError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
         if not isinstance(loaded, DictConfig):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections (data:, model:, …), "
-                              f"not a {type(loaded).__name__.replace('Config', '').lower()}")
+            raise ConfigError(
+                f"{path}: the top level must be a mapping of sections (data:, model:, …), "
+                f"not a {type(loaded).__name__.replace('Config', '').lower()}"
+            )
         if len(loaded) == 0:
-            raise ConfigError(f"{path}: the file sets nothing (empty, or comments only); add settings or "
-                              "leave it off the command line")
+            raise ConfigError(
+                f"{path}: the file sets nothing (empty, or comments only); add settings or "
+                "leave it off the command line"
+            )
         sources.append((str(path), _leaf_keys(loaded)))
         try:
             cfg = OmegaConf.merge(cfg, loaded)
@@ -546,12 +554,16 @@ def load_config(
             key, _, text = item.partition("=")
             key = key.strip()
             if key in seen:
-                raise ConfigError(f"command line: {key} is given twice ({key}={seen[key]} and {key}={text}); "
-                                  "give each key once")
+                raise ConfigError(
+                    f"command line: {key} is given twice ({key}={seen[key]} and {key}={text}); "
+                    "give each key once"
+                )
             seen[key] = text
             try:
                 # YAML-typed, as from_dotlist does; interpolations stay unresolved until the end
-                value = OmegaConf.to_container(OmegaConf.from_dotlist([f"value={text}"]), resolve=False)["value"]
+                value = OmegaConf.to_container(OmegaConf.from_dotlist([f"value={text}"]), resolve=False)[
+                    "value"
+                ]
                 # update() walks list indices (data.download.0.url=...) where a merged dotlist cannot
                 OmegaConf.update(cfg, key, value, merge=True)
             except OmegaConfBaseException as err:
@@ -585,4 +597,3 @@ def config_hash(cfg: DictConfig | dict, length: int = 12) -> str:
     data = cfg if isinstance(cfg, dict) else to_container(cfg)
     blob = json.dumps(data, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:length]
-

@@ -45,12 +45,27 @@ class VegaPackage:
 
 #: the versions dvc-render's default page loads from its CDN
 VEGA_PACKAGES = (
-    VegaPackage("vega", "5.20.2", "aa61fb683f4618fa6cb157712f5c6071dc536d0cf2454791475e8eb37f39ca6b"
-                "d0862c02610340ebe79750f0190d354b7e4d115eee89ce3ea4504e6343cd0457", "package/build/vega.min.js"),
-    VegaPackage("vega-lite", "5.2.0", "631720f0cbd87f11dc1ba05b91a293d2854220c21c135f54bea22c130066c9df"
-                "fb8769f35bba119c80fcd53f14ad8ee1a43ac8afac1ad89003393d9d846344af", "package/build/vega-lite.min.js"),
-    VegaPackage("vega-embed", "6.18.2", "c1c0f240f1382796a2083737fecb87e51403beb2a48ee2e487351c6ce2f01243"
-                "45f3ffa9a75eed4b426087312f00f35183ee5a1b5fcddb2762c6af0b93774e96", "package/build/vega-embed.min.js"),
+    VegaPackage(
+        "vega",
+        "5.20.2",
+        "aa61fb683f4618fa6cb157712f5c6071dc536d0cf2454791475e8eb37f39ca6b"
+        "d0862c02610340ebe79750f0190d354b7e4d115eee89ce3ea4504e6343cd0457",
+        "package/build/vega.min.js",
+    ),
+    VegaPackage(
+        "vega-lite",
+        "5.2.0",
+        "631720f0cbd87f11dc1ba05b91a293d2854220c21c135f54bea22c130066c9df"
+        "fb8769f35bba119c80fcd53f14ad8ee1a43ac8afac1ad89003393d9d846344af",
+        "package/build/vega-lite.min.js",
+    ),
+    VegaPackage(
+        "vega-embed",
+        "6.18.2",
+        "c1c0f240f1382796a2083737fecb87e51403beb2a48ee2e487351c6ce2f01243"
+        "45f3ffa9a75eed4b426087312f00f35183ee5a1b5fcddb2762c6af0b93774e96",
+        "package/build/vega-embed.min.js",
+    ),
 )
 
 _PAGE = """<!DOCTYPE html>
@@ -92,8 +107,11 @@ def read_package_script(tarball: str | Path, member: str) -> str:
 
 
 def write_offline_template(
-    out: str | Path, cache_dir: str | Path, registry: str = NPM_REGISTRY,
-    packages: tuple[VegaPackage, ...] = VEGA_PACKAGES, progress: bool = False,
+    out: str | Path,
+    cache_dir: str | Path,
+    registry: str = NPM_REGISTRY,
+    packages: tuple[VegaPackage, ...] = VEGA_PACKAGES,
+    progress: bool = False,
 ) -> Path:
     """Write the page template with the Vega libraries inlined, downloading the tarballs if needed.
 

@@ -94,8 +94,13 @@ def _method_findings(runs: Sequence[Mapping[str, Any]], default_band: str) -> li
         a, _, na = mean_std(r["mIoU"] for r in rs)
         b, _, nb = mean_std(r["mIoU"] for r in nl)
         diff = a - b  # type: ignore[operator]
-        out.append(_finding(claim, abs(diff) <= BARS["fsa_vs_nl"],
-                            f"FsaNet {_f(a)} (n={na}) − non-local {_f(b)} (n={nb}) = {diff:+.2f}"))
+        out.append(
+            _finding(
+                claim,
+                abs(diff) <= BARS["fsa_vs_nl"],
+                f"FsaNet {_f(a)} (n={na}) − non-local {_f(b)} (n={nb}) = {diff:+.2f}",
+            )
+        )
     # 2. above FCN in every seed
     if not fcn:
         out.append(_finding("every attention method ≥ FCN + 10 in every seed", None, "no FCN runs"))
@@ -108,13 +113,19 @@ def _method_findings(runs: Sequence[Mapping[str, Any]], default_band: str) -> li
             name = model if mode is None else f"{model} {mode} ({label})"
             worst = min(r["mIoU"] for r in rs)
             seeds = ", ".join(f"s{r['seed']} {r['mIoU']:.2f}" for r in sorted(rs, key=lambda r: r["seed"]))
-            out.append(_finding(
-                f"{name} ≥ FCN mean + {BARS['above_fcn']:.0f} = {bar:.2f} in every seed", worst >= bar,
-                f"{seeds} (FCN mean {ref:.2f}, n={nf}); worst seed {worst - bar:+.2f} vs the bar"))
+            out.append(
+                _finding(
+                    f"{name} ≥ FCN mean + {BARS['above_fcn']:.0f} = {bar:.2f} in every seed",
+                    worst >= bar,
+                    f"{seeds} (FCN mean {ref:.2f}, n={nf}); worst seed {worst - bar:+.2f} vs the bar",
+                )
+            )
     return out
 
 
-def _spread_findings(runs: Sequence[Mapping[str, Any]], default_band: str, knee: Optional[list[int]]) -> list[Finding]:
+def _spread_findings(
+    runs: Sequence[Mapping[str, Any]], default_band: str, knee: Optional[list[int]]
+) -> list[Finding]:
     out = []
     banded = band_models()
     knee_k = None if knee is None else band_size([0, knee[0], 0, knee[1]])
@@ -136,25 +147,34 @@ def _std_finding(name: str, std: Optional[float], n: int, extra: str = "") -> Fi
     return _finding(claim, std <= BARS["max_std"], f"std {std:.2f} (n={n}{extra})")
 
 
-def _truncated_spread_findings(points: Sequence[Mapping[str, Any]], knee: Optional[list[int]],
-                               model: str) -> list[Finding]:
+def _truncated_spread_findings(
+    points: Sequence[Mapping[str, Any]], knee: Optional[list[int]], model: str
+) -> list[Finding]:
     """Claim 3 for the truncation series: the seed std of each truncated band at or above the knee."""
     if knee is None:
         return []
     knee_k = band_size([0, knee[0], 0, knee[1]])
     out = []
-    for p in sorted((p for p in points if p["series"] == "truncated" and p["label"] != "full"),
-                    key=lambda p: p["K"]):
+    for p in sorted(
+        (p for p in points if p["series"] == "truncated" and p["label"] != "full"), key=lambda p: p["K"]
+    ):
         if p["K"] < knee_k:
             continue
-        out.append(_std_finding(f"{model} truncated to {p['label']}", p["std"], p["n"],
-                                f"; {_f(p['min'])}–{_f(p['max'])}"))
+        out.append(
+            _std_finding(
+                f"{model} truncated to {p['label']}", p["std"], p["n"], f"; {_f(p['min'])}–{_f(p['max'])}"
+            )
+        )
     return out
 
 
-def _knee_finding(points: Sequence[Mapping[str, Any]], series: str, knee: Optional[list[int]], what: str) -> Finding:
-    claim = (f"{what}: bands ≥ the predicted knee within {BARS['knee_within']:.1f} of full, bands below it "
-             f"≥ {BARS['knee_drop']:.0f} below (means)")
+def _knee_finding(
+    points: Sequence[Mapping[str, Any]], series: str, knee: Optional[list[int]], what: str
+) -> Finding:
+    claim = (
+        f"{what}: bands ≥ the predicted knee within {BARS['knee_within']:.1f} of full, bands below it "
+        f"≥ {BARS['knee_drop']:.0f} below (means)"
+    )
     pts = [p for p in points if p["series"] == series and p["mean"] is not None]
     full = next((p for p in pts if p["label"] == "full"), None)
     if knee is None or full is None:
@@ -172,7 +192,7 @@ def _knee_finding(points: Sequence[Mapping[str, Any]], series: str, knee: Option
             good = d <= -BARS["knee_drop"]
         ok &= good
         parts.append(f"{p['label']} {d:+.2f}{'' if good else ' ✗'}")
-    detail = (f"predicted knee {knee[0]}×{knee[1]}; full {full['mean']:.2f}; Δ vs full: " + ", ".join(parts))
+    detail = f"predicted knee {knee[0]}×{knee[1]}; full {full['mean']:.2f}; Δ vs full: " + ", ".join(parts)
     if below == 0:
         detail += "; no band below the knee was run, so only the upper half of the claim is tested"
     return _finding(claim, ok, detail)
@@ -185,40 +205,84 @@ def _cost_findings(bench: Mapping[str, Any]) -> list[Finding]:
     paper = [r for r in rows if r.get("setting") == "paper" and r.get("status") == "ok"]
     module = method_module(band_model())  # the band model's attention module (FSA)
     nl = next((r for r in paper if r["module"] == method_module("nonlocal")), None)
-    fsa = next((r for r in paper if r["module"] == module and r.get("mode") == "dot" and r.get("impl") == "fused"
-                and list(r.get("band") or []) == [0, 5, 0, 5]), None)
+    fsa = next(
+        (
+            r
+            for r in paper
+            if r["module"] == module
+            and r.get("mode") == "dot"
+            and r.get("impl") == "fused"
+            and list(r.get("band") or []) == [0, 5, 0, 5]
+        ),
+        None,
+    )
     if nl is None or fsa is None:
-        return [_finding("FsaNet's cost at the paper's setting (T1)", None, "no fused FSA-dot 5×5 or non-local row")]
+        return [
+            _finding(
+                "FsaNet's cost at the paper's setting (T1)", None, "no fused FSA-dot 5×5 or non-local row"
+            )
+        ]
     out = []
     h, w = fsa["h"], fsa["w"]
-    for key, name, bar in (("flops", "FLOPs", "flops_cut"), ("peak_memory_bytes", "peak memory", "memory_cut")):
+    for key, name, bar in (
+        ("flops", "FLOPs", "flops_cut"),
+        ("peak_memory_bytes", "peak memory", "memory_cut"),
+    ):
         cut = 100.0 * (1 - fsa[key] / nl[key])
-        out.append(_finding(f"fused FSA-dot 5×5 at {h}×{w}: ≥ {BARS[bar]:.1f} % less {name} than non-local",
-                            cut >= BARS[bar], f"−{cut:.2f} %"))
+        out.append(
+            _finding(
+                f"fused FSA-dot 5×5 at {h}×{w}: ≥ {BARS[bar]:.1f} % less {name} than non-local",
+                cut >= BARS[bar],
+                f"−{cut:.2f} %",
+            )
+        )
     lat = fsa["latency_ms"]
     lo_hi = fsa.get("latency_spread_ms") or [lat, lat]
     nl_lo_hi = nl.get("latency_spread_ms") or [nl["latency_ms"], nl["latency_ms"]]
     cut = 100.0 * (1 - lat / nl["latency_ms"])
     worst = 100.0 * (1 - lo_hi[1] / nl_lo_hi[0])
     best = 100.0 * (1 - lo_hi[0] / nl_lo_hi[1])
-    out.append(_finding(
-        f"fused FSA-dot 5×5 at {h}×{w}: ≥ {BARS['latency_cut']:.1f} % less latency than non-local", None,
-        f"−{cut:.2f} % ({lat:.2f} vs {nl['latency_ms']:.1f} ms); over the rounds' spread −{worst:.2f} … −{best:.2f} %",
-        verdict(worst, best, BARS["latency_cut"], better="higher")))
-    sweep = [r for r in rows if r.get("setting") == "sweep" and r["module"] == module and r.get("mode") == "dot"
-             and r.get("impl") == "fused" and r.get("status") == "ok" and r["h"] >= 128]
+    out.append(
+        _finding(
+            f"fused FSA-dot 5×5 at {h}×{w}: ≥ {BARS['latency_cut']:.1f} % less latency than non-local",
+            None,
+            f"−{cut:.2f} % ({lat:.2f} vs {nl['latency_ms']:.1f} ms); over the rounds' spread −{worst:.2f} … "
+            f"−{best:.2f} %",
+            verdict(worst, best, BARS["latency_cut"], better="higher"),
+        )
+    )
+    sweep = [
+        r
+        for r in rows
+        if r.get("setting") == "sweep"
+        and r["module"] == module
+        and r.get("mode") == "dot"
+        and r.get("impl") == "fused"
+        and r.get("status") == "ok"
+        and r["h"] >= 128
+    ]
     if sweep:
         r = max(sweep, key=lambda r: r["h"])
         x = r.get("x_floor")
         lo, hi = r.get("x_floor_spread") or [x, x]
-        out.append(_finding(
-            f"fused FSA-dot 5×5 at {r['h']}²: ≤ {BARS['max_x_floor']:.0f}× its paired floor", None,
-            f"{_f(x)}× (rounds {_f(lo)}–{_f(hi)}×)", verdict(lo, hi, BARS["max_x_floor"], better="lower")))
+        out.append(
+            _finding(
+                f"fused FSA-dot 5×5 at {r['h']}²: ≤ {BARS['max_x_floor']:.0f}× its paired floor",
+                None,
+                f"{_f(x)}× (rounds {_f(lo)}–{_f(hi)}×)",
+                verdict(lo, hi, BARS["max_x_floor"], better="lower"),
+            )
+        )
     return out
 
 
-def findings(summary: Mapping[str, Any], bench: Optional[Mapping[str, Any]], dataset: str,
-             default_band: str = "5x5", truncated_model: str = "nonlocal") -> list[Finding]:
+def findings(
+    summary: Mapping[str, Any],
+    bench: Optional[Mapping[str, Any]],
+    dataset: str,
+    default_band: str = "5x5",
+    truncated_model: str = "nonlocal",
+) -> list[Finding]:
     """The study's claims on ``dataset`` (see the module docstring)."""
     runs = select_runs(summary, dataset=dataset)
     knee = (summary.get("context") or {}).get(dataset, {}).get("knee")
@@ -233,29 +297,49 @@ def findings(summary: Mapping[str, Any], bench: Optional[Mapping[str, Any]], dat
     return out
 
 
-def write_findings(summary_json: str | Path, out: str | Path, bench_json: Optional[str | Path] = None,
-                   dataset: Optional[str] = None, default_band: str = "5x5",
-                   json_out: Optional[str | Path] = None) -> list[Finding]:
+def write_findings(
+    summary_json: str | Path,
+    out: str | Path,
+    bench_json: Optional[str | Path] = None,
+    dataset: Optional[str] = None,
+    default_band: str = "5x5",
+    json_out: Optional[str | Path] = None,
+) -> list[Finding]:
     """Write ``findings.md`` for every dataset of the summary (or ``dataset``), and the same claims as a
     JSON list (``dataset``, ``claim``, ``verdict``, ``detail``) to ``json_out`` when given."""
     summary = load_summary(summary_json)
     bench = read_json(bench_json) if bench_json else None
     datasets = [dataset] if dataset else sorted({r["dataset"] for r in summary["runs"]})
-    lines = ["# Findings", "", "Generated by `fsanet tables findings` from "
-             f"`{Path(summary_json).as_posix()}`" + (f" and `{Path(bench_json).as_posix()}`" if bench_json else "")
-             + f" (git {summary['provenance']['git_sha']}). Each claim is checked in every seed where it is about "
-             "seeds; a failing claim is printed as failing.", ""]
+    lines = [
+        "# Findings",
+        "",
+        "Generated by `fsanet tables findings` from "
+        f"`{Path(summary_json).as_posix()}`"
+        + (f" and `{Path(bench_json).as_posix()}`" if bench_json else "")
+        + f" (git {summary['provenance']['git_sha']}). Each claim is checked in every seed where it is about "
+        "seeds; a failing claim is printed as failing.",
+        "",
+    ]
     everything: list[Finding] = []
     for ds in datasets:
-        items = [{"dataset": ds, **f} for f in findings(summary, bench if ds == datasets[0] else None, ds,
-                                                       default_band)]
+        items = [
+            {"dataset": ds, **f}
+            for f in findings(summary, bench if ds == datasets[0] else None, ds, default_band)
+        ]
         ctx = (summary.get("context") or {}).get(ds)
         lines += [f"## {ds}", ""]
         if ctx:
-            acc = ", ".join(f"{k}×{k} {v:.3f}" for k, v in sorted(ctx["accuracy"].items(), key=lambda kv: int(kv[0]))
-                            if v is not None and not math.isnan(v))
-            lines += [f"Context oracle (decidable share of disc pixels after the n×n low-pass; no training): {acc}. "
-                      f"Predicted knee: {ctx.get('knee')}.", ""]
+            acc = ", ".join(
+                f"{k}×{k} {v:.3f}"
+                for k, v in sorted(ctx["accuracy"].items(), key=lambda kv: int(kv[0]))
+                if v is not None and not math.isnan(v)
+            )
+            lines += [
+                "Context oracle (decidable share of disc pixels after the n×n low-pass; no training): "
+                f"{acc}. "
+                f"Predicted knee: {ctx.get('knee')}.",
+                "",
+            ]
         counts: dict[str, int] = {}
         for f in items:
             counts[f["verdict"]] = counts.get(f["verdict"], 0) + 1
@@ -264,6 +348,12 @@ def write_findings(summary_json: str | Path, out: str | Path, bench_json: Option
         everything += items
     write_text(out, "\n".join(lines))
     if json_out is not None:
-        write_json(json_out, {"summary": Path(summary_json).as_posix(), "git_sha": summary["provenance"]["git_sha"],
-                              "findings": everything})
+        write_json(
+            json_out,
+            {
+                "summary": Path(summary_json).as_posix(),
+                "git_sha": summary["provenance"]["git_sha"],
+                "findings": everything,
+            },
+        )
     return everything

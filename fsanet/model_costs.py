@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 
 def parse_band(text: str) -> Optional[list[int]]:
-    """``full``/``none`` → None; ``5`` → ``[0,5,0,5]``; ``4x6`` and ``0,5,0,5`` as written (:mod:`fsanet.band`)."""
+    """``full``/``none`` → None; ``5`` → ``[0,5,0,5]``; else as written (:mod:`fsanet.band`)."""
     try:
         return _parse_band(text)
     except BandError as err:
@@ -51,8 +51,9 @@ def _flops(model: torch.nn.Module, x: torch.Tensor) -> int:
     return int(counter.get_total_flops())
 
 
-def _time_interleaved(models: Sequence[torch.nn.Module], x: torch.Tensor, warmup: int, repeats: int,
-                      rounds: int) -> list[dict[str, Any]]:
+def _time_interleaved(
+    models: Sequence[torch.nn.Module], x: torch.Tensor, warmup: int, repeats: int, rounds: int
+) -> list[dict[str, Any]]:
     """Latency of each model, timed in ``rounds`` interleaved rounds as ``fsanet bench attention`` times
     its cases (:func:`fsanet.bench.round_shares` forwards per round, the visiting order rotated each
     round), so that a burst of load from other processes hits every model alike."""
@@ -79,8 +80,15 @@ def _time_interleaved(models: Sequence[torch.nn.Module], x: torch.Tensor, warmup
     out = []
     for ts, rm in zip(times, round_medians):
         median = statistics.median(ts)
-        out.append({"latency_ms": median, "latency_ms_min": min(ts), "latency_ms_max": max(ts),
-                    "latency_round_ms": rm, "fps": 1000.0 / median if median > 0 else None})
+        out.append(
+            {
+                "latency_ms": median,
+                "latency_ms_min": min(ts),
+                "latency_ms_max": max(ts),
+                "latency_round_ms": rm,
+                "fps": 1000.0 / median if median > 0 else None,
+            }
+        )
     return out
 
 
@@ -110,7 +118,8 @@ def model_costs(
             timings swing by two orders of magnitude.
 
     Returns:
-        ``{"env", "input_size", "num_classes", "config_hash", "warmup", "repeats", "rows": [...]}``; each row has
+        ``{"env", "input_size", "num_classes", "config_hash", "warmup", "repeats", "rows": [...]}``; each row
+        has
         ``model``, ``band``, ``band_label``, ``params``, ``flops``, ``latency_ms`` (+ min/max) and ``fps``.
     """
     from fsanet.models import MODELS
@@ -119,8 +128,10 @@ def model_costs(
     if len(size) != 2 or min(size) < 1:
         raise ValueError(f"input size must be two positive integers (H W), got {size}")
     if repeats < 1 or warmup < 0 or rounds < 1:
-        raise ValueError(f"need repeats >= 1, warmup >= 0 and rounds >= 1, got repeats={repeats}, warmup={warmup}, "
-                         f"rounds={rounds}")
+        raise ValueError(
+            f"need repeats >= 1, warmup >= 0 and rounds >= 1, got repeats={repeats}, warmup={warmup}, "
+            f"rounds={rounds}"
+        )
     names = list(models) if models else list(MODELS)
     unknown = [n for n in names if n not in MODELS]
     if unknown:
@@ -149,12 +160,20 @@ def model_costs(
 
 
 def _measure_all(
-    cfg: DictConfig, base: dict[str, Any], names: list[str], band_list: list, size: list[int], warmup: int,
-    repeats: int, rounds: int,
+    cfg: DictConfig,
+    base: dict[str, Any],
+    names: list[str],
+    band_list: list,
+    size: list[int],
+    warmup: int,
+    repeats: int,
+    rounds: int,
 ) -> list[dict[str, Any]]:
     from fsanet.models import MODELS, build_model
 
-    x = torch.randn(1, 3, int(size[0]), int(size[1]), generator=torch.Generator().manual_seed(0))  # (1, 3, H, W)
+    x = torch.randn(
+        1, 3, int(size[0]), int(size[1]), generator=torch.Generator().manual_seed(0)
+    )  # (1, 3, H, W)
     defaults = OmegaConf.structured(AttentionConfig)
     rows, models = [], []
     for name in names:
@@ -168,14 +187,26 @@ def _measure_all(
                 model_cfg.attention.band = None if band is None else list(band)
             torch.manual_seed(0)
             model = build_model(model_cfg, int(cfg.data.num_classes), pretrained=False).eval()
-            rows.append({"model": name, "band": None if not head.has_band() or band is None else list(band),
-                         "band_label": band_label(band if head.has_band() else None),
-                         "params": int(sum(p.numel() for p in model.parameters())), "flops": _flops(model, x)})
+            rows.append(
+                {
+                    "model": name,
+                    "band": None if not head.has_band() or band is None else list(band),
+                    "band_label": band_label(band if head.has_band() else None),
+                    "params": int(sum(p.numel() for p in model.parameters())),
+                    "flops": _flops(model, x),
+                }
+            )
             models.append(model)
     for row, timing in zip(rows, _time_interleaved(models, x, warmup, repeats, rounds)):
         row.update(timing)
-        log.info("%-12s %-6s %8.3f M params %8.3f GFLOPs %8.2f fps", row["model"], row["band_label"],
-                 row["params"] / 1e6, row["flops"] / 1e9, row["fps"] or 0.0)
+        log.info(
+            "%-12s %-6s %8.3f M params %8.3f GFLOPs %8.2f fps",
+            row["model"],
+            row["band_label"],
+            row["params"] / 1e6,
+            row["flops"] / 1e9,
+            row["fps"] or 0.0,
+        )
     return rows
 
 

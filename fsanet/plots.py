@@ -25,8 +25,18 @@ __all__ = ["ablation_plot", "qualitative_grid"]
 
 log = logging.getLogger(__name__)
 
-CSV_COLUMNS = ("dataset", "series", "model", "band", "K", "mIoU_mean", "mIoU_std", "n", "full_mIoU_mean",
-               "delta_vs_full")
+CSV_COLUMNS = (
+    "dataset",
+    "series",
+    "model",
+    "band",
+    "K",
+    "mIoU_mean",
+    "mIoU_std",
+    "n",
+    "full_mIoU_mean",
+    "delta_vs_full",
+)
 
 
 def _pyplot() -> Any:
@@ -76,11 +86,15 @@ def ablation_plot(
         if points:
             per_dataset[name] = points
     if not per_dataset:
-        raise ValueError(f"{summary_json}: no band-ablation runs of '{retrained_model}' or '{truncated_model}'"
-                         + (f" for dataset '{dataset}'" if dataset else ""))
+        raise ValueError(
+            f"{summary_json}: no band-ablation runs of '{retrained_model}' or '{truncated_model}'"
+            + (f" for dataset '{dataset}'" if dataset else "")
+        )
     if len(per_dataset) > 1:
-        raise ValueError(f"{summary_json}: ablation runs for several datasets ({', '.join(per_dataset)}); "
-                         "choose one with --dataset")
+        raise ValueError(
+            f"{summary_json}: ablation runs for several datasets ({', '.join(per_dataset)}); "
+            "choose one with --dataset"
+        )
     name, points = next(iter(per_dataset.items()))
     model_of = {"retrained": retrained_model, "truncated": truncated_model}
     from fsanet.summary import method_display
@@ -89,8 +103,11 @@ def ablation_plot(
     ret_name, tr_name = method_display(retrained_model), method_display(truncated_model)
     styles = {
         "retrained": {"label": f"{ret_name}, retrained per band", "color": "tab:blue", "marker": "o"},
-        "truncated": {"label": f"{tr_name}, trained at full band, truncated at evaluation", "color": "tab:orange",
-                      "marker": "s"},
+        "truncated": {
+            "label": f"{tr_name}, trained at full band, truncated at evaluation",
+            "color": "tab:orange",
+            "marker": "s",
+        },
     }
     names = {"retrained": ret_name, "truncated": f"{tr_name} untruncated"}
     plt = _pyplot()
@@ -103,19 +120,41 @@ def ablation_plot(
         finite = [p for p in pts if not math.isinf(p["K"]) and p["mean"] is not None]
         style = styles[series]
         if finite:
-            ax.errorbar([p["K"] for p in finite], [p["mean"] for p in finite],
-                        yerr=[p["std"] or 0.0 for p in finite], capsize=3, linewidth=1.5, **style)
+            ax.errorbar(
+                [p["K"] for p in finite],
+                [p["mean"] for p in finite],
+                yerr=[p["std"] or 0.0 for p in finite],
+                capsize=3,
+                linewidth=1.5,
+                **style,
+            )
         if full is not None and full["mean"] is not None:
-            ax.axhline(full["mean"], color=style["color"], linestyle="--", linewidth=1,
-                       label=f"{names[series]} at full band: {full['mean']:.2f} (n={full['n']})")
+            ax.axhline(
+                full["mean"],
+                color=style["color"],
+                linestyle="--",
+                linewidth=1,
+                label=f"{names[series]} at full band: {full['mean']:.2f} (n={full['n']})",
+            )
             if full["std"]:
-                ax.axhspan(full["mean"] - full["std"], full["mean"] + full["std"], color=style["color"], alpha=0.1)
+                ax.axhspan(
+                    full["mean"] - full["std"], full["mean"] + full["std"], color=style["color"], alpha=0.1
+                )
         for p in pts:
-            rows.append({
-                "dataset": name, "series": series, "model": model_of[series], "band": p["label"],
-                "K": None if math.isinf(p["K"]) else int(p["K"]), "mIoU_mean": p["mean"], "mIoU_std": p["std"],
-                "n": p["n"], "full_mIoU_mean": full["mean"] if full else None, "delta_vs_full": p["delta"],
-            })
+            rows.append(
+                {
+                    "dataset": name,
+                    "series": series,
+                    "model": model_of[series],
+                    "band": p["label"],
+                    "K": None if math.isinf(p["K"]) else int(p["K"]),
+                    "mIoU_mean": p["mean"],
+                    "mIoU_std": p["std"],
+                    "n": p["n"],
+                    "full_mIoU_mean": full["mean"] if full else None,
+                    "delta_vs_full": p["delta"],
+                }
+            )
     context = (summary.get("context") or {}).get(name)
     oracle_ax = None
     if context:
@@ -123,19 +162,43 @@ def ablation_plot(
         top = max(finite_ks) if finite_ks else max(k * k for k, _ in acc)
         curve = [(k * k, 100.0 * v) for k, v in acc if k * k <= top]
         oracle_ax = ax.twinx()
-        oracle_ax.plot([k for k, _ in curve], [v for _, v in curve], color="tab:green", linestyle=":", marker=".",
-                       linewidth=1.2, label="oracle: decidable disc pixels after the n×n low-pass (right axis)")
+        oracle_ax.plot(
+            [k for k, _ in curve],
+            [v for _, v in curve],
+            color="tab:green",
+            linestyle=":",
+            marker=".",
+            linewidth=1.2,
+            label="oracle: decidable disc pixels after the n×n low-pass (right axis)",
+        )
         oracle_ax.set_ylabel("oracle: decidable disc pixels (%)", fontsize=8, color="tab:green")
         oracle_ax.set_ylim(0, 105)
         knee = context.get("knee")
         if knee:
             ax.axvline(knee[0] * knee[1], color="tab:green", linewidth=0.8, alpha=0.6)
-            ax.text(knee[0] * knee[1], ax.get_ylim()[0], f" predicted knee {knee[0]}×{knee[1]}", fontsize=6,
-                    color="tab:green", va="bottom")
+            ax.text(
+                knee[0] * knee[1],
+                ax.get_ylim()[0],
+                f" predicted knee {knee[0]}×{knee[1]}",
+                fontsize=6,
+                color="tab:green",
+                va="bottom",
+            )
         for k, v in curve:
-            rows.append({"dataset": name, "series": "oracle", "model": "", "band": f"{int(math.isqrt(k))}x"
-                         f"{int(math.isqrt(k))}", "K": k, "mIoU_mean": v, "mIoU_std": None, "n": None,
-                         "full_mIoU_mean": None, "delta_vs_full": None})
+            rows.append(
+                {
+                    "dataset": name,
+                    "series": "oracle",
+                    "model": "",
+                    "band": f"{int(math.isqrt(k))}x{int(math.isqrt(k))}",
+                    "K": k,
+                    "mIoU_mean": v,
+                    "mIoU_std": None,
+                    "n": None,
+                    "full_mIoU_mean": None,
+                    "delta_vs_full": None,
+                }
+            )
     ax.set_xscale("log")
     if finite_ks:
         ticks = sorted(set(finite_ks))
@@ -150,7 +213,13 @@ def ablation_plot(
         more = oracle_ax.get_legend_handles_labels()
         handles, labels = handles + more[0], labels + more[1]
     ax.legend(handles, labels, fontsize=6)
-    fig.text(0.01, 0.01, "mean ± sample std over seeds; dashed: full-band mean (shaded: ± std)", fontsize=6, color="gray")
+    fig.text(
+        0.01,
+        0.01,
+        "mean ± sample std over seeds; dashed: full-band mean (shaded: ± std)",
+        fontsize=6,
+        color="gray",
+    )
     fig.tight_layout()
     out_png = Path(out_png)
     with atomic_path(out_png) as tmp:
@@ -159,7 +228,9 @@ def ablation_plot(
     paths = [out_png]
     if out_csv is not None:
         finite_rows = [r for r in rows if r["K"] is not None]  # dvc plots needs a numeric x
-        lines = [",".join(CSV_COLUMNS)] + [",".join(_csv_value(r[c]) for c in CSV_COLUMNS) for r in finite_rows]
+        lines = [",".join(CSV_COLUMNS)] + [
+            ",".join(_csv_value(r[c]) for c in CSV_COLUMNS) for r in finite_rows
+        ]
         with atomic_path(out_csv) as tmp:
             tmp.write_text("\n".join(lines) + "\n")
         paths.append(Path(out_csv))
@@ -241,8 +312,10 @@ def qualitative_grid(
         cfg = configs[label]
         state = load_checkpoint(path)
         if [str(c) for c in state.get("classes", classes)] != classes:
-            raise ValueError(f"{path}: trained on classes {state.get('classes')}, but the images come from "
-                             f"dataset '{first.data.name}' with classes {classes}")
+            raise ValueError(
+                f"{path}: trained on classes {state.get('classes')}, but the images come from "
+                f"dataset '{first.data.name}' with classes {classes}"
+            )
         model = build_model(cfg.model, len(classes), pretrained=False)  # weights from the checkpoint
         load_trained_weights(model, state, path)
         model.eval()
@@ -252,10 +325,18 @@ def qualitative_grid(
         out = []
         with torch.inference_mode():
             for item in items:
-                probs = predict(model, item["image"], tuple(item["label"].shape[-2:]), len(classes),
-                                mode=getattr(ec.mode, "value", ec.mode), crop=list(ec.crop_size),
-                                stride=list(ec.stride), scales=list(ec.scales), flip=bool(ec.flip),
-                                align_corners=bool(ec.align_corners))
+                probs = predict(
+                    model,
+                    item["image"],
+                    tuple(item["label"].shape[-2:]),
+                    len(classes),
+                    mode=getattr(ec.mode, "value", ec.mode),
+                    crop=list(ec.crop_size),
+                    stride=list(ec.stride),
+                    scales=list(ec.scales),
+                    flip=bool(ec.flip),
+                    align_corners=bool(ec.align_corners),
+                )
                 out.append(probs.argmax(0).numpy())  # (H, W)
         preds[label] = out
         log.info("qualitative: %s done (%d images)", label, count)
@@ -267,8 +348,10 @@ def qualitative_grid(
     fig, axes = plt.subplots(count, cols, figsize=(2.4 * cols, 2.4 * count), squeeze=False)
     for r, item in enumerate(items):
         label = item["label"].numpy()
-        panels = [(_to_rgb(item["image"], label.shape, first.data.mean, first.data.std),
-                   str(item.get("name", r))), (_colorize(label, palette, ignore), "truth")]
+        panels = [
+            (_to_rgb(item["image"], label.shape, first.data.mean, first.data.std), str(item.get("name", r))),
+            (_colorize(label, palette, ignore), "truth"),
+        ]
         panels += [(_colorize(preds[name][r], palette, ignore), method_display(name)) for name in checkpoints]
         for c, (panel, title) in enumerate(panels):
             axes[r, c].imshow(panel, interpolation="nearest")
@@ -276,13 +359,17 @@ def qualitative_grid(
     for ax in axes.flat:
         ax.axis("off")
     # a legend of the classes that appear in the truth or a prediction (all of them for ≤ 40 classes)
-    shown = sorted({int(v) for item in items for v in np.unique(item["label"].numpy()) if 0 <= v < len(classes)}
-                   | {int(v) for p in preds.values() for a in p for v in np.unique(a) if 0 <= v < len(classes)})
+    shown = sorted(
+        {int(v) for item in items for v in np.unique(item["label"].numpy()) if 0 <= v < len(classes)}
+        | {int(v) for p in preds.values() for a in p for v in np.unique(a) if 0 <= v < len(classes)}
+    )
     if len(classes) <= 40:
         shown = list(range(len(classes)))
     from matplotlib.patches import Patch
 
-    handles = [Patch(facecolor=palette[k] / 255.0, edgecolor="black", linewidth=0.3, label=classes[k]) for k in shown]
+    handles = [
+        Patch(facecolor=palette[k] / 255.0, edgecolor="black", linewidth=0.3, label=classes[k]) for k in shown
+    ]
     ncol = min(len(handles), max(cols, 4))
     fig.tight_layout(rect=(0, 0.04 + 0.025 * math.ceil(len(handles) / ncol), 1, 1))
     fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=7, frameon=False)

@@ -31,7 +31,11 @@ def git_info(cwd: str | None = None) -> dict[str, Any]:
         ).stdout.strip()
         status = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=where, capture_output=True, text=True, check=True, timeout=10,
+            cwd=where,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
         ).stdout
         return {"git_sha": sha, "git_dirty": bool(status.strip())}
     except (OSError, subprocess.SubprocessError):

@@ -33,7 +33,9 @@ log = logging.getLogger(__name__)
 VERDICTS = ("pass", "fail", "unstable", "untestable")
 
 
-def study_metrics(summary: Mapping[str, Any], findings: Optional[Mapping[str, Any]] = None) -> dict[str, float]:
+def study_metrics(
+    summary: Mapping[str, Any], findings: Optional[Mapping[str, Any]] = None
+) -> dict[str, float]:
     """The parent run's metrics: per-group mIoU mean/std/n from the summary, and findings per verdict.
 
     Args:
@@ -53,8 +55,11 @@ def study_metrics(summary: Mapping[str, Any], findings: Optional[Mapping[str, An
 
 
 def publish_study(
-    marker: str | Path, summary: str | Path, artifacts: Sequence[str | Path] = (),
-    findings: Optional[str | Path] = None, out: Optional[str | Path] = None,
+    marker: str | Path,
+    summary: str | Path,
+    artifacts: Sequence[str | Path] = (),
+    findings: Optional[str | Path] = None,
+    out: Optional[str | Path] = None,
 ) -> dict[str, Any]:
     """Log the study's metrics and files on its parent run and finish it.
 
@@ -79,21 +84,32 @@ def publish_study(
     metrics = study_metrics(read_json(summary), read_json(findings) if findings else None)
     cfg = OmegaConf.structured(TrackingConfig(uri=info["tracking_uri"], experiment=info["experiment"]))
     receipt_dir = Path(out).parent if out else Path(summary).parent
-    tracker = Tracker(cfg, receipt_dir, str(info.get("study", "study")), resume_run_id=info["parent_run_id"],
-                      require_store=f"the study of marker {marker}")
+    tracker = Tracker(
+        cfg,
+        receipt_dir,
+        str(info.get("study", "study")),
+        resume_run_id=info["parent_run_id"],
+        require_store=f"the study of marker {marker}",
+    )
     tracker.log_metrics(metrics, step=0)
     for path in files:
         tracker.log_artifact(path, f"results/{path.parent.name}")
     tracker.finish("FINISHED")
     receipt = {
-        "parent_run_id": tracker.run_id, "requested_parent_run_id": info["parent_run_id"],
-        "tracking_uri": redact(info["tracking_uri"]), "experiment": info["experiment"],
-        "metrics": len(metrics), "artifacts": [p.as_posix() for p in files],
+        "parent_run_id": tracker.run_id,
+        "requested_parent_run_id": info["parent_run_id"],
+        "tracking_uri": redact(info["tracking_uri"]),
+        "experiment": info["experiment"],
+        "metrics": len(metrics),
+        "artifacts": [p.as_posix() for p in files],
         "offline": tracker.offline_reason,
     }
     if tracker.run_id != info["parent_run_id"]:
-        log.warning("the study's parent run %s could not be reopened; published to run %s instead",
-                    info["parent_run_id"], tracker.run_id)
+        log.warning(
+            "the study's parent run %s could not be reopened; published to run %s instead",
+            info["parent_run_id"],
+            tracker.run_id,
+        )
     if out is not None:
         write_json(out, receipt)
     return receipt

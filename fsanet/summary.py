@@ -61,7 +61,20 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
 REQUIRED_KEYS = ("mIoU", "mAcc", "aAcc", "dataset", "model", "band", "eval_band", "seed")
-RUN_KEYS = ("dataset", "model", "mode", "band", "eval_band", "seed", "retrained", "context_band", "mIoU", "mAcc", "aAcc", "mlflow_run_id")
+RUN_KEYS = (
+    "dataset",
+    "model",
+    "mode",
+    "band",
+    "eval_band",
+    "seed",
+    "retrained",
+    "context_band",
+    "mIoU",
+    "mAcc",
+    "aAcc",
+    "mlflow_run_id",
+)
 _GLOB_CHARS = set("*?[")
 
 
@@ -97,7 +110,9 @@ def band_model() -> str:
     """
     names = sorted(band_models())
     if len(names) != 1:
-        raise SummaryError(f"expected one model with a band, found {names or 'none'}; name one with --retrained-model")
+        raise SummaryError(
+            f"expected one model with a band, found {names or 'none'}; name one with --retrained-model"
+        )
     return names[0]
 
 
@@ -233,7 +248,9 @@ def read_metrics(path: str | Path) -> dict[str, Any]:
         raise SummaryError(f"{path}: expected a JSON object written by `fsanet eval`, got {type(m).__name__}")
     missing = [k for k in REQUIRED_KEYS if k not in m]
     if missing:
-        raise SummaryError(f"{path}: missing key(s) {', '.join(missing)}; is this an `fsanet eval` metrics.json?")
+        raise SummaryError(
+            f"{path}: missing key(s) {', '.join(missing)}; is this an `fsanet eval` metrics.json?"
+        )
     for key in ("dataset", "model"):
         if not isinstance(m[key], str) or not m[key]:
             raise SummaryError(f"{path}: key '{key}' must be a non-empty string, got {m[key]!r}")
@@ -250,7 +267,9 @@ def read_metrics(path: str | Path) -> dict[str, Any]:
         log.warning("%s: mIoU is null (no labelled pixels?)", path)
     iou = m.get("IoU")
     if iou is not None and not isinstance(iou, (dict, list)):
-        raise SummaryError(f"{path}: key 'IoU' must map class names to values (or list them), got {type(iou).__name__}")
+        raise SummaryError(
+            f"{path}: key 'IoU' must map class names to values (or list them), got {type(iou).__name__}"
+        )
     if isinstance(iou, dict):
         iou = {str(c): _number(v, f"{path}: key 'IoU.{c}'") for c, v in iou.items()}
     elif isinstance(iou, list):
@@ -261,14 +280,28 @@ def read_metrics(path: str | Path) -> dict[str, Any]:
     flip = bool(m.get("flip", False))
     checkpoint = m.get("checkpoint")
     record = {
-        "dataset": m["dataset"], "model": m["model"], "band": band, "eval_band": eval_band, "seed": m["seed"],
-        "retrained": eval_band is None, **scores, "mlflow_run_id": m.get("mlflow_run_id"),
+        "dataset": m["dataset"],
+        "model": m["model"],
+        "band": band,
+        "eval_band": eval_band,
+        "seed": m["seed"],
+        "retrained": eval_band is None,
+        **scores,
+        "mlflow_run_id": m.get("mlflow_run_id"),
         "train_mlflow_run_id": m.get("train_mlflow_run_id"),
-        "mode": attention_mode, "context_band": (m.get("context") or {}).get("knee"),
-        "backbone": m.get("backbone"), "split": split, "inference": inference, "scales": [float(s) for s in scales], "flip": flip,
+        "mode": attention_mode,
+        "context_band": (m.get("context") or {}).get("knee"),
+        "backbone": m.get("backbone"),
+        "split": split,
+        "inference": inference,
+        "scales": [float(s) for s in scales],
+        "flip": flip,
         "setting": _setting(split, inference, scales, flip),
-        "num_images": m.get("num_images"), "iteration": m.get("iteration"), "checkpoint": checkpoint,
-        "metrics_file": path.as_posix(), "config_hash": _config_hash_of(path),
+        "num_images": m.get("num_images"),
+        "iteration": m.get("iteration"),
+        "checkpoint": checkpoint,
+        "metrics_file": path.as_posix(),
+        "config_hash": _config_hash_of(path),
         **_train_info(_run_dir(path, checkpoint)),
         "IoU": iou,
     }
@@ -277,8 +310,17 @@ def read_metrics(path: str | Path) -> dict[str, Any]:
 
 def _record_key(r: Mapping[str, Any]) -> tuple:
     eb = r["eval_band"]
-    return (r["dataset"], r["model"], str(r.get("mode")), _band_key(r["band"]), eb is not None, _band_key(eb),
-            r["seed"], r["setting"], r["metrics_file"])
+    return (
+        r["dataset"],
+        r["model"],
+        str(r.get("mode")),
+        _band_key(r["band"]),
+        eb is not None,
+        _band_key(eb),
+        r["seed"],
+        r["setting"],
+        r["metrics_file"],
+    )
 
 
 def _group_name(r: Mapping[str, Any]) -> str:
@@ -328,8 +370,13 @@ def build_summary(files: Sequence[str | Path]) -> dict[str, Any]:
         ctx = read_json(p).get("context")
         if ctx:
             context.setdefault(read_json(p)["dataset"], ctx)
-    return {"schema": SCHEMA_VERSION, "provenance": provenance, "runs": runs, "aggregate": aggregate,
-            "context": context}
+    return {
+        "schema": SCHEMA_VERSION,
+        "provenance": provenance,
+        "runs": runs,
+        "aggregate": aggregate,
+        "context": context,
+    }
 
 
 def write_summary(files: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
@@ -354,10 +401,14 @@ def load_summary(path: str | Path) -> dict[str, Any]:
     except ValueError as err:
         raise SummaryError(str(err)) from None
     if not isinstance(data, dict) or "runs" not in data or "provenance" not in data:
-        raise SummaryError(f"{path}: not a study summary (expected keys 'runs' and 'provenance'); "
-                           "make it with `fsanet tables summary --metrics ... --out PATH`")
+        raise SummaryError(
+            f"{path}: not a study summary (expected keys 'runs' and 'provenance'); "
+            "make it with `fsanet tables summary --metrics ... --out PATH`"
+        )
     if data.get("schema") != SCHEMA_VERSION:
-        raise SummaryError(f"{path}: summary schema {data.get('schema')!r}, expected {SCHEMA_VERSION}; rebuild it")
+        raise SummaryError(
+            f"{path}: summary schema {data.get('schema')!r}, expected {SCHEMA_VERSION}; rebuild it"
+        )
     for i, r in enumerate(data["runs"]):
         missing = [k for k in (*RUN_KEYS, "setting") if k not in r]
         if missing:
@@ -385,11 +436,19 @@ def select_runs(
         runs = [r for r in runs if r["setting"] == setting]
     seen: dict[tuple, dict[str, Any]] = {}
     for r in runs:
-        key = (r["dataset"], r["model"], r.get("mode"), band_label(r["band"]),
-               band_label(r["eval_band"]) if r["eval_band"] else None, r["seed"], r["setting"])
+        key = (
+            r["dataset"],
+            r["model"],
+            r.get("mode"),
+            band_label(r["band"]),
+            band_label(r["eval_band"]) if r["eval_band"] else None,
+            r["seed"],
+            r["setting"],
+        )
         if key in seen:
             raise SummaryError(
-                f"two evaluations of the same run in setting {r['setting']}: {seen[key].get('metrics_file')} and "
+                f"two evaluations of the same run in setting {r['setting']}: {seen[key].get('metrics_file')} "
+                "and "
                 f"{r.get('metrics_file')}; pass only one of them (or choose a setting)"
             )
         seen[key] = r
@@ -397,13 +456,16 @@ def select_runs(
         settings = sorted({r["setting"] for r in summary["runs"]})
         raise SummaryError(
             f"no evaluations for dataset={dataset or 'any'} setting={setting or '<single-scale>'}; "
-            f"the summary has settings {settings} and datasets {sorted({r['dataset'] for r in summary['runs']})}"
+            f"the summary has settings {settings} and datasets "
+            f"{sorted({r['dataset'] for r in summary['runs']})}"
         )
     return runs
 
 
 def ablation_points(
-    runs: Sequence[Mapping[str, Any]], retrained_model: Optional[str] = None, truncated_model: str = "nonlocal",
+    runs: Sequence[Mapping[str, Any]],
+    retrained_model: Optional[str] = None,
+    truncated_model: str = "nonlocal",
     retrained_mode: Optional[str] = "dot",
 ) -> list[dict[str, Any]]:
     """The band ablation (T2 and its plot) of one dataset's records.
@@ -412,7 +474,8 @@ def ablation_points(
     (no eval-time truncation);
     ``truncated``: ``truncated_model`` trained once at the full band and evaluated at each ``eval_band``
     (its ``full`` point is the untruncated evaluation). With ``retrained_mode`` set, only retrained runs of
-    that attention mode count (runs without a recorded mode count as any mode). Each point: ``series``, ``band``, ``label``,
+    that attention mode count (runs without a recorded mode count as any mode). Each point: ``series``,
+    ``band``, ``label``,
     ``K`` (coefficients; inf = full), ``mean``, ``std``, ``n``, ``seeds``, ``run_ids``, ``delta`` (mean minus
     the series' full-band mean; None without a full point).
     """
@@ -437,13 +500,22 @@ def ablation_points(
         mean, std, n = mean_std(r["mIoU"] for r in rs)
         band = bands[(series, label)]
         values = [r["mIoU"] for r in rs if r["mIoU"] is not None]
-        points.append({
-            "series": series, "band": band, "label": label, "K": band_size(band), "mean": mean, "std": std, "n": n,
-            "min": min(values) if values else None, "max": max(values) if values else None,
-            "values": [r["mIoU"] for r in sorted(rs, key=lambda r: r["seed"])],
-            "seeds": sorted(r["seed"] for r in rs),
-            "run_ids": sorted(str(r["mlflow_run_id"]) for r in rs if r.get("mlflow_run_id")),
-        })
+        points.append(
+            {
+                "series": series,
+                "band": band,
+                "label": label,
+                "K": band_size(band),
+                "mean": mean,
+                "std": std,
+                "n": n,
+                "min": min(values) if values else None,
+                "max": max(values) if values else None,
+                "values": [r["mIoU"] for r in sorted(rs, key=lambda r: r["seed"])],
+                "seeds": sorted(r["seed"] for r in rs),
+                "run_ids": sorted(str(r["mlflow_run_id"]) for r in rs if r.get("mlflow_run_id")),
+            }
+        )
     full = {p["series"]: p["mean"] for p in points if p["label"] == "full"}
     for p in points:
         ref = full.get(p["series"])
@@ -452,7 +524,9 @@ def ablation_points(
     return points
 
 
-def headline_metrics(summary: Mapping[str, Any], findings: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+def headline_metrics(
+    summary: Mapping[str, Any], findings: Optional[Mapping[str, Any]] = None
+) -> dict[str, Any]:
     """The study's numbers as a small nested mapping, for ``dvc metrics`` / ``dvc exp show``.
 
     ``{dataset: {"retrained": {row: stats}, "truncated": {row: stats}, "findings": {verdict: count}}}`` where
@@ -480,7 +554,12 @@ def headline_metrics(summary: Mapping[str, Any], findings: Optional[Mapping[str,
     for (dataset, kind, row), values in sorted(groups.items()):
         mean, std, n = mean_std(values)
         out.setdefault(dataset, {}).setdefault(kind, {})[row] = {
-            "mIoU_mean": mean, "mIoU_std": std, "mIoU_min": min(values), "mIoU_max": max(values), "n": n}
+            "mIoU_mean": mean,
+            "mIoU_std": std,
+            "mIoU_min": min(values),
+            "mIoU_max": max(values),
+            "n": n,
+        }
     for f in (findings or {}).get("findings", []):
         counts = out.setdefault(f.get("dataset", "all"), {}).setdefault("findings", {})
         counts[f["verdict"]] = counts.get(f["verdict"], 0) + 1

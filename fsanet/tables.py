@@ -24,16 +24,30 @@ __all__ = ["efficiency_frame", "efficiency_plot", "efficiency_tables"]
 
 REFERENCE = "nonlocal"
 REQUIRED_ROW_KEYS = (
-    "module", "mode", "impl", "h", "w", "channels", "band", "params", "flops",
-    "peak_memory_bytes", "latency_ms", "latency_ms_min", "latency_ms_max", "status",
+    "module",
+    "mode",
+    "impl",
+    "h",
+    "w",
+    "channels",
+    "band",
+    "params",
+    "flops",
+    "peak_memory_bytes",
+    "latency_ms",
+    "latency_ms_min",
+    "latency_ms_max",
+    "status",
 )
 
 
 def _load_bench(path: str | Path) -> dict[str, Any]:
     report = read_json(path)
     if not isinstance(report, dict) or "results" not in report or "env" not in report:
-        raise ValueError(f"{path}: not a benchmark report (expected keys 'env' and 'results'); "
-                         "make it with `fsanet bench attention --out PATH.json`")
+        raise ValueError(
+            f"{path}: not a benchmark report (expected keys 'env' and 'results'); "
+            "make it with `fsanet bench attention --out PATH.json`"
+        )
     for i, row in enumerate(report["results"]):
         missing = [k for k in REQUIRED_ROW_KEYS if k not in row]
         if missing:
@@ -121,23 +135,31 @@ def efficiency_frame(report: dict[str, Any], setting: str = "paper") -> pd.DataF
         mem = r["peak_memory_bytes"]
         lat_lo, lat_hi = _round_spread(r, "latency_ms")
         x_lo, x_hi = _round_spread(r, "x_floor")
-        out.append({
-            "Module": _label(r),
-            "Input": f"{r.get('batch', 1)}×{r['channels']}×{r['h']}×{r['w']}",
-            "Params (M)": r["params"] / 1e6 if r["params"] is not None else None,
-            "GFLOPs": r["flops"] / 1e9 if ok and r["flops"] is not None else None,
-            "ΔFLOPs (%)": _pct(r["flops"], ref and ref["flops"]) if ok and r["module"] != "floor" else None,
-            "Memory (MiB)": mem / 2**20 if ok and mem is not None else None,
-            "ΔMemory (%)": _pct(mem, ref and ref["peak_memory_bytes"]) if ok and r["module"] != "floor" else None,
-            "Latency (ms)": r["latency_ms"] if ok else None,
-            "Latency round min (ms)": lat_lo,
-            "Latency round max (ms)": lat_hi,
-            "ΔLatency (%)": _pct(r["latency_ms"], ref and ref["latency_ms"]) if ok and r["module"] != "floor" else None,
-            "× floor": _x_floor(r, floor) if ok else None,
-            "× floor round min": x_lo,
-            "× floor round max": x_hi,
-            "Status": r["status"],
-        })
+        out.append(
+            {
+                "Module": _label(r),
+                "Input": f"{r.get('batch', 1)}×{r['channels']}×{r['h']}×{r['w']}",
+                "Params (M)": r["params"] / 1e6 if r["params"] is not None else None,
+                "GFLOPs": r["flops"] / 1e9 if ok and r["flops"] is not None else None,
+                "ΔFLOPs (%)": _pct(r["flops"], ref and ref["flops"])
+                if ok and r["module"] != "floor"
+                else None,
+                "Memory (MiB)": mem / 2**20 if ok and mem is not None else None,
+                "ΔMemory (%)": _pct(mem, ref and ref["peak_memory_bytes"])
+                if ok and r["module"] != "floor"
+                else None,
+                "Latency (ms)": r["latency_ms"] if ok else None,
+                "Latency round min (ms)": lat_lo,
+                "Latency round max (ms)": lat_hi,
+                "ΔLatency (%)": _pct(r["latency_ms"], ref and ref["latency_ms"])
+                if ok and r["module"] != "floor"
+                else None,
+                "× floor": _x_floor(r, floor) if ok else None,
+                "× floor round min": x_lo,
+                "× floor round max": x_hi,
+                "Status": r["status"],
+            }
+        )
     return pd.DataFrame(out)
 
 
@@ -212,7 +234,8 @@ def _caption(report: dict[str, Any]) -> str:
         f"(the OS8 feature map of a 769×769 crop), fp32 inference, on {env.get('device')} "
         f"({env.get('device_name') or 'unknown'}; {env.get('threads')} threads; torch {env.get('torch')}). "
         "Inputs are random tensors: no dataset is involved. FLOPs from torch.utils.flop_counter "
-        "(2 per multiply-accumulate); memory = peak tensor bytes allocated during one forward, input excluded; "
+        "(2 per multiply-accumulate); memory = peak tensor bytes allocated during one forward, input "
+        "excluded; "
         "latency = median of the timed runs. Δ = change against the non-local block. × floor = latency over "
         "the median of torch.add(x, x) timed in alternation with the module (paired floor)."
         + _rounds_caption(report)
@@ -236,7 +259,8 @@ def _footer(report: dict[str, Any]) -> str:
     dirty = " (dirty)" if env.get("git_dirty") else ""
     return (
         f"Provenance: git {sha}{dirty}; bench config hash {config_hash(report.get('config', {}))}; "
-        f"fsanet source hash {env.get('fsanet_source_hash')}; MLflow runs: none (benchmark is not a training run)."
+        f"fsanet source hash {env.get('fsanet_source_hash')}; MLflow runs: none (benchmark is not a training "
+        "run)."
     )
 
 
@@ -256,14 +280,21 @@ def efficiency_tables(bench_json: str | Path, out_dir: str | Path) -> list[Path]
     if not lat.empty:
         md += [
             "**Scaling sweep: latency (ms)** over square maps (same run; `timeout`/`oom`/`skipped` "
-            "where a module did not finish).", "", lat.map(_fmt).to_markdown(), "",
+            "where a module did not finish).",
+            "",
+            lat.map(_fmt).to_markdown(),
+            "",
         ]
         ratio = sweep_frame(report, "x_floor", spread=True)
         paired = any(r.get("x_floor") is not None for r in report["results"] if r.get("setting") == "sweep")
         if not ratio.empty and paired:
             md += [
-                "**Scaling sweep: latency × floor**, each against `torch.add(x, x)` timed in alternation with "
-                "it (paired floor).", "", ratio.map(_fmt).to_markdown(), "",
+                "**Scaling sweep: latency × floor**, each against `torch.add(x, x)` timed in alternation "
+                "with "
+                "it (paired floor).",
+                "",
+                ratio.map(_fmt).to_markdown(),
+                "",
             ]
         mem = sweep_frame(report, "peak_memory_bytes")
         md += ["**Scaling sweep: peak memory (MiB).**", "", mem.map(_fmt).to_markdown(), ""]
@@ -271,13 +302,21 @@ def efficiency_tables(bench_json: str | Path, out_dir: str | Path) -> list[Path]
     write_text(out_dir / "efficiency.md", "\n".join(md))
 
     latex_body = shown.to_latex(index=False, escape=True, column_format="l" + "r" * (len(shown.columns) - 1))
-    tex = "\n".join([
-        "% Generated by `fsanet tables efficiency`; do not edit.",
-        "\\begin{table}[t]", "\\centering", "\\small",
-        f"\\caption{{{_latex_escape(caption)}}}", "\\label{tab:efficiency}",
-        "\\resizebox{\\linewidth}{!}{%", latex_body.rstrip() + "}",
-        f"\\par\\footnotesize {_latex_escape(footer)}", "\\end{table}", "",
-    ])
+    tex = "\n".join(
+        [
+            "% Generated by `fsanet tables efficiency`; do not edit.",
+            "\\begin{table}[t]",
+            "\\centering",
+            "\\small",
+            f"\\caption{{{_latex_escape(caption)}}}",
+            "\\label{tab:efficiency}",
+            "\\resizebox{\\linewidth}{!}{%",
+            latex_body.rstrip() + "}",
+            f"\\par\\footnotesize {_latex_escape(footer)}",
+            "\\end{table}",
+            "",
+        ]
+    )
     write_text(out_dir / "efficiency.tex", tex)
     paths = [out_dir / f"efficiency.{ext}" for ext in ("md", "tex", "csv")]
     log.info("wrote %s", ", ".join(map(str, paths)))
@@ -285,8 +324,16 @@ def efficiency_tables(bench_json: str | Path, out_dir: str | Path) -> list[Path]
 
 
 def _latex_escape(text: str) -> str:
-    for a, b in (("\\", "\\textbackslash{}"), ("&", "\\&"), ("%", "\\%"), ("_", "\\_"), ("#", "\\#"),
-                 ("×", "$\\times$"), ("Δ", "$\\Delta$"), ("²", "$^2$")):
+    for a, b in (
+        ("\\", "\\textbackslash{}"),
+        ("&", "\\&"),
+        ("%", "\\%"),
+        ("_", "\\_"),
+        ("#", "\\#"),
+        ("×", "$\\times$"),
+        ("Δ", "$\\Delta$"),
+        ("²", "$^2$"),
+    ):
         text = text.replace(a, b)
     return text
 
@@ -321,8 +368,13 @@ def efficiency_plot(bench_json: str | Path, out_png: str | Path) -> Path:
         if rs[0]["module"] != "floor":
             axes[1].plot(n, [r["peak_memory_bytes"] / 2**20 for r in ok], label=label, **style)
         if failed:
-            axes[0].plot([failed[0]["h"] * failed[0]["w"]], [ok[-1]["latency_ms"]], marker="x", linestyle="none",
-                         color=line.get_color())
+            axes[0].plot(
+                [failed[0]["h"] * failed[0]["w"]],
+                [ok[-1]["latency_ms"]],
+                marker="x",
+                linestyle="none",
+                color=line.get_color(),
+            )
     env = report["env"]
     for ax, title in zip(axes, ("latency (ms)", "peak memory (MiB)")):
         ax.set_xscale("log")
@@ -347,8 +399,15 @@ def efficiency_plot(bench_json: str | Path, out_png: str | Path) -> Path:
 # ============================================================================================
 # Study tables T2–T4, rendered from results/metrics/summary.json (see fsanet/summary.py)
 # ============================================================================================
-__all__ += ["ablation_frame", "ablation_tables", "methods_frame", "methods_tables", "per_class_frame",
-            "per_class_tables", "study_tables"]
+__all__ += [
+    "ablation_frame",
+    "ablation_tables",
+    "methods_frame",
+    "methods_tables",
+    "per_class_frame",
+    "per_class_tables",
+    "study_tables",
+]
 
 #: model name → display name; the order is the row order of T3/T4 (the paper's own method last)
 DATASET_NAMES = {
@@ -361,9 +420,24 @@ DATASET_NAMES = {
 #: T4 puts classes in columns up to this many classes, in rows beyond (ADE20K's 150)
 MAX_CLASS_COLUMNS = 25
 _TEX = {
-    "\\": "\\textbackslash{}", "&": "\\&", "%": "\\%", "$": "\\$", "#": "\\#", "_": "\\_", "{": "\\{", "}": "\\}",
-    "~": "\\textasciitilde{}", "^": "\\textasciicircum{}", "×": "$\\times$", "Δ": "$\\Delta$", "±": "$\\pm$",
-    "−": "$-$", "–": "--", "²": "$^2$", "≥": "$\\geq$", "≤": "$\\leq$",
+    "\\": "\\textbackslash{}",
+    "&": "\\&",
+    "%": "\\%",
+    "$": "\\$",
+    "#": "\\#",
+    "_": "\\_",
+    "{": "\\{",
+    "}": "\\}",
+    "~": "\\textasciitilde{}",
+    "^": "\\textasciicircum{}",
+    "×": "$\\times$",
+    "Δ": "$\\Delta$",
+    "±": "$\\pm$",
+    "−": "$-$",
+    "–": "--",
+    "²": "$^2$",
+    "≥": "$\\geq$",
+    "≤": "$\\leq$",
 }
 
 
@@ -378,15 +452,20 @@ def _md_cell(text: Any) -> str:
 
 def _dataset_phrase(dataset: str, setting: str) -> str:
     split, mode, scales = (setting.split("/") + ["", "", ""])[:3]
-    how = {"ss": "single-scale", "ms": "multi-scale", "ss+flip": "single-scale + flip",
-           "ms+flip": "multi-scale + flip"}.get(scales, scales)
+    how = {
+        "ss": "single-scale",
+        "ms": "multi-scale",
+        "ss+flip": "single-scale + flip",
+        "ms+flip": "multi-scale + flip",
+    }.get(scales, scales)
     return f"{DATASET_NAMES.get(dataset, dataset)}, {split} split, {mode}-image {how} inference"
 
 
 MODE_NAMES = {"dot": "dot", "linsoftmax": "LinSoftmax"}
 BACKBONE_NAMES = {
     "small": "the small CPU backbone (output stride 8, 39 px receptive field, `fsanet/models/small.py`)",
-    "resnet50_v1c": "ResNet-50-V1c-D8", "resnet101_v1c": "ResNet-101-V1c-D8",
+    "resnet50_v1c": "ResNet-50-V1c-D8",
+    "resnet101_v1c": "ResNet-101-V1c-D8",
 }
 
 
@@ -405,8 +484,13 @@ def _method_key(model: str, band: Optional[list[int]]) -> tuple:
     return (method_order(model), model, band_size(band), band_label(band))
 
 
-def _pm(mean: Optional[float], std: Optional[float], n: int, low: Optional[float] = None,
-        high: Optional[float] = None) -> str:
+def _pm(
+    mean: Optional[float],
+    std: Optional[float],
+    n: int,
+    low: Optional[float] = None,
+    high: Optional[float] = None,
+) -> str:
     """``mean ± std (n=3; min–max)``; the range is left out for a single run."""
     if mean is None:
         return "–"
@@ -439,8 +523,12 @@ def _study_footer(summary: dict[str, Any], runs: Sequence[dict[str, Any]]) -> st
 
 
 def _write_study_table(
-    out_dir: Path, stem: str, blocks: Sequence[tuple[str, str, pd.DataFrame]], numeric: pd.DataFrame,
-    footer: str, command: str,
+    out_dir: Path,
+    stem: str,
+    blocks: Sequence[tuple[str, str, pd.DataFrame]],
+    numeric: pd.DataFrame,
+    footer: str,
+    command: str,
 ) -> list[Path]:
     """``stem.{md,tex,csv}``: Markdown/LaTeX get one captioned table per block, the CSV the numbers."""
     with atomic_path(out_dir / f"{stem}.csv") as tmp:
@@ -455,10 +543,16 @@ def _write_study_table(
         body.columns = [_tex(c) for c in shown.columns]
         latex = body.to_latex(index=False, escape=False, column_format="l" + "r" * (len(shown.columns) - 1))
         tex += [
-            "\\begin{table}[t]", "\\centering", "\\small",
-            f"\\caption{{{_tex(caption)}}}", f"\\label{{tab:{stem}}}",
-            "\\resizebox{\\linewidth}{!}{%", latex.rstrip() + "}",
-            f"\\par\\footnotesize {_tex(footer)}", "\\end{table}", "",
+            "\\begin{table}[t]",
+            "\\centering",
+            "\\small",
+            f"\\caption{{{_tex(caption)}}}",
+            f"\\label{{tab:{stem}}}",
+            "\\resizebox{\\linewidth}{!}{%",
+            latex.rstrip() + "}",
+            f"\\par\\footnotesize {_tex(footer)}",
+            "\\end{table}",
+            "",
         ]
     md += [f"_{footer}_", ""]
     write_text(out_dir / f"{stem}.md", "\n".join(md))
@@ -473,7 +567,9 @@ def _datasets(runs: Sequence[dict[str, Any]], wanted: Optional[Sequence[str]]) -
     if wanted:
         missing = [d for d in wanted if d not in present]
         if missing:
-            raise ValueError(f"dataset(s) {', '.join(missing)} not in the summary (it has {', '.join(present)})")
+            raise ValueError(
+                f"dataset(s) {', '.join(missing)} not in the summary (it has {', '.join(present)})"
+            )
         return list(wanted)
     return present
 
@@ -502,40 +598,65 @@ def ablation_frame(
             f"'{truncated_model}' evaluations (full band, with and without eval_band)"
         )
     by = {(p["series"], p["label"]): p for p in points}
-    labels = sorted({p["label"] for p in points}, key=lambda lab: next(
-        (p["K"], p["label"]) for p in points if p["label"] == lab))
+    labels = sorted(
+        {p["label"] for p in points},
+        key=lambda lab: next((p["K"], p["label"]) for p in points if p["label"] == lab),
+    )
     ret_name, tr_name = method_display(retrained_model), method_display(truncated_model)
     shown, numeric = [], []
     for label in labels:
         ret, tr = by.get(("retrained", label)), by.get(("truncated", label))
         k = (ret or tr)["K"]  # type: ignore[index]
         pretty = label.replace("x", "×")
-        shown.append({
-            "Band (u×v)": pretty, "K": "all" if math.isinf(k) else str(int(k)),
-            f"{ret_name} retrained: mIoU (%)": _pm(*(ret[x] for x in ("mean", "std", "n", "min", "max")))
-            if ret else "–",
-            f"Δ {ret_name}": _delta(ret, label),
-            f"{tr_name} truncated: mIoU (%)": _pm(*(tr[x] for x in ("mean", "std", "n", "min", "max"))) if tr else "–",
-            f"Δ {tr_name}": _delta(tr, label),
-        })
+        shown.append(
+            {
+                "Band (u×v)": pretty,
+                "K": "all" if math.isinf(k) else str(int(k)),
+                f"{ret_name} retrained: mIoU (%)": _pm(*(ret[x] for x in ("mean", "std", "n", "min", "max")))
+                if ret
+                else "–",
+                f"Δ {ret_name}": _delta(ret, label),
+                f"{tr_name} truncated: mIoU (%)": _pm(*(tr[x] for x in ("mean", "std", "n", "min", "max")))
+                if tr
+                else "–",
+                f"Δ {tr_name}": _delta(tr, label),
+            }
+        )
         row: dict[str, Any] = {"band": label, "K": None if math.isinf(k) else int(k)}
         for series, p in (("retrained", ret), ("truncated", tr)):
-            row.update({f"{series}_mIoU_mean": p and p["mean"], f"{series}_mIoU_std": p and p["std"],
-                        f"{series}_mIoU_min": p and p["min"], f"{series}_mIoU_max": p and p["max"],
-                        f"{series}_n": p["n"] if p else 0, f"{series}_delta_vs_full": p and p["delta"],
-                        f"{series}_seeds": ";".join(map(str, p["seeds"])) if p else ""})
-        row["mlflow_run_ids"] = ";".join(sorted(set((ret or {}).get("run_ids", []) + (tr or {}).get("run_ids", []))))
+            row.update(
+                {
+                    f"{series}_mIoU_mean": p and p["mean"],
+                    f"{series}_mIoU_std": p and p["std"],
+                    f"{series}_mIoU_min": p and p["min"],
+                    f"{series}_mIoU_max": p and p["max"],
+                    f"{series}_n": p["n"] if p else 0,
+                    f"{series}_delta_vs_full": p and p["delta"],
+                    f"{series}_seeds": ";".join(map(str, p["seeds"])) if p else "",
+                }
+            )
+        row["mlflow_run_ids"] = ";".join(
+            sorted(set((ret or {}).get("run_ids", []) + (tr or {}).get("run_ids", [])))
+        )
         numeric.append(row)
-    used = [r for r in runs if (r["model"] == retrained_model and r["eval_band"] is None
-                                and r.get("mode") in (None, "dot")) or r["model"] == truncated_model]
+    used = [
+        r
+        for r in runs
+        if (r["model"] == retrained_model and r["eval_band"] is None and r.get("mode") in (None, "dot"))
+        or r["model"] == truncated_model
+    ]
     numeric_frame = pd.DataFrame(numeric)
     numeric_frame["K"] = numeric_frame["K"].astype("Int64")  # integers, empty for the full band
     return pd.DataFrame(shown), numeric_frame, used
 
 
 def ablation_tables(
-    summary_json: str | Path, out_dir: str | Path, datasets: Optional[Sequence[str]] = None,
-    setting: Optional[str] = None, retrained_model: Optional[str] = None, truncated_model: str = "nonlocal",
+    summary_json: str | Path,
+    out_dir: str | Path,
+    datasets: Optional[Sequence[str]] = None,
+    setting: Optional[str] = None,
+    retrained_model: Optional[str] = None,
+    truncated_model: str = "nonlocal",
 ) -> list[Path]:
     """Write ``ablation.{md,tex,csv}`` (table T2): one table per dataset that has ablation runs."""
     from fsanet.summary import band_model, load_summary, method_display, select_runs
@@ -555,22 +676,29 @@ def ablation_tables(
         ret_name, tr_name = method_display(retrained_model), method_display(truncated_model)
         caption = (
             f"Band ablation on {_dataset_phrase(dataset, ds_runs[0]['setting'])}. mIoU (%) as mean ± sample "
-            "standard deviation over seeds (n = runs; min–max after the semicolon). K = number of kept DCT coefficients (the u×v low-frequency "
-            f"block of the feature map's spectrum); full = whole spectrum. {ret_name} retrained: a separate model "
-            f"trained at each band, dot-product mode. {tr_name} truncated: one model trained at full band whose attention input is "
-            "low-passed to the band at evaluation time, without retraining. Δ = mean minus the mean of the same "
+            "standard deviation over seeds (n = runs; min–max after the semicolon). K = number of kept DCT "
+            "coefficients (the u×v low-frequency "
+            f"block of the feature map's spectrum); full = whole spectrum. {ret_name} retrained: a separate "
+            "model "
+            f"trained at each band, dot-product mode. {tr_name} truncated: one model trained at full band "
+            "whose attention input is "
+            "low-passed to the band at evaluation time, without retraining. Δ = mean minus the mean of the "
+            "same "
             "model's full row (ref.), in mIoU points."
         )
         blocks.append(("Table 2", caption, shown))
         numeric.append(num.assign(dataset=dataset))
         used += u
     if not blocks:
-        raise ValueError(f"no dataset in {summary_json} has band-ablation runs of '{retrained_model}' "
-                         f"or '{truncated_model}'")
+        raise ValueError(
+            f"no dataset in {summary_json} has band-ablation runs of '{retrained_model}' "
+            f"or '{truncated_model}'"
+        )
     frame = pd.concat(numeric, ignore_index=True)
     frame = frame[["dataset"] + [c for c in frame.columns if c != "dataset"]]
-    return _write_study_table(Path(out_dir), "ablation", blocks, frame, _study_footer(summary, used),
-                              "fsanet tables ablation")
+    return _write_study_table(
+        Path(out_dir), "ablation", blocks, frame, _study_footer(summary, used), "fsanet tables ablation"
+    )
 
 
 # -- T3: method comparison ---------------------------------------------------------------------
@@ -579,8 +707,10 @@ def _load_costs(path: Optional[str | Path]) -> Optional[dict[str, Any]]:
         return None
     report = read_json(path)
     if not isinstance(report, dict) or "rows" not in report or "input_size" not in report:
-        raise ValueError(f"{path}: not a model cost report (expected keys 'rows' and 'input_size'); "
-                         "make it with `fsanet bench models --out PATH.json`")
+        raise ValueError(
+            f"{path}: not a model cost report (expected keys 'rows' and 'input_size'); "
+            "make it with `fsanet bench models --out PATH.json`"
+        )
     for i, row in enumerate(report["rows"]):
         missing = [k for k in ("model", "band_label", "params", "flops", "fps") if k not in row]
         if missing:
@@ -588,7 +718,9 @@ def _load_costs(path: Optional[str | Path]) -> Optional[dict[str, Any]]:
     return report
 
 
-def _method_groups(runs: Sequence[dict[str, Any]], bands: Optional[Sequence[str]]) -> list[tuple[tuple, list]]:
+def _method_groups(
+    runs: Sequence[dict[str, Any]], bands: Optional[Sequence[str]]
+) -> list[tuple[tuple, list]]:
     from fsanet.summary import band_models
 
     groups: dict[tuple, list[dict[str, Any]]] = {}
@@ -598,12 +730,15 @@ def _method_groups(runs: Sequence[dict[str, Any]], bands: Optional[Sequence[str]
         if bands and r["model"] in band_models() and band_label(r["band"]) not in bands:
             continue
         groups.setdefault((r["model"], r.get("mode"), band_label(r["band"])), []).append(r)
-    return sorted(groups.items(), key=lambda kv: (*_method_key(kv[1][0]["model"], kv[1][0]["band"]),
-                                                   str(kv[0][1])))
+    return sorted(
+        groups.items(), key=lambda kv: (*_method_key(kv[1][0]["model"], kv[1][0]["band"]), str(kv[0][1]))
+    )
 
 
 def methods_frame(
-    runs: Sequence[dict[str, Any]], costs: Optional[dict[str, Any]] = None, bands: Optional[Sequence[str]] = None
+    runs: Sequence[dict[str, Any]],
+    costs: Optional[dict[str, Any]] = None,
+    bands: Optional[Sequence[str]] = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, list[dict[str, Any]]]:
     """T3 for one dataset's records: (shown, numeric, runs used); costs joined on (model, band)."""
     from fsanet.summary import mean_std
@@ -623,17 +758,35 @@ def methods_frame(
         params = cost["params"] / 1e6 if cost else None
         gflops = cost["flops"] / 1e9 if cost else None
         fps = cost["fps"] if cost else None
-        shown.append({
-            "Method": _method_label(model, rs[0]["band"], mode), "mIoU (%)": _pm(mean, std, n, low, high),
-            "Params (M)": _fmt(params), "GFLOPs": _fmt(gflops), "fps (CPU)": _fmt(fps),
-            "Train time (min)": _fmt(train_min),
-        })
-        numeric.append({
-            "method": _method_label(model, rs[0]["band"], mode), "model": model, "mode": mode, "band": label,
-            "mIoU_mean": mean, "mIoU_std": std, "mIoU_min": low, "mIoU_max": high, "n": n, "seeds": ";".join(str(r["seed"]) for r in sorted(rs, key=lambda r: r["seed"])),
-            "params": cost["params"] if cost else None, "flops": cost["flops"] if cost else None, "fps": fps,
-            "train_minutes_mean": train_min, "mlflow_run_ids": ";".join(_run_ids(rs)),
-        })
+        shown.append(
+            {
+                "Method": _method_label(model, rs[0]["band"], mode),
+                "mIoU (%)": _pm(mean, std, n, low, high),
+                "Params (M)": _fmt(params),
+                "GFLOPs": _fmt(gflops),
+                "fps (CPU)": _fmt(fps),
+                "Train time (min)": _fmt(train_min),
+            }
+        )
+        numeric.append(
+            {
+                "method": _method_label(model, rs[0]["band"], mode),
+                "model": model,
+                "mode": mode,
+                "band": label,
+                "mIoU_mean": mean,
+                "mIoU_std": std,
+                "mIoU_min": low,
+                "mIoU_max": high,
+                "n": n,
+                "seeds": ";".join(str(r["seed"]) for r in sorted(rs, key=lambda r: r["seed"])),
+                "params": cost["params"] if cost else None,
+                "flops": cost["flops"] if cost else None,
+                "fps": fps,
+                "train_minutes_mean": train_min,
+                "mlflow_run_ids": ";".join(_run_ids(rs)),
+            }
+        )
         used += rs
     if not shown:
         raise ValueError("no retrained evaluations (eval_band null) to compare")
@@ -641,8 +794,12 @@ def methods_frame(
 
 
 def methods_tables(
-    summary_json: str | Path, out_dir: str | Path, costs_json: Optional[str | Path] = None,
-    datasets: Optional[Sequence[str]] = None, setting: Optional[str] = None, bands: Optional[Sequence[str]] = None,
+    summary_json: str | Path,
+    out_dir: str | Path,
+    costs_json: Optional[str | Path] = None,
+    datasets: Optional[Sequence[str]] = None,
+    setting: Optional[str] = None,
+    bands: Optional[Sequence[str]] = None,
 ) -> list[Path]:
     """Write ``methods_{dataset}.{md,tex,csv}`` (table T3) for each dataset of the summary."""
     from fsanet.summary import load_summary, select_runs
@@ -659,8 +816,10 @@ def methods_tables(
             h, w = costs["input_size"]
             cost_text = (
                 f"Params (all weights, auxiliary head included), GFLOPs (torch.utils.flop_counter, 2 per "
-                f"multiply-accumulate, one {h}×{w} image) and fps (1 / median latency of {costs.get('repeats')} "
-                f"forwards at batch 1, timed in {costs.get('rounds', 1)} interleaved round(s) of all models, on "
+                f"multiply-accumulate, one {h}×{w} image) and fps (1 / median latency of "
+                f"{costs.get('repeats')} "
+                f"forwards at batch 1, timed in {costs.get('rounds', 1)} interleaved round(s) of all models, "
+                "on "
                 f"{env.get('device')} ({env.get('device_name') or 'unknown CPU'}), "
                 f"{env.get('threads')} thread(s)) come from `fsanet bench models`, model config hash "
                 f"{costs.get('config_hash')}."
@@ -668,18 +827,30 @@ def methods_tables(
         else:
             cost_text = "No cost report was given: params, GFLOPs and fps are left empty."
         backbones = sorted({str(r.get("backbone")) for r in used if r.get("backbone")})
-        backbone_text = (f"Backbone: {', '.join(BACKBONE_NAMES.get(b, b) for b in backbones)}; "
-                         if backbones else "Backbone: not recorded in these metrics files; ")
+        backbone_text = (
+            f"Backbone: {', '.join(BACKBONE_NAMES.get(b, b) for b in backbones)}; "
+            if backbones
+            else "Backbone: not recorded in these metrics files; "
+        )
         caption = (
-            f"Methods on {_dataset_phrase(dataset, ds_runs[0]['setting'])}. {backbone_text}mIoU (%) as mean ± "
+            f"Methods on {_dataset_phrase(dataset, ds_runs[0]['setting'])}. {backbone_text}mIoU (%) as mean "
+            "± "
             "sample standard "
             "deviation over seeds (n = runs), every model trained and evaluated with the same protocol; "
-            "min–max over seeds after the semicolon; the band of FsaNet is the DCT block it was trained with, "
-            f"dot / LinSoftmax its attention kernel. {cost_text} Costs are those of the dot mode; the LinSoftmax "
+            "min–max over seeds after the semicolon; the band of FsaNet is the DCT block it was trained "
+            "with, "
+            f"dot / LinSoftmax its attention kernel. {cost_text} Costs are those of the dot mode; the "
+            "LinSoftmax "
             "row has none. Train time = mean wall-clock minutes of the training loop (run_info.json)."
         )
-        paths += _write_study_table(Path(out_dir), f"methods_{dataset}", [("Table 3", caption, shown)], numeric,
-                                    _study_footer(summary, used), "fsanet tables methods")
+        paths += _write_study_table(
+            Path(out_dir),
+            f"methods_{dataset}",
+            [("Table 3", caption, shown)],
+            numeric,
+            _study_footer(summary, used),
+            "fsanet tables methods",
+        )
     return paths
 
 
@@ -695,16 +866,22 @@ def _class_names(dataset: str, runs: Sequence[dict[str, Any]]) -> list[str]:
         iou = r.get("IoU")
         if isinstance(iou, dict):
             if known is not None and set(iou) != set(known):
-                raise ValueError(f"{r.get('metrics_file')}: its IoU classes {sorted(iou)} are not the classes of "
-                                 f"dataset '{dataset}' ({known})")
+                raise ValueError(
+                    f"{r.get('metrics_file')}: its IoU classes {sorted(iou)} are not the classes of "
+                    f"dataset '{dataset}' ({known})"
+                )
             return known or list(iou)
         if isinstance(iou, list):
             if known is None or len(iou) != len(known):
-                raise ValueError(f"{r.get('metrics_file')}: IoU is a list of {len(iou)} values but dataset "
-                                 f"'{dataset}' has no class list of that length")
+                raise ValueError(
+                    f"{r.get('metrics_file')}: IoU is a list of {len(iou)} values but dataset "
+                    f"'{dataset}' has no class list of that length"
+                )
             return known
-    raise ValueError(f"no per-class IoU in the summary for dataset '{dataset}'; rebuild it from metrics.json "
-                     "files that hold 'IoU'")
+    raise ValueError(
+        f"no per-class IoU in the summary for dataset '{dataset}'; rebuild it from metrics.json "
+        "files that hold 'IoU'"
+    )
 
 
 def _iou_of(record: dict[str, Any], classes: list[str]) -> list[Optional[float]]:
@@ -732,10 +909,25 @@ def per_class_frame(
         means = [mean_std(v[k] for v in per_seed)[0] for k in range(len(classes))]
         miou, _, n = mean_std(r["mIoU"] for r in rs)
         name = _method_label(model, rs[0]["band"], mode)
-        shown.append({"Method": name, **{c: _fmt_iou(v) for c, v in zip(classes, means)}, "mIoU": _fmt_iou(miou),
-                      "n": str(n)})
-        numeric.append({"method": name, "model": model, "band": label, **dict(zip(classes, means)), "mIoU": miou,
-                        "n": n, "mlflow_run_ids": ";".join(_run_ids(rs))})
+        shown.append(
+            {
+                "Method": name,
+                **{c: _fmt_iou(v) for c, v in zip(classes, means)},
+                "mIoU": _fmt_iou(miou),
+                "n": str(n),
+            }
+        )
+        numeric.append(
+            {
+                "method": name,
+                "model": model,
+                "band": label,
+                **dict(zip(classes, means)),
+                "mIoU": miou,
+                "n": n,
+                "mlflow_run_ids": ";".join(_run_ids(rs)),
+            }
+        )
         used += rs
     return pd.DataFrame(shown), pd.DataFrame(numeric), used, classes
 
@@ -745,10 +937,13 @@ def _fmt_iou(x: Optional[float]) -> str:
 
 
 def per_class_tables(
-    summary_json: str | Path, out_dir: str | Path, datasets: Optional[Sequence[str]] = None,
-    setting: Optional[str] = None, bands: Optional[Sequence[str]] = None,
+    summary_json: str | Path,
+    out_dir: str | Path,
+    datasets: Optional[Sequence[str]] = None,
+    setting: Optional[str] = None,
+    bands: Optional[Sequence[str]] = None,
 ) -> list[Path]:
-    """Write ``per_class_{dataset}.{md,tex,csv}`` (table T4): per-class IoU (%) per method, mean over seeds."""
+    """Write ``per_class_{dataset}.{md,tex,csv}`` (T4): per-class IoU (%) per method, mean over seeds."""
     from fsanet.summary import load_summary, select_runs
 
     summary = load_summary(summary_json)
@@ -763,16 +958,24 @@ def per_class_tables(
         caption = (
             f"Per-class IoU (%) on {_dataset_phrase(dataset, ds_runs[0]['setting'])}, mean over seeds "
             "(n = runs; – = the class had no labelled or predicted pixels in any run). mIoU is the mean over "
-            "seeds of each run's mIoU (classes absent from labels and predictions left out, mmseg convention)."
-            + (" Classes are rows, methods columns." if transposed else "")
+            "seeds of each run's mIoU (classes absent from labels and predictions left out, mmseg "
+            "convention)." + (" Classes are rows, methods columns." if transposed else "")
         )
-        paths += _write_study_table(Path(out_dir), f"per_class_{dataset}", [("Table 4", caption, shown)], numeric,
-                                    _study_footer(summary, used), "fsanet tables per-class")
+        paths += _write_study_table(
+            Path(out_dir),
+            f"per_class_{dataset}",
+            [("Table 4", caption, shown)],
+            numeric,
+            _study_footer(summary, used),
+            "fsanet tables per-class",
+        )
     return paths
 
 
 def study_tables(
-    summary_json: str | Path, out_dir: str | Path, costs_json: Optional[str | Path] = None,
+    summary_json: str | Path,
+    out_dir: str | Path,
+    costs_json: Optional[str | Path] = None,
     setting: Optional[str] = None,
 ) -> list[Path]:
     """T2 (when the summary has ablation runs), T3 and T4 for every dataset."""

@@ -79,7 +79,9 @@ REDACTED = "***"
 _BAD_KEY_CHARS = re.compile(r"[^/\w.\- ]")
 # scheme://user:password@ in free text (the user-info part ends at the last "@" before the path)
 _USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<userinfo>[^/\s?#'\"]+)@")
-_SECRET_QUERY = re.compile(r"(?i)\b(?P<name>password|passwd|pwd|token|secret|api[_-]?key)=(?P<value>[^&\s'\"]+)")
+_SECRET_QUERY = re.compile(
+    r"(?i)\b(?P<name>password|passwd|pwd|token|secret|api[_-]?key)=(?P<value>[^&\s'\"]+)"
+)
 _NOISY_LOGGERS = ("mlflow", "sqlalchemy", "alembic")
 _HTTP_SCHEMES = ("http", "https")
 _TERMINAL = ("FINISHED", "FAILED", "KILLED")
@@ -228,8 +230,11 @@ def _mlflow_uri(uri: str) -> str:
 def _one_line(err: BaseException, limit: int = 240) -> str:
     """``Type: first telling line of the message``, redacted and cut to ``limit`` characters
     (SQLAlchemy puts a remark about autoflush before the database's own error, and links after it)."""
-    text = [line for line in str(err).strip().splitlines()
-            if line.strip() and not line.startswith(("(raised as a result of", "(Background on this error"))]
+    text = [
+        line
+        for line in str(err).strip().splitlines()
+        if line.strip() and not line.startswith(("(raised as a result of", "(Background on this error"))
+    ]
     line = redact(f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": "))
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
@@ -254,7 +259,7 @@ def _absolute_sqlite(uri: str, root: Path) -> str:
     prefix = "sqlite:///"
     if not uri.startswith(prefix):
         return uri
-    path = uri[len(prefix):]
+    path = uri[len(prefix) :]
     if path.startswith("/") or path == ":memory:":
         return uri
     return prefix + str((root / path).resolve())
@@ -272,7 +277,7 @@ def sqlite_path(uri: str) -> Optional[Path]:
     prefix = "sqlite:///"
     if not uri.startswith(prefix):
         return None
-    path = uri[len(prefix):].split("?", 1)[0]
+    path = uri[len(prefix) :].split("?", 1)[0]
     return None if not path or path == ":memory:" else Path(path)
 
 
@@ -332,8 +337,11 @@ def _param_value(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, default=str)
     text = redact(text)
     if len(text) > MAX_PARAM_VALUE:
-        log.warning("MLflow param value of %d chars cut to %d (the full config is an artifact)",
-                    len(text), MAX_PARAM_VALUE)
+        log.warning(
+            "MLflow param value of %d chars cut to %d (the full config is an artifact)",
+            len(text),
+            MAX_PARAM_VALUE,
+        )
         text = text[: MAX_PARAM_VALUE - 3] + "..."
     return text
 
@@ -398,9 +406,11 @@ def _live_run(client: Any, run_id: Optional[str]) -> Any:
 
 
 def _missing_store_message(db: Path, why: str) -> str:
-    return (f"MLflow store {db} does not exist, but {why} is recorded there; restore the file (with the "
-            "mlruns/ folder beside it), set tracking.uri to the store that holds it, or set "
-            "tracking.enabled=false (`fsanet mlflow init` creates a new store for a new study)")
+    return (
+        f"MLflow store {db} does not exist, but {why} is recorded there; restore the file (with the "
+        "mlruns/ folder beside it), set tracking.uri to the store that holds it, or set "
+        "tracking.enabled=false (`fsanet mlflow init` creates a new store for a new study)"
+    )
 
 
 def check_store(cfg: Any, require: Optional[str] = None) -> None:
@@ -450,18 +460,24 @@ def relocate_store(db: str | Path) -> dict[str, int]:
     def moved(uri: Optional[str]) -> Optional[str]:
         if not uri or not uri.startswith("file://") or "/mlruns/" not in uri:
             return None
-        new = new_root + uri[uri.index("/mlruns/") + len("/mlruns"):]
+        new = new_root + uri[uri.index("/mlruns/") + len("/mlruns") :]
         return new if new != uri else None
 
     counts = {"experiments": 0, "runs": 0}
     with sqlite3.connect(db) as con:
         try:
-            rows = {"experiments": con.execute("select experiment_id, artifact_location from experiments").fetchall(),
-                    "runs": con.execute("select run_uuid, artifact_uri from runs").fetchall()}
+            rows = {
+                "experiments": con.execute(
+                    "select experiment_id, artifact_location from experiments"
+                ).fetchall(),
+                "runs": con.execute("select run_uuid, artifact_uri from runs").fetchall(),
+            }
         except sqlite3.DatabaseError as err:
             raise ValueError(f"{db}: not an MLflow tracking store ({err})") from None
-        for table, key, column in (("experiments", "experiment_id", "artifact_location"),
-                                   ("runs", "run_uuid", "artifact_uri")):
+        for table, key, column in (
+            ("experiments", "experiment_id", "artifact_location"),
+            ("runs", "run_uuid", "artifact_uri"),
+        ):
             for row_id, uri in rows[table]:
                 new = moved(uri)
                 if new:
@@ -471,8 +487,13 @@ def relocate_store(db: str | Path) -> dict[str, int]:
 
 
 def init_study(
-    experiment: str, study: str, marker: str | Path, uri: Optional[str] = None,
-    tags: Optional[Mapping[str, str]] = None, retries: int = 5, backoff_s: float = 1.0,
+    experiment: str,
+    study: str,
+    marker: str | Path,
+    uri: Optional[str] = None,
+    tags: Optional[Mapping[str, str]] = None,
+    retries: int = 5,
+    backoff_s: float = 1.0,
 ) -> dict[str, Any]:
     """Create the store, the experiment and the study's parent run (once), and write the marker.
 
@@ -502,13 +523,20 @@ def init_study(
     except (OSError, ValueError):
         raise
     except Exception as err:
-        raise TrackingError(f"cannot initialise study '{study}' at {display} after {retries} attempts: "
-                            f"{_one_line(err)}") from None
+        raise TrackingError(
+            f"cannot initialise study '{study}' at {display} after {retries} attempts: {_one_line(err)}"
+        ) from None
 
 
 def _init_study(
-    uri: str, display: str, experiment: str, study: str, marker: str | Path, tags: Optional[Mapping[str, str]],
-    retries: int, backoff_s: float,
+    uri: str,
+    display: str,
+    experiment: str,
+    study: str,
+    marker: str | Path,
+    tags: Optional[Mapping[str, str]],
+    retries: int,
+    backoff_s: float,
 ) -> dict[str, Any]:
     from fsanet.provenance import git_info
 
@@ -519,26 +547,40 @@ def _init_study(
 
     client, exp_id = _retry(open_store, "create experiment", retries, backoff_s)
     query = f"tags.`fsanet.study` = '{study}' and tags.`fsanet.role` = 'parent'"
-    existing = _retry(lambda: client.search_runs([exp_id], filter_string=query, max_results=1),
-                      "search parent", retries, backoff_s)
+    existing = _retry(
+        lambda: client.search_runs([exp_id], filter_string=query, max_results=1),
+        "search parent",
+        retries,
+        backoff_s,
+    )
     if existing:
         run_id = existing[0].info.run_id
         log.info("study '%s' already has parent run %s", study, run_id)
     else:
         git = git_info()
         all_tags = {
-            "fsanet.study": study, "fsanet.role": "parent",
-            "mlflow.source.git.commit": str(git["git_sha"]), "git.dirty": str(git["git_dirty"]),
+            "fsanet.study": study,
+            "fsanet.role": "parent",
+            "mlflow.source.git.commit": str(git["git_sha"]),
+            "git.dirty": str(git["git_dirty"]),
             **dict(tags or {}),
         }
-        run = _retry(lambda: client.create_run(exp_id, tags=all_tags, run_name=study), "create parent",
-                     retries, backoff_s)
+        run = _retry(
+            lambda: client.create_run(exp_id, tags=all_tags, run_name=study),
+            "create parent",
+            retries,
+            backoff_s,
+        )
         run_id = run.info.run_id
         _retry(lambda: client.set_terminated(run_id, "FINISHED"), "finish parent", retries, backoff_s)
         log.info("created parent run %s for study '%s' in experiment '%s'", run_id, study, experiment)
     data = {
-        "tracking_uri": display, "experiment": experiment, "experiment_id": exp_id, "study": study,
-        "parent_run_id": run_id, "created": _now(),
+        "tracking_uri": display,
+        "experiment": experiment,
+        "experiment_id": exp_id,
+        "study": study,
+        "parent_run_id": run_id,
+        "created": _now(),
     }
     write_json(marker, data)
     return data
@@ -576,9 +618,18 @@ class Tracker:
     """
 
     def __init__(
-        self, cfg: Any, out_dir: str | Path, run_name: str, tags: Optional[Mapping[str, Any]] = None,
-        resume_run_id: Optional[str] = None, active: bool = True, parent_run_id: Optional[str] = None,
-        *, parent_dir: str | Path | None = None, continues: bool = False, require_store: Optional[str] = None,
+        self,
+        cfg: Any,
+        out_dir: str | Path,
+        run_name: str,
+        tags: Optional[Mapping[str, Any]] = None,
+        resume_run_id: Optional[str] = None,
+        active: bool = True,
+        parent_run_id: Optional[str] = None,
+        *,
+        parent_dir: str | Path | None = None,
+        continues: bool = False,
+        require_store: Optional[str] = None,
     ) -> None:
         self.active = bool(active and cfg.enabled)
         self.out_dir = Path(out_dir)
@@ -625,13 +676,18 @@ class Tracker:
         _quiet_environment(int(cfg.http_timeout_s))
         earlier = self._earlier_copy() if continues else None
         if earlier is not None:
-            resume_run_id = resume_run_id or earlier["run"].get("synced", {}).get("run_id") or earlier["run"].get(
-                "run_id")
+            resume_run_id = (
+                resume_run_id
+                or earlier["run"].get("synced", {}).get("run_id")
+                or earlier["run"].get("run_id")
+            )
             if not earlier["synced"]:
                 self._adopt(earlier)
         self._call(lambda: self._start(resume_run_id), "start run")
         if self.run_id is None and resume_run_id:
-            self.run_id = resume_run_id  # offline: still the run this one continues (for the next try and sync)
+            self.run_id = (
+                resume_run_id  # offline: still the run this one continues (for the next try and sync)
+            )
         if earlier is not None and not earlier["synced"]:
             self._call(lambda: self._upload_earlier(earlier), "upload the earlier offline copy")
 
@@ -667,18 +723,28 @@ class Tracker:
                 self.parent_run_id = self._own_parent
                 self.tags["mlflow.parentRunId"] = self._own_parent
             else:  # e.g. a checkpoint trained against another store: stay under the study
-                log.info("MLflow: run %s is not in %s; not nesting under it", self._own_parent, self.display_uri)
+                log.info(
+                    "MLflow: run %s is not in %s; not nesting under it", self._own_parent, self.display_uri
+                )
         tags = {"mlflow.runName": self.run_name, **self.tags}
         run = self._client.create_run(exp_id, tags=tags, run_name=self.run_name)
         self.run_id = run.info.run_id
-        log.info("MLflow: run %s (%s) in experiment '%s' at %s", self.run_id, self.run_name, self.experiment,
-                 self.display_uri)
+        log.info(
+            "MLflow: run %s (%s) in experiment '%s' at %s",
+            self.run_id,
+            self.run_name,
+            self.experiment,
+            self.display_uri,
+        )
 
     def _reopen(self, run_id: str) -> bool:
         run = _live_run(self._client, run_id)
         if run is None:
-            log.warning("MLflow run %s is not in %s (deleted, or logged to another store); starting a new run",
-                        run_id, self.display_uri)
+            log.warning(
+                "MLflow run %s is not in %s (deleted, or logged to another store); starting a new run",
+                run_id,
+                self.display_uri,
+            )
             return False
         self._client.update_run(run_id, status="RUNNING")
         self.run_id = run_id
@@ -700,11 +766,13 @@ class Tracker:
         return copy
 
     def _adopt(self, copy: dict[str, Any]) -> None:
-        """Start from an unsynced earlier copy: what it holds is kept in (and deduplicated against) this run."""
+        """Start from an unsynced earlier copy: its contents are kept, deduplicated against this run."""
         self.params.update({k: str(v) for k, v in copy["params"].items()})
         self.metrics.extend(copy["metrics"])
         self._known.update((m["key"], int(m["step"])) for m in copy["metrics"])
-        earlier_tags = {k: str(v) for k, v in copy["run"].get("tags", {}).items() if k not in _OFFLINE_ONLY_TAGS}
+        earlier_tags = {
+            k: str(v) for k, v in copy["run"].get("tags", {}).items() if k not in _OFFLINE_ONLY_TAGS
+        }
         self.tags = {**earlier_tags, **self.tags}
 
     def _upload_earlier(self, copy: dict[str, Any]) -> None:
@@ -712,18 +780,29 @@ class Tracker:
         for key, value in copy["params"].items():
             self._store_params.setdefault(key, str(value))
         info = dict(copy["run"])
-        info["synced"] = {"run_id": self.run_id, "tracking_uri": self.display_uri, "time": _now(),
-                          "complete": True, **counts}
+        info["synced"] = {
+            "run_id": self.run_id,
+            "tracking_uri": self.display_uri,
+            "time": _now(),
+            "complete": True,
+            **counts,
+        }
         write_json(self.offline_dir / "run.json", info)
-        log.info("MLflow: uploaded the offline copy of an earlier attempt into run %s (%s)", self.run_id,
-                 ", ".join(f"{v} {k}" for k, v in counts.items()))
+        log.info(
+            "MLflow: uploaded the offline copy of an earlier attempt into run %s (%s)",
+            self.run_id,
+            ", ".join(f"{v} {k}" for k, v in counts.items()),
+        )
 
     def _go_offline(self, reason: str) -> None:
         self.offline_reason = redact(reason)
         log.warning(
             "MLflow tracking unavailable (store %s: %s); the run goes on, and its params, metrics, tags and "
             "artifacts are kept under %s (`fsanet mlflow sync %s` uploads them later)",
-            self.display_uri, self.offline_reason, self.offline_dir, self.out_dir,
+            self.display_uri,
+            self.offline_reason,
+            self.offline_dir,
+            self.out_dir,
         )
         if not self._continues:
             copy = self._earlier_copy()
@@ -735,12 +814,24 @@ class Tracker:
 
     def _write_offline(self) -> None:
         folder = self.offline_dir
-        write_json(folder / "run.json", {
-            "format": 1, "run_name": self.run_name, "run_id": self.run_id, "experiment": self.experiment,
-            "tracking_uri": self.display_uri, "parent_run_id": self.parent_run_id, "nest_under": self._own_parent,
-            "parent_dir": self._parent_dir, "out_dir": str(self.out_dir.resolve()), "status": self.status,
-            "reason": self.offline_reason, "updated": _now(), "tags": self.tags,
-        })
+        write_json(
+            folder / "run.json",
+            {
+                "format": 1,
+                "run_name": self.run_name,
+                "run_id": self.run_id,
+                "experiment": self.experiment,
+                "tracking_uri": self.display_uri,
+                "parent_run_id": self.parent_run_id,
+                "nest_under": self._own_parent,
+                "parent_dir": self._parent_dir,
+                "out_dir": str(self.out_dir.resolve()),
+                "status": self.status,
+                "reason": self.offline_reason,
+                "updated": _now(),
+                "tags": self.tags,
+            },
+        )
         write_json(folder / "params.json", self.params)
         write_json(folder / "metrics.json", [_json_safe(m) for m in self.metrics])
 
@@ -761,12 +852,15 @@ class Tracker:
         self.params.update(new)
         changed = sorted(k for k, v in new.items() if self._store_params.get(k, v) != v)
         if changed:  # e.g. tracking settings changed between the segments of a resumed run
-            log.info("MLflow run %s keeps its first values of params %s (MLflow params cannot change)",
-                     self.run_id, ", ".join(changed[:5]) + (" …" if len(changed) > 5 else ""))
+            log.info(
+                "MLflow run %s keeps its first values of params %s (MLflow params cannot change)",
+                self.run_id,
+                ", ".join(changed[:5]) + (" …" if len(changed) > 5 else ""),
+            )
         items = [Param(k, v) for k, v in new.items() if k not in self._store_params]
         self._store_params.update({k: v for k, v in new.items() if k not in self._store_params})
         for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
-            chunk = items[i:i + MAX_PARAMS_PER_BATCH]
+            chunk = items[i : i + MAX_PARAMS_PER_BATCH]
             self._call(lambda c=chunk: self._client.log_batch(self.run_id, params=c), "log params")
         if self.offline:
             self._write_offline()
@@ -779,8 +873,10 @@ class Tracker:
 
         new = {k: redact(str(v))[:MAX_TAG_VALUE] for k, v in tags.items()}
         self.tags.update(new)
-        self._call(lambda: self._client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in new.items()]),
-                   "set tags")
+        self._call(
+            lambda: self._client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in new.items()]),
+            "set tags",
+        )
         if self.offline:
             self._write_offline()
 
@@ -839,7 +935,7 @@ class Tracker:
 
         items = [Metric(m["key"], m["value"], m["timestamp"], m["step"]) for m in pending]
         for i in range(0, len(items), MAX_METRICS_PER_BATCH):
-            chunk = items[i:i + MAX_METRICS_PER_BATCH]
+            chunk = items[i : i + MAX_METRICS_PER_BATCH]
             self._call(lambda c=chunk: self._client.log_batch(self.run_id, metrics=c), "log metrics")
         if self.offline:
             self._write_offline()
@@ -886,8 +982,10 @@ def _read_copy(folder: Path) -> dict[str, Any]:
         raise ValueError(f"{folder / 'run.json'}: not an fsanet offline MLflow copy (no run_name/tags)")
     params = read_json(folder / "params.json") if (folder / "params.json").is_file() else {}
     metrics = read_json(folder / "metrics.json") if (folder / "metrics.json").is_file() else []
-    metrics = [{**m, "value": float(m["value"]), "step": int(m["step"]), "timestamp": int(m["timestamp"])}
-               for m in metrics]
+    metrics = [
+        {**m, "value": float(m["value"]), "step": int(m["step"]), "timestamp": int(m["timestamp"])}
+        for m in metrics
+    ]
     return {"folder": folder, "run": run, "params": params, "metrics": metrics}
 
 
@@ -915,10 +1013,16 @@ def _upload_copy(client: Any, run_id: str, copy: dict[str, Any]) -> dict[str, in
     params = [Param(k, str(v)) for k, v in copy["params"].items() if k not in have]
     clashes = sorted(k for k, v in copy["params"].items() if k in have and have[k] != str(v))
     if clashes:  # MLflow params cannot change
-        log.info("MLflow run %s keeps its values of params %s (the offline copy has others)", run_id,
-                 ", ".join(clashes[:5]) + (" …" if len(clashes) > 5 else ""))
-    tags = [RunTag(k, str(v)[:MAX_TAG_VALUE]) for k, v in copy["run"].get("tags", {}).items()
-            if k not in _OFFLINE_ONLY_TAGS and run.data.tags.get(k) != str(v)[:MAX_TAG_VALUE]]
+        log.info(
+            "MLflow run %s keeps its values of params %s (the offline copy has others)",
+            run_id,
+            ", ".join(clashes[:5]) + (" …" if len(clashes) > 5 else ""),
+        )
+    tags = [
+        RunTag(k, str(v)[:MAX_TAG_VALUE])
+        for k, v in copy["run"].get("tags", {}).items()
+        if k not in _OFFLINE_ONLY_TAGS and run.data.tags.get(k) != str(v)[:MAX_TAG_VALUE]
+    ]
     by_key: dict[str, list[dict[str, Any]]] = {}
     for m in copy["metrics"]:
         by_key.setdefault(m["key"], []).append(m)
@@ -930,11 +1034,11 @@ def _upload_copy(client: Any, run_id: str, copy: dict[str, Any]) -> dict[str, in
                 steps.add(m["step"])
                 metrics.append(Metric(key, m["value"], m["timestamp"], m["step"]))
     for i in range(0, len(params), MAX_PARAMS_PER_BATCH):
-        client.log_batch(run_id, params=params[i:i + MAX_PARAMS_PER_BATCH])
+        client.log_batch(run_id, params=params[i : i + MAX_PARAMS_PER_BATCH])
     for i in range(0, len(tags), MAX_PARAMS_PER_BATCH):
-        client.log_batch(run_id, tags=tags[i:i + MAX_PARAMS_PER_BATCH])
+        client.log_batch(run_id, tags=tags[i : i + MAX_PARAMS_PER_BATCH])
     for i in range(0, len(metrics), MAX_METRICS_PER_BATCH):
-        client.log_batch(run_id, metrics=metrics[i:i + MAX_METRICS_PER_BATCH])
+        client.log_batch(run_id, metrics=metrics[i : i + MAX_METRICS_PER_BATCH])
     artifacts = 0
     root = Path(copy["folder"]) / "artifacts"
     if root.is_dir():
@@ -997,7 +1101,10 @@ def _sync_target(client: Any, info: Mapping[str, Any], uri: str) -> tuple[str, b
 
 
 def sync_offline(
-    run_dirs: Sequence[str | Path], uri: Optional[str] = None, retries: int = 3, backoff_s: float = 1.0,
+    run_dirs: Sequence[str | Path],
+    uri: Optional[str] = None,
+    retries: int = 3,
+    backoff_s: float = 1.0,
 ) -> list[dict[str, Any]]:
     """Upload the offline copies (``mlflow_offline/``) in or below ``run_dirs`` into a store.
 
@@ -1030,7 +1137,11 @@ def sync_offline(
 
 
 def _sync_copy(
-    folder: Path, uri: Optional[str], clients: dict[str, Any], retries: int, backoff_s: float,
+    folder: Path,
+    uri: Optional[str],
+    clients: dict[str, Any],
+    retries: int,
+    backoff_s: float,
 ) -> dict[str, Any]:
     copy = _read_copy(folder)
     info = copy["run"]
@@ -1039,14 +1150,18 @@ def _sync_copy(
     mlflow_uri = _mlflow_uri(chosen)
     db = sqlite_path(mlflow_uri)
     if db is not None and not db.exists():
-        raise MissingStoreError(f"MLflow store {db} does not exist; name an existing store with --uri, or create "
-                                "one with `fsanet mlflow init --uri URI --experiment … --study …`")
+        raise MissingStoreError(
+            f"MLflow store {db} does not exist; name an existing store with --uri, or create "
+            "one with `fsanet mlflow init --uri URI --experiment … --study …`"
+        )
 
     def step(fn: Callable[[], T], what: str) -> T:
         try:
             return _retry(fn, what, retries, backoff_s)
         except Exception as err:
-            raise TrackingError(f"cannot sync {folder} into {display}: {what} failed: {_one_line(err)}") from None
+            raise TrackingError(
+                f"cannot sync {folder} into {display}: {what} failed: {_one_line(err)}"
+            ) from None
 
     def client() -> Any:
         if mlflow_uri not in clients:
@@ -1067,9 +1182,21 @@ def _sync_copy(
             clients[mlflow_uri].set_terminated(run_id, status)
 
     step(close, "set status")
-    info["synced"] = {"run_id": run_id, "tracking_uri": display, "time": _now(), "complete": True,
-                      "created": created, **counts}
+    info["synced"] = {
+        "run_id": run_id,
+        "tracking_uri": display,
+        "time": _now(),
+        "complete": True,
+        "created": created,
+        **counts,
+    }
     write_json(folder / "run.json", info)
     log.info("MLflow: synced %s into run %s at %s", folder, run_id, display)
-    return {"folder": str(folder), "run_id": run_id, "created": created, "status": status,
-            "tracking_uri": display, **counts}
+    return {
+        "folder": str(folder),
+        "run_id": run_id,
+        "created": created,
+        "status": status,
+        "tracking_uri": display,
+        **counts,
+    }

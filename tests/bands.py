@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 @st.composite
 def size_and_band(draw, max_size: int = 9, max_kh: Optional[int] = None, max_kw: Optional[int] = None):
-    """``(h, w, (u0, u1, v0, v1))`` with ``h, w ≤ max_size`` and band heights/widths ≤ ``max_kh``/``max_kw``."""
+    """``(h, w, (u0, u1, v0, v1))`` with ``h, w ≤ max_size``, band heights/widths ≤ ``max_kh``/``max_kw``."""
     h = draw(st.integers(1, max_size))
     w = draw(st.integers(1, max_size))
     u0 = draw(st.integers(0, h - 1))

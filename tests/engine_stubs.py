@@ -38,8 +38,14 @@ class TinyAttention(AttentionModule):
 class TinyNet(nn.Module):
     """conv3×3 → norm → ReLU → TinyAttention → (dropout) → 1×1 classifier, plus a 1×1 aux head."""
 
-    def __init__(self, num_classes: int, width: int = 8, norm: str = "group", dropout: float = 0.0,
-                 dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        width: int = 8,
+        norm: str = "group",
+        dropout: float = 0.0,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
         super().__init__()
         self.stem = nn.Conv2d(3, width, 3, padding=1)
         self.norm = nn.GroupNorm(2, width) if norm == "group" else nn.BatchNorm2d(width)
@@ -80,16 +86,20 @@ class TinySegDataset(torch.utils.data.Dataset):
         g = torch.Generator().manual_seed(1000 + index)
         image = torch.randn(3, self.size, self.size, generator=g)
         label = F.avg_pool2d(image[None], 3, 1, 1)[0].argmax(0)
-        label[: 2, : 3] = 255  # some ignored pixels
+        label[:2, :3] = 255  # some ignored pixels
         if self.train:
             top, left = np.random.randint(0, self.size - self.crop + 1, size=2)
-            image = image[:, top:top + self.crop, left:left + self.crop]
-            label = label[top:top + self.crop, left:left + self.crop]
+            image = image[:, top : top + self.crop, left : left + self.crop]
+            label = label[top : top + self.crop, left : left + self.crop]
             if torch.rand(()) < 0.5:
                 image, label = image.flip(-1), label.flip(-1)
             image = image + 0.01 * random.random()
-        return {"image": image.contiguous(), "label": label.contiguous().long(), "name": f"img{index}",
-                "ori_size": (self.size, self.size)}
+        return {
+            "image": image.contiguous(),
+            "label": label.contiguous().long(),
+            "name": f"img{index}",
+            "ori_size": (self.size, self.size),
+        }
 
 
 def build_tiny_model(model_cfg: Any, num_classes: int, **_: Any) -> TinyNet:

@@ -75,19 +75,41 @@ def test_a_peer_defined_in_a_test_runs_through_the_pipeline(tmp_path, peer):
         build_model({"name": peer, "attention": {"mode": "linsoftmax"}}, num_classes=3, pretrained=False)
 
     # train two steps, then evaluate the trained model
-    cfg = load_config([], [f"model.name={peer}", "tracking.enabled=false", "train.progress=false",
-                           "train.batch_size=2", "train.max_iters=2", "train.log_interval=1",
-                           "train.ckpt_interval=2", "data.num_workers=0", "eval.figures=false"])
+    cfg = load_config(
+        [],
+        [
+            f"model.name={peer}",
+            "tracking.enabled=false",
+            "train.progress=false",
+            "train.batch_size=2",
+            "train.max_iters=2",
+            "train.log_interval=1",
+            "train.ckpt_interval=2",
+            "data.num_workers=0",
+            "eval.figures=false",
+        ],
+    )
     result = train(cfg, tmp_path / "run", build_dataset=build_tiny_dataset)
     state = torch.load(result.model_path, weights_only=True)
     assert any(k.startswith("decode_head.attention.proj") for k in state["model"])
-    metrics = evaluate(eval_config(result.model_path), result.model_path, tmp_path / "run" / "eval",
-                       build_dataset=build_tiny_dataset)
+    metrics = evaluate(
+        eval_config(result.model_path),
+        result.model_path,
+        tmp_path / "run" / "eval",
+        build_dataset=build_tiny_dataset,
+    )
     assert metrics["model"] == peer and 0.0 <= metrics["mIoU"] <= 100.0
 
     # benchmark: the module's row is measured, and its analytic FLOPs agree with the counter
-    overrides = ["bench.modules=[global_mix,nonlocal]", "bench.channels=16", "bench.paper_size=[12,10]",
-                 "bench.sweep_sizes=[8]", "bench.repeats=2", "bench.warmup=1", "bench.rounds=1"]
+    overrides = [
+        "bench.modules=[global_mix,nonlocal]",
+        "bench.channels=16",
+        "bench.paper_size=[12,10]",
+        "bench.sweep_sizes=[8]",
+        "bench.repeats=2",
+        "bench.warmup=1",
+        "bench.rounds=1",
+    ]
     report = run_attention_benchmark(load_config([], overrides).bench, tmp_path / "bench.json")
     rows = [r for r in report["results"] if r["module"] == "global_mix"]
     assert {r["setting"] for r in rows} == {"paper", "sweep"} and all(r["status"] == "ok" for r in rows)

@@ -241,7 +241,9 @@ def test_zip_member_with_a_bad_crc_is_refused(tmp_path):
     def bad_crc(zf):
         zf.getinfo("b.bin").CRC ^= 1
 
-    arc = make_zip(tmp_path / "crc.zip", [("a.bin", b"a" * 100, 0o100644), ("b.bin", b"b" * 100, 0o100644)], bad_crc)
+    arc = make_zip(
+        tmp_path / "crc.zip", [("a.bin", b"a" * 100, 0o100644), ("b.bin", b"b" * 100, 0o100644)], bad_crc
+    )
     target = tmp_path / "out"
     target.mkdir()
     assert "CRC" in refused(arc, target)
@@ -332,7 +334,11 @@ def zip_folder_then_file(path: Path) -> Path:
 
 
 def tgz_file_and_folder(path: Path) -> Path:
-    return make_tar(path, [("a", b"file", tarfile.REGTYPE, "", 0o644), ("a/b.txt", b"in", tarfile.REGTYPE, "", 0o644)], "w:gz")
+    return make_tar(
+        path,
+        [("a", b"file", tarfile.REGTYPE, "", 0o644), ("a/b.txt", b"in", tarfile.REGTYPE, "", 0o644)],
+        "w:gz",
+    )
 
 
 BROKEN = {
@@ -367,11 +373,24 @@ def test_broken_archive_through_the_cli_is_one_line(tmp_path, capsys):
     for name, build in sorted(BROKEN.items()):
         arc = build(hand / name)
         md5 = __import__("hashlib").md5(arc.read_bytes()).hexdigest()
-        entries.append({"name": name, "url": f"http://127.0.0.1:9/{name}", "checksum": f"md5:{md5}", "extract_to": name})
+        entries.append(
+            {"name": name, "url": f"http://127.0.0.1:9/{name}", "checksum": f"md5:{md5}", "extract_to": name}
+        )
     for entry in entries:
         cfg = tmp_path / "broken.yaml"
         cfg.write_text(json.dumps({"data": {"name": "ade20k", "num_classes": 150, "download": [entry]}}))
-        argv = ["-q", "data", "download", "ade20k", "--root", str(tmp_path / "data"), "--from", str(hand), "-c", str(cfg)]
+        argv = [
+            "-q",
+            "data",
+            "download",
+            "ade20k",
+            "--root",
+            str(tmp_path / "data"),
+            "--from",
+            str(hand),
+            "-c",
+            str(cfg),
+        ]
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and entry["name"] in err and "Traceback" not in err, err
@@ -522,11 +541,22 @@ def test_expected_size_names_its_keys_and_the_override_lets_the_archive_through(
     params.write_text(json.dumps({"data": {"download": [{"name": "two.zip", "unpacked_bytes": 1900}]}}))
     cfg = load_config([params])
     target = tmp_path / "out"
-    msg = refused(arc, target, ArchiveLimitError, limits=cfg.data.extract,
-                  unpacked_bytes=cfg.data.download[0].unpacked_bytes)
+    msg = refused(
+        arc,
+        target,
+        ArchiveLimitError,
+        limits=cfg.data.extract,
+        unpacked_bytes=cfg.data.download[0].unpacked_bytes,
+    )
     assert "data.download[].unpacked_bytes = 1900" in msg and "data.extract.size_margin" in msg
     cfg = load_config([params], ["data.extract.size_margin=0.1"])
-    safe_extract(arc, target, progress=False, limits=cfg.data.extract, unpacked_bytes=cfg.data.download[0].unpacked_bytes)
+    safe_extract(
+        arc,
+        target,
+        progress=False,
+        limits=cfg.data.extract,
+        unpacked_bytes=cfg.data.download[0].unpacked_bytes,
+    )
     assert files(target) == {"a.bin": b"a" * 1000, "b.bin": b"b" * 1000}
 
 
@@ -566,15 +596,24 @@ def test_modes_follow_the_umask_and_are_never_world_writable(tmp_path, mask, fmt
     if fmt == "zip":
         arc = make_zip(
             tmp_path / "modes.zip",
-            [("x/", b"", stat.S_IFDIR | 0o777), ("x/run.sh", b"#!", 0o100777), ("x/data.bin", b"d", 0o100666),
-             ("ro.txt", b"r", 0o100444), ("suid", b"s", 0o104777)],
+            [
+                ("x/", b"", stat.S_IFDIR | 0o777),
+                ("x/run.sh", b"#!", 0o100777),
+                ("x/data.bin", b"d", 0o100666),
+                ("ro.txt", b"r", 0o100444),
+                ("suid", b"s", 0o104777),
+            ],
         )
     else:
         arc = make_tar(
             tmp_path / "modes.tgz",
-            [("x", None, tarfile.DIRTYPE, "", 0o777), ("x/run.sh", b"#!", tarfile.REGTYPE, "", 0o777),
-             ("x/data.bin", b"d", tarfile.REGTYPE, "", 0o666), ("ro.txt", b"r", tarfile.REGTYPE, "", 0o444),
-             ("suid", b"s", tarfile.REGTYPE, "", 0o4777)],
+            [
+                ("x", None, tarfile.DIRTYPE, "", 0o777),
+                ("x/run.sh", b"#!", tarfile.REGTYPE, "", 0o777),
+                ("x/data.bin", b"d", tarfile.REGTYPE, "", 0o666),
+                ("ro.txt", b"r", tarfile.REGTYPE, "", 0o444),
+                ("suid", b"s", tarfile.REGTYPE, "", 0o4777),
+            ],
             "w:gz",
         )
     target = tmp_path / "new" / "out"
@@ -612,7 +651,11 @@ def test_stale_staging_folder_is_removed_with_a_log_line(tmp_path, caplog):
     (target / ".X.zip.extracting-99-zzzzzzzz").mkdir()
     caplog.clear()
     safe_extract(arc, target, progress=False)
-    assert sorted(p.name for p in target.iterdir()) == [".X.zip.extracted.json", ".Y.zip.extracting-1234-abcdefgh", "a.txt"]
+    assert sorted(p.name for p in target.iterdir()) == [
+        ".X.zip.extracted.json",
+        ".Y.zip.extracting-1234-abcdefgh",
+        "a.txt",
+    ]
     assert any("removed" in r.getMessage() and "zzzzzzzz" in r.getMessage() for r in caplog.records)
 
 

@@ -162,8 +162,22 @@ def test_end_to_end_report_tables_and_plot(tmp_path):
     report = run_attention_benchmark(cfg, out)
     data = json.loads(out.read_text())
     assert data["env"]["threads"] >= 1 and "git_sha" in data["env"] and "torch" in data["env"]
-    keys = {"module", "mode", "impl", "h", "w", "channels", "band", "params", "flops", "peak_memory_bytes",
-            "latency_ms", "latency_ms_min", "latency_ms_max", "status"}
+    keys = {
+        "module",
+        "mode",
+        "impl",
+        "h",
+        "w",
+        "channels",
+        "band",
+        "params",
+        "flops",
+        "peak_memory_bytes",
+        "latency_ms",
+        "latency_ms_min",
+        "latency_ms_max",
+        "status",
+    }
     assert data["config"]["rounds"] == 5 and "interleaved rounds: 5" in data["env"]["timing"]
     for row in data["results"]:
         assert keys <= row.keys()
@@ -199,18 +213,35 @@ def test_end_to_end_report_tables_and_plot(tmp_path):
 
 def test_reduction_percentages_by_hand():
     def row(module, flops, mem, lat, **kw):
-        r = {"setting": "paper", "module": module, "mode": None, "impl": None, "h": 4, "w": 4, "channels": 8,
-             "band": None, "params": 10, "flops": flops, "peak_memory_bytes": mem, "latency_ms": lat,
-             "latency_ms_min": lat, "latency_ms_max": lat, "status": "ok"}
+        r = {
+            "setting": "paper",
+            "module": module,
+            "mode": None,
+            "impl": None,
+            "h": 4,
+            "w": 4,
+            "channels": 8,
+            "band": None,
+            "params": 10,
+            "flops": flops,
+            "peak_memory_bytes": mem,
+            "latency_ms": lat,
+            "latency_ms_min": lat,
+            "latency_ms_max": lat,
+            "status": "ok",
+        }
         r.update(kw)
         return r
 
-    report = {"env": {}, "results": [
-        row("floor", 0, 100, 0.5),
-        row("nonlocal", 1000, 400, 10.0),
-        row("fsa", 20, 40, 0.25, mode="dot", impl="fused", band=[0, 2, 0, 2]),
-        row("linear", None, None, None, status="timeout"),
-    ]}
+    report = {
+        "env": {},
+        "results": [
+            row("floor", 0, 100, 0.5),
+            row("nonlocal", 1000, 400, 10.0),
+            row("fsa", 20, 40, 0.25, mode="dot", impl="fused", band=[0, 2, 0, 2]),
+            row("linear", None, None, None, status="timeout"),
+        ],
+    }
     f = efficiency_frame(report).set_index("Module")
     fsa = f.loc["FSA 2×2 dot fused"]
     assert fsa["ΔFLOPs (%)"] == pytest.approx(-98.0)
@@ -294,8 +325,14 @@ def test_round_shares():
 
 
 def test_rounds_interleave_with_a_rotating_order(monkeypatch):
-    cfg = _tiny_cfg(**{"bench.modules": "[nonlocal,linear]", "bench.sweep_sizes": "[]",
-                       "bench.repeats": 5, "bench.rounds": 3})
+    cfg = _tiny_cfg(
+        **{
+            "bench.modules": "[nonlocal,linear]",
+            "bench.sweep_sizes": "[]",
+            "bench.repeats": 5,
+            "bench.rounds": 3,
+        }
+    )
     cases = _paper_cases(cfg)
     names = [c.series for c in cases]
     assert names == ["floor", "nonlocal", "linear"]
@@ -311,8 +348,14 @@ def test_rounds_interleave_with_a_rotating_order(monkeypatch):
 
 
 def test_one_round_times_each_case_in_one_block(monkeypatch):
-    cfg = _tiny_cfg(**{"bench.modules": "[nonlocal,linear]", "bench.sweep_sizes": "[]",
-                       "bench.repeats": 6, "bench.rounds": 1})
+    cfg = _tiny_cfg(
+        **{
+            "bench.modules": "[nonlocal,linear]",
+            "bench.sweep_sizes": "[]",
+            "bench.repeats": 6,
+            "bench.rounds": 1,
+        }
+    )
     cases = _paper_cases(cfg)
     turns = _record_turns(monkeypatch)
     rows = measure_group(cases, cfg, CPU)
@@ -329,8 +372,14 @@ def test_one_round_times_each_case_in_one_block(monkeypatch):
 
 
 def test_a_case_failing_in_a_round_sits_out_the_rest(monkeypatch):
-    cfg = _tiny_cfg(**{"bench.modules": "[nonlocal,linear]", "bench.sweep_sizes": "[]",
-                       "bench.repeats": 4, "bench.rounds": 4})
+    cfg = _tiny_cfg(
+        **{
+            "bench.modules": "[nonlocal,linear]",
+            "bench.sweep_sizes": "[]",
+            "bench.repeats": 4,
+            "bench.rounds": 4,
+        }
+    )
     cases = _paper_cases(cfg)
     turns = []
     original = bench._time_share
@@ -375,21 +424,41 @@ def test_verdict_outcomes():
 
 def test_tables_show_the_spread_beside_latency_and_x_floor(tmp_path):
     def row(module, lat, rounds, x=None, x_rounds=None, **kw):
-        r = {"setting": "paper", "module": module, "mode": None, "impl": None, "h": 4, "w": 4, "channels": 8,
-             "band": None, "params": 10, "flops": 100, "peak_memory_bytes": 1000, "latency_ms": lat,
-             "latency_ms_min": lat, "latency_ms_max": lat, "status": "ok",
-             "latency_round_ms": rounds, "latency_spread_ms": [min(rounds), max(rounds)],
-             "x_floor": x, "x_floor_round": x_rounds,
-             "x_floor_spread": [min(x_rounds), max(x_rounds)] if x_rounds else None}
+        r = {
+            "setting": "paper",
+            "module": module,
+            "mode": None,
+            "impl": None,
+            "h": 4,
+            "w": 4,
+            "channels": 8,
+            "band": None,
+            "params": 10,
+            "flops": 100,
+            "peak_memory_bytes": 1000,
+            "latency_ms": lat,
+            "latency_ms_min": lat,
+            "latency_ms_max": lat,
+            "status": "ok",
+            "latency_round_ms": rounds,
+            "latency_spread_ms": [min(rounds), max(rounds)],
+            "x_floor": x,
+            "x_floor_round": x_rounds,
+            "x_floor_spread": [min(x_rounds), max(x_rounds)] if x_rounds else None,
+        }
         r.update(kw)
         return r
 
-    report = {"env": {}, "config": {"rounds": 3}, "results": [
-        row("floor", 0.5, [0.45, 0.5, 0.6]),
-        row("nonlocal", 4.7, [4.4, 4.7, 5.3], x=9.4, x_rounds=[8.8, 9.4, 10.6]),
-        row("fsa", 1.5, [1.5], x=3.0, x_rounds=[3.0], mode="dot", impl="fused", band=[0, 2, 0, 2]),
-        row("linear", None, [1.0], status="oom"),
-    ]}
+    report = {
+        "env": {},
+        "config": {"rounds": 3},
+        "results": [
+            row("floor", 0.5, [0.45, 0.5, 0.6]),
+            row("nonlocal", 4.7, [4.4, 4.7, 5.3], x=9.4, x_rounds=[8.8, 9.4, 10.6]),
+            row("fsa", 1.5, [1.5], x=3.0, x_rounds=[3.0], mode="dot", impl="fused", band=[0, 2, 0, 2]),
+            row("linear", None, [1.0], status="oom"),
+        ],
+    }
     bench_json = tmp_path / "b.json"
     bench_json.write_text(json.dumps(report))
     md_path, tex_path, csv_path = efficiency_tables(bench_json, tmp_path / "t")

@@ -96,11 +96,14 @@ def test_list_items_override_by_index_and_errors_name_the_key(caplog):
     assert cfg.data.download[1].url != "http://127.0.0.1:9/a.zip"
     with pytest.raises(ConfigError, match="data.download.7.url"):
         load_config(["params/data/cityscapes.yaml"], ["data.download.7.url=x"])
-    with pytest.raises(ConfigError, match=r"command line: train.seed is given twice \(train.seed=1 and train.seed=2\)"):
+    with pytest.raises(
+        ConfigError, match=r"command line: train.seed is given twice \(train.seed=1 and train.seed=2\)"
+    ):
         load_config([], ["train.seed=1", "train.seed=2"])
     # the usual forms are unchanged: typed values, lists, null
-    cfg = load_config([], ["train.seed=3", "model.attention.band=[0,8,0,8]", "eval.eval_band=null",
-                           "train.lr=1e-3"])
+    cfg = load_config(
+        [], ["train.seed=3", "model.attention.band=[0,8,0,8]", "eval.eval_band=null", "train.lr=1e-3"]
+    )
     assert cfg.train.seed == 3 and list(cfg.model.attention.band) == [0, 8, 0, 8]
     assert cfg.eval.eval_band is None and cfg.train.lr == pytest.approx(1e-3)
 
@@ -111,7 +114,9 @@ def test_short_band_and_device_errors_explain_the_fix(monkeypatch):
     from fsanet.engine.distributed import resolve_device
     from fsanet.models import build_model
 
-    with pytest.raises(ValueError, match=r"model.attention.*two numbers mean \[0, n_u\) × \[0, n_v\).*\[0, n, 0, n\]"):
+    with pytest.raises(
+        ValueError, match=r"model.attention.*two numbers mean \[0, n_u\) × \[0, n_v\).*\[0, n, 0, n\]"
+    ):
         build_model(load_config([], ["model.attention.band=[0,5]"]).model, 3)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="train.device=cuda but torch sees no GPU.*set train.device=cpu"):
@@ -120,12 +125,15 @@ def test_short_band_and_device_errors_explain_the_fix(monkeypatch):
 
 # --------------------------------------------------------------------------------------------
 # careless and hostile config input: one line naming the file or key, never a silent acceptance
-@pytest.mark.parametrize("text, match", [
-    ("", "sets nothing"),
-    ("# nothing but a comment\n", "sets nothing"),
-    ("- a\n- b\n", "top level must be a mapping"),
-    ("just a string\n", "key .just a string.: Key .just a string. not in .Config."),
-])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("", "sets nothing"),
+        ("# nothing but a comment\n", "sets nothing"),
+        ("- a\n- b\n", "top level must be a mapping"),
+        ("just a string\n", "key .just a string.: Key .just a string. not in .Config."),
+    ],
+)
 def test_empty_or_non_mapping_files_are_refused(tmp_path, text, match):
     path = tmp_path / "c.yaml"
     path.write_text(text)
@@ -141,26 +149,33 @@ def test_interpolation_errors_name_the_file_and_key_in_one_line(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config([good, bad])
     msg = str(err.value)
-    assert "\n" not in msg and msg.startswith(f"{bad}: interpolation failed: key 'data.root'") and "nope.x" in msg
+    assert (
+        "\n" not in msg
+        and msg.startswith(f"{bad}: interpolation failed: key 'data.root'")
+        and "nope.x" in msg
+    )
     with pytest.raises(ConfigError, match=r"^command line: interpolation failed: key 'data.root'"):
         load_config([good], ["data.root=${oops}"])
     # an interpolation on the command line may refer to other keys, as in a file
     assert load_config([], ["data.root=${data.name}_copy"]).data.root == "synthetic_copy"
 
 
-@pytest.mark.parametrize("override, match", [
-    ("train.threads=-5", r"train.threads=-5 is out of range: must be ≥ 0"),
-    ("eval.threads=-1", r"eval.threads=-1 is out of range"),
-    ("train.max_iters=0", r"train.max_iters=0 is out of range: must be ≥ 1"),
-    ("train.batch_size=-2", r"train.batch_size=-2"),
-    ("data.crop_size=[96,0]", r"data.crop_size=\[96, 0\] is out of range"),
-    ("data.flip_prob=1.5", r"data.flip_prob=1.5 is out of range: must be between 0 and 1"),
-    ("model.dropout=1.0", r"model.dropout=1.0"),
-    ("train.lr=0", r"train.lr=0"),
-    ("bench.repeats=0", r"bench.repeats=0"),
-    ("data.synthetic.num_val=0", r"data.synthetic.num_val=0"),
-    ("train.seed=-1", r"train.seed=-1"),
-])
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("train.threads=-5", r"train.threads=-5 is out of range: must be ≥ 0"),
+        ("eval.threads=-1", r"eval.threads=-1 is out of range"),
+        ("train.max_iters=0", r"train.max_iters=0 is out of range: must be ≥ 1"),
+        ("train.batch_size=-2", r"train.batch_size=-2"),
+        ("data.crop_size=[96,0]", r"data.crop_size=\[96, 0\] is out of range"),
+        ("data.flip_prob=1.5", r"data.flip_prob=1.5 is out of range: must be between 0 and 1"),
+        ("model.dropout=1.0", r"model.dropout=1.0"),
+        ("train.lr=0", r"train.lr=0"),
+        ("bench.repeats=0", r"bench.repeats=0"),
+        ("data.synthetic.num_val=0", r"data.synthetic.num_val=0"),
+        ("train.seed=-1", r"train.seed=-1"),
+    ],
+)
 def test_values_out_of_range_are_refused_naming_the_key(override, match):
     with pytest.raises(ConfigError, match=rf"^command line: {match}"):
         load_config([], [override])

@@ -90,7 +90,11 @@ def test_module_on_cuda_equals_cpu_in_float64(name, train_mode, eval_band):
 @pytest.mark.parametrize("mode", MODES)
 def test_fsa_float32_on_cuda_close_to_float64_reference(mode, impl):
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    ref = randomise_fsa(FrequencySelfAttention(32, band=(0, 5, 0, 5), mode=mode, impl="reference")).double().eval()
+    ref = (
+        randomise_fsa(FrequencySelfAttention(32, band=(0, 5, 0, 5), mode=mode, impl="reference"))
+        .double()
+        .eval()
+    )
     m = copy.deepcopy(ref).float().cuda()
     m.impl = impl
     x = torch.randn(2, 32, 24, 20, dtype=F64)
@@ -124,8 +128,16 @@ def test_lowpass_on_cuda_equals_cpu():
 # training, resume and evaluation
 
 
-OVR = ["tracking.enabled=false", "train.progress=false", "train.batch_size=4", "train.log_interval=1",
-       "train.ckpt_interval=3", "data.num_workers=0", "train.device=cuda", "train.amp=bf16"]
+OVR = [
+    "tracking.enabled=false",
+    "train.progress=false",
+    "train.batch_size=4",
+    "train.log_interval=1",
+    "train.ckpt_interval=3",
+    "data.num_workers=0",
+    "train.device=cuda",
+    "train.amp=bf16",
+]
 
 
 def test_train_resumes_from_a_cuda_checkpoint(tmp_path):
@@ -140,7 +152,13 @@ def test_train_resumes_from_a_cuda_checkpoint(tmp_path):
             raise RuntimeError("injected crash")
 
     with pytest.raises(RuntimeError, match="injected crash"):
-        train(cfg, tmp_path / "cut", build_model=build_tiny_model, build_dataset=build_tiny_dataset, callback=crash)
+        train(
+            cfg,
+            tmp_path / "cut",
+            build_model=build_tiny_model,
+            build_dataset=build_tiny_dataset,
+            callback=crash,
+        )
     ckpt = torch.load(tmp_path / "cut" / "checkpoints" / "iter_000003.pt", weights_only=True)
     assert len(ckpt["rng"][0]["cuda"]) == torch.cuda.device_count()
     got = train(cfg, tmp_path / "cut", build_model=build_tiny_model, build_dataset=build_tiny_dataset)
@@ -165,15 +183,32 @@ def test_cli_train_on_cuda_then_eval_on_cuda_and_cpu(tmp_path, model):
     common = [f"data.root={root}", *SYN, "tracking.enabled=false"]
     _cli("data", "prepare", "synthetic", "--root", str(tmp_path), *SYN)
     run = tmp_path / "run"
-    _cli("train", *common, "train.progress=false", "train.max_iters=20", "train.batch_size=4",
-         "train.device=cuda", "train.amp=bf16", f"model.name={model}", "--out-dir", str(run))
+    _cli(
+        "train",
+        *common,
+        "train.progress=false",
+        "train.max_iters=20",
+        "train.batch_size=4",
+        "train.device=cuda",
+        "train.amp=bf16",
+        f"model.name={model}",
+        "--out-dir",
+        str(run),
+    )
     info = json.loads((run / "run_info.json").read_text())
     assert info["status"] == "finished" and info["environment"]["device"].startswith("cuda")
     scores = {}
     for device in ("cuda", "cpu"):
         out = tmp_path / f"eval_{device}"
-        _cli("eval", "--checkpoint", str(run / "model.pt"), f"eval.device={device}", "eval.eval_band=[0,2,0,2]",
-             "--out-dir", str(out))
+        _cli(
+            "eval",
+            "--checkpoint",
+            str(run / "model.pt"),
+            f"eval.device={device}",
+            "eval.eval_band=[0,2,0,2]",
+            "--out-dir",
+            str(out),
+        )
         scores[device] = json.loads((out / "metrics.json").read_text())
     assert scores["cuda"]["num_images"] == scores["cpu"]["num_images"] == 4
     # cuDNN's float32 convolutions use TF32, so a handful of near-tie pixels may flip class
@@ -182,9 +217,21 @@ def test_cli_train_on_cuda_then_eval_on_cuda_and_cpu(tmp_path, model):
 
 def test_bench_attention_measures_cuda_peak_memory(tmp_path):
     out = tmp_path / "bench.json"
-    _cli("bench", "attention", "-c", "params/bench.yaml", "bench.device=cuda", "bench.modules=[fsa,nonlocal]",
-         "bench.paper_size=[64,64]", "bench.paper_bands=[[0,5,0,5]]", "bench.sweep_sizes=[32]", "bench.channels=64",
-         "bench.repeats=20", "--out", str(out))
+    _cli(
+        "bench",
+        "attention",
+        "-c",
+        "params/bench.yaml",
+        "bench.device=cuda",
+        "bench.modules=[fsa,nonlocal]",
+        "bench.paper_size=[64,64]",
+        "bench.paper_bands=[[0,5,0,5]]",
+        "bench.sweep_sizes=[32]",
+        "bench.channels=64",
+        "bench.repeats=20",
+        "--out",
+        str(out),
+    )
     data = json.loads(out.read_text())
     assert data["env"]["device"].startswith("cuda")
     paper = {r["series"]: r for r in data["results"] if r["setting"] == "paper" and r["status"] == "ok"}

@@ -28,7 +28,9 @@ class Tiny(SegmentationDataset):
     LAYOUT = "  img/<name>.png\n  ann/<name>.png\n  <split>.txt"
 
     def samples(self):
-        return read_split_list(self.root / f"{self.split}.txt", self.root / "img", ".png", self.root / "ann", ".png")
+        return read_split_list(
+            self.root / f"{self.split}.txt", self.root / "img", ".png", self.root / "ann", ".png"
+        )
 
 
 def _make(root: Path, n: int = 3, size: tuple[int, int] = (12, 16), split: str = "train") -> Path:
@@ -79,7 +81,9 @@ def test_write_is_atomic_on_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 @pytest.mark.parametrize("reader", [read_image, read_label])
 def test_truncated_png_names_the_file(tmp_path: Path, reader) -> None:
-    full = write_label(tmp_path / "full.png", np.random.default_rng(0).integers(0, 3, (64, 64), dtype=np.uint8))
+    full = write_label(
+        tmp_path / "full.png", np.random.default_rng(0).integers(0, 3, (64, 64), dtype=np.uint8)
+    )
     data = full.read_bytes()
     cut = tmp_path / "cut.png"
     cut.write_bytes(data[: len(data) // 2])
@@ -118,7 +122,9 @@ def test_item_contract(tmp_path: Path) -> None:
     assert item["label"].dtype == torch.int64 and item["label"].shape == (12, 16)
     assert item["name"] == "s1" and item["ori_size"] == (12, 16)
     assert int(item["label"][0, 0]) == 255  # ignore is allowed
-    np.testing.assert_array_equal(item["image"].permute(1, 2, 0).numpy(), read_image(tmp_path / "img" / "s1.png"))
+    np.testing.assert_array_equal(
+        item["image"].permute(1, 2, 0).numpy(), read_image(tmp_path / "img" / "s1.png")
+    )
 
 
 def test_missing_root_names_layout_and_command(tmp_path: Path) -> None:
@@ -178,7 +184,9 @@ def test_scan_pairs_sorted_and_missing_label(tmp_path: Path) -> None:
         write_label(tmp_path / "labels" / rel.replace("_img", "_seg"), np.zeros((2, 2), np.uint8))
     pairs = scan_pairs(tmp_path / "images", "_img.png", tmp_path / "labels", "_seg.png")
     assert [p[0].relative_to(tmp_path).as_posix() for p in pairs] == [
-        "images/a/y_img.png", "images/a/z_img.png", "images/b/x_img.png"
+        "images/a/y_img.png",
+        "images/a/z_img.png",
+        "images/b/x_img.png",
     ]
     assert pairs[0][1] == tmp_path / "labels" / "a" / "y_seg.png"
     (tmp_path / "labels" / "b" / "x_seg.png").unlink()

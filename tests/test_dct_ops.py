@@ -30,7 +30,10 @@ def _case(h: int, w: int, band, dtype=torch.float64, lead=(2, 3), seed: int = 0)
 
 
 @settings(max_examples=40, deadline=None)
-@given(hwb=size_and_band(max_size=24, max_kh=12, max_kw=dct_ops.MAX_KERNEL_BAND), dtype=st.sampled_from([torch.float32, torch.float64]))
+@given(
+    hwb=size_and_band(max_size=24, max_kh=12, max_kw=dct_ops.MAX_KERNEL_BAND),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+)
 def test_kernels_match_torch_path(hwb, dtype):
     h, w, band = hwb
     x, y, shift, ch, cw = _case(h, w, band, dtype)

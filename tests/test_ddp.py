@@ -27,8 +27,15 @@ from engine_stubs import build_tiny_dataset, build_tiny_model_f64
 from fsanet.config import load_config
 from fsanet.engine.train import train
 
-OVERRIDES = ["tracking.enabled=false", "train.progress=false", "train.batch_size=4", "train.max_iters=6",
-             "train.log_interval=2", "train.ckpt_interval=2", "train.threads=1"]
+OVERRIDES = [
+    "tracking.enabled=false",
+    "train.progress=false",
+    "train.batch_size=4",
+    "train.max_iters=6",
+    "train.log_interval=2",
+    "train.ckpt_interval=2",
+    "train.threads=1",
+]
 
 
 def _free_port() -> int:
@@ -38,26 +45,43 @@ def _free_port() -> int:
 
 
 def _worker(rank: int, world: int, port: int, out_dir: str, crash_at: int) -> None:
-    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
-                       "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world)})
+    os.environ.update(
+        {
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": str(world),
+        }
+    )
 
     def crash(it: int) -> None:
         if it == crash_at:
             raise RuntimeError(f"injected crash after iteration {it}")  # both ranks stop here
 
     cfg = load_config([], OVERRIDES)
-    train(cfg, out_dir, build_model=build_tiny_model_f64, build_dataset=build_tiny_dataset,
-          callback=crash if crash_at else None)
+    train(
+        cfg,
+        out_dir,
+        build_model=build_tiny_model_f64,
+        build_dataset=build_tiny_dataset,
+        callback=crash if crash_at else None,
+    )
 
 
 def _spawn(out_dir, crash_at: int = 0) -> None:
-    mp.start_processes(_worker, args=(2, _free_port(), str(out_dir), crash_at), nprocs=2, join=True,
-                       start_method="spawn")
+    mp.start_processes(
+        _worker, args=(2, _free_port(), str(out_dir), crash_at), nprocs=2, join=True, start_method="spawn"
+    )
 
 
 def test_two_gloo_processes_match_one_process(tmp_path):
-    single = train(load_config([], OVERRIDES), tmp_path / "single", build_model=build_tiny_model_f64,
-                   build_dataset=build_tiny_dataset)
+    single = train(
+        load_config([], OVERRIDES),
+        tmp_path / "single",
+        build_model=build_tiny_model_f64,
+        build_dataset=build_tiny_dataset,
+    )
     _spawn(tmp_path / "ddp")
     ref = torch.load(single.model_path, weights_only=True)
     got = torch.load(tmp_path / "ddp" / "model.pt", weights_only=True)

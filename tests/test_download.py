@@ -1,4 +1,4 @@
-"""Downloads against a local HTTP server (127.0.0.1 only): resume, checksums, 404, archives, Cityscapes login."""
+"""Downloads from a local HTTP server on 127.0.0.1: resume, checksums, 404, archives, Cityscapes login."""
 
 from __future__ import annotations
 

@@ -67,8 +67,10 @@ def test_pins_cover_the_cdn_versions_of_dvc_render():
 
 def test_template_inlines_verified_scripts_and_caches_them(registry, tmp_path):
     root, url, hits = registry
-    pkgs = (_publish(root, "vega", "1.0.0", "package/build/vega.min.js", "var vega = 1; // </script> inside"),
-            _publish(root, "vega-embed", "2.0.0", "package/build/vega-embed.min.js", "function vegaEmbed(){}"))
+    pkgs = (
+        _publish(root, "vega", "1.0.0", "package/build/vega.min.js", "var vega = 1; // </script> inside"),
+        _publish(root, "vega-embed", "2.0.0", "package/build/vega-embed.min.js", "function vegaEmbed(){}"),
+    )
     out = write_offline_template(tmp_path / "t.html", tmp_path / "cache", url, pkgs)
     page = out.read_text()
     assert "{plot_divs}" in page and "{scripts}" not in page  # DVC adds no CDN tags to this page

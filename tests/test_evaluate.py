@@ -84,8 +84,16 @@ def test_predict_resizes_to_label_size_and_merges_softmax_over_scales_and_flips(
         probs = predict(model, image, out_size, 3, scales=[0.5, 1.0], flip=True)
         views = []
         for r in (0.5, 1.0):
-            x = F.interpolate(image[None], size=(int(8 * r + 0.5), int(10 * r + 0.5)), mode="bilinear",
-                              align_corners=False) if r != 1.0 else image[None]
+            x = (
+                F.interpolate(
+                    image[None],
+                    size=(int(8 * r + 0.5), int(10 * r + 0.5)),
+                    mode="bilinear",
+                    align_corners=False,
+                )
+                if r != 1.0
+                else image[None]
+            )
             for flip in (False, True):
                 logits = model(x.flip(-1) if flip else x)["out"]
                 p = F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False).softmax(1)
@@ -96,7 +104,9 @@ def test_predict_resizes_to_label_size_and_merges_softmax_over_scales_and_flips(
     torch.testing.assert_close(probs.sum(0), torch.ones(out_size))
     # a direction-dependent model: flipping changes the answer, so the test above can fail
     with torch.no_grad():
-        assert not torch.allclose(predict(model, image, out_size, 3, flip=True), predict(model, image, out_size, 3))
+        assert not torch.allclose(
+            predict(model, image, out_size, 3, flip=True), predict(model, image, out_size, 3)
+        )
 
 
 def test_predict_rejects_bad_settings():
@@ -113,8 +123,17 @@ def _checkpoint(tmp_path, overrides=()):
     for p in model.parameters():
         nn.init.normal_(p, std=0.5)
     path = tmp_path / "run" / "model.pt"
-    save_checkpoint(path, {"model": model.state_dict(), "config": to_container(cfg), "classes": ["a", "b", "c"],
-                           "num_classes": 3, "iteration": 7, "mlflow_run_id": None})
+    save_checkpoint(
+        path,
+        {
+            "model": model.state_dict(),
+            "config": to_container(cfg),
+            "classes": ["a", "b", "c"],
+            "num_classes": 3,
+            "iteration": 7,
+            "mlflow_run_id": None,
+        },
+    )
     return path, model
 
 
@@ -124,13 +143,32 @@ def test_evaluate_writes_reports_and_matches_manual_metric(tmp_path):
     out = default_eval_dir(ckpt, cfg)
     assert out == tmp_path / "run" / "eval" / "val"
     m = evaluate(cfg, ckpt, out, build_model=build_tiny_model, build_dataset=build_tiny_dataset)
-    for name in ("metrics.json", "per_class.csv", "per_class.md", "confusion.csv", "confusion.png",
-                 "qualitative.png", "config.yaml"):
+    for name in (
+        "metrics.json",
+        "per_class.csv",
+        "per_class.md",
+        "confusion.csv",
+        "confusion.png",
+        "qualitative.png",
+        "config.yaml",
+    ):
         assert (out / name).is_file(), name
     saved = json.loads((out / "metrics.json").read_text())
     assert saved == json.loads(json.dumps(m))
-    assert {"mIoU", "mAcc", "aAcc", "IoU", "Acc", "dataset", "model", "band", "eval_band", "seed", "checkpoint",
-            "mlflow_run_id"} <= set(saved)
+    assert {
+        "mIoU",
+        "mAcc",
+        "aAcc",
+        "IoU",
+        "Acc",
+        "dataset",
+        "model",
+        "band",
+        "eval_band",
+        "seed",
+        "checkpoint",
+        "mlflow_run_id",
+    } <= set(saved)
     assert saved["eval_band"] is None and saved["num_images"] == 8 and saved["iteration"] == 7
     cost = saved["cost"]  # params, GFLOPs of one forward and the evaluation's own per-image latency
     assert cost["params_M"] == pytest.approx(sum(p.numel() for p in model.parameters()) / 1e6)
@@ -157,8 +195,13 @@ def test_eval_band_override_truncates_attention(tmp_path):
     assert eval_tag(cfg) == "val_band0-2-0-2"
     out = tmp_path / "banded"
     m = evaluate(cfg, ckpt, out, build_model=build_tiny_model, build_dataset=build_tiny_dataset)
-    full = evaluate(eval_config(ckpt), ckpt, tmp_path / "full", build_model=build_tiny_model,
-                    build_dataset=build_tiny_dataset)
+    full = evaluate(
+        eval_config(ckpt),
+        ckpt,
+        tmp_path / "full",
+        build_model=build_tiny_model,
+        build_dataset=build_tiny_dataset,
+    )
     assert m["eval_band"] == [0, 2, 0, 2]
     assert m["IoU"] != full["IoU"] or m["aAcc"] != full["aAcc"]  # the truncation changed predictions
 
@@ -167,15 +210,29 @@ def test_eval_tag_names_every_setting(tmp_path):
     """Two evaluations with different windows, strides or scales never share a report folder."""
     ckpt, _ = _checkpoint(tmp_path)
     tags = {
-        eval_tag(eval_config(ckpt, overrides=o)) for o in (
-            [], ["eval.mode=slide"], ["eval.mode=slide", "eval.crop_size=[8,8]"],
-            ["eval.mode=slide", "eval.stride=[4,4]"], ["eval.scales=[0.5,1.0]"], ["eval.scales=[0.75,1.0]"],
-            ["eval.flip=true"], ["eval.eval_band=[0,2,0,2]"],
+        eval_tag(eval_config(ckpt, overrides=o))
+        for o in (
+            [],
+            ["eval.mode=slide"],
+            ["eval.mode=slide", "eval.crop_size=[8,8]"],
+            ["eval.mode=slide", "eval.stride=[4,4]"],
+            ["eval.scales=[0.5,1.0]"],
+            ["eval.scales=[0.75,1.0]"],
+            ["eval.flip=true"],
+            ["eval.eval_band=[0,2,0,2]"],
         )
     }
     assert len(tags) == 8
-    cfg = eval_config(ckpt, overrides=["eval.mode=slide", "eval.crop_size=[769,769]", "eval.stride=[513,513]",
-                                       "eval.scales=[0.5,0.75,1.0,1.25,1.5,1.75]", "eval.flip=true"])
+    cfg = eval_config(
+        ckpt,
+        overrides=[
+            "eval.mode=slide",
+            "eval.crop_size=[769,769]",
+            "eval.stride=[513,513]",
+            "eval.scales=[0.5,0.75,1.0,1.25,1.5,1.75]",
+            "eval.flip=true",
+        ],
+    )
     assert eval_tag(cfg) == "val_slide769x769s513x513_ms0.5-0.75-1-1.25-1.5-1.75_flip"
 
 
@@ -226,8 +283,17 @@ def test_checkpoint_of_another_model_is_one_line_naming_both(tmp_path):
     cfg = load_config([], ["tracking.enabled=false", "train.progress=false", "model.name=fcn"])
     model = build_model(cfg.model, 3)
     ckpt = tmp_path / "run" / "model.pt"
-    save_checkpoint(ckpt, {"model": model.state_dict(), "config": to_container(cfg), "classes": ["a", "b", "c"],
-                           "num_classes": 3, "iteration": 7, "mlflow_run_id": None})
+    save_checkpoint(
+        ckpt,
+        {
+            "model": model.state_dict(),
+            "config": to_container(cfg),
+            "classes": ["a", "b", "c"],
+            "num_classes": 3,
+            "iteration": 7,
+            "mlflow_run_id": None,
+        },
+    )
     wrong = eval_config(ckpt, overrides=["model.name=danet"])
     with pytest.raises(ValueError) as err:
         evaluate(wrong, ckpt, tmp_path / "out", build_dataset=build_tiny_dataset)

@@ -41,9 +41,9 @@ def _points(deltas, full=90.0):
 @pytest.mark.parametrize(
     "deltas, verdict",
     [
-        ({1: -20.0, 2: -0.5, 4: 0.2}, "pass"),   # knee at 2×2: below drops, above holds
-        ({1: -3.0, 2: -0.5, 4: 0.2}, "fail"),    # below the knee drops too little
-        ({1: -20.0, 2: -1.5, 4: 0.2}, "fail"),   # at the knee loses too much
+        ({1: -20.0, 2: -0.5, 4: 0.2}, "pass"),  # knee at 2×2: below drops, above holds
+        ({1: -3.0, 2: -0.5, 4: 0.2}, "fail"),  # below the knee drops too little
+        ({1: -20.0, 2: -1.5, 4: 0.2}, "fail"),  # at the knee loses too much
     ],
 )
 def test_knee_claim_checks_both_halves(deltas, verdict):

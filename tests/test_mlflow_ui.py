@@ -38,12 +38,22 @@ BAND_PARAM = "model.attention.band"
 SHARE_KEY = "fsanet-band-view"
 STUDY = "smoke study"
 ENV = {
-    **os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "GIT_PYTHON_REFRESH": "quiet",
+    **os.environ,
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    "GIT_PYTHON_REFRESH": "quiet",
 }
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-default-apps", "--virtual-time-budget=15000",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-default-apps",
+    "--virtual-time-budget=15000",
 ]
 
 
@@ -62,20 +72,32 @@ def chromium() -> str:
     apt = shutil.which("apt-get")
     if apt and hasattr(os, "geteuid") and os.geteuid() == 0:
         env = {**ENV, "DEBIAN_FRONTEND": "noninteractive"}
-        for cmd in ([apt, "install", "-y", "-q", "chromium"], [apt, "update", "-q"],
-                    [apt, "install", "-y", "-q", "chromium"]):
+        for cmd in (
+            [apt, "install", "-y", "-q", "chromium"],
+            [apt, "update", "-q"],
+            [apt, "install", "-y", "-q", "chromium"],
+        ):
             subprocess.run(cmd, env=env, capture_output=True, timeout=900, check=False)
             found = _find_chromium()
             if found:
                 return found
-    pytest.fail("headless Chromium is needed for the MLflow UI test but `chromium` is not on PATH and could not "
-                "be installed (needs apt-get as root): run `apt-get install -y chromium`")
+    pytest.fail(
+        "headless Chromium is needed for the MLflow UI test but `chromium` is not on PATH and could not "
+        "be installed (needs apt-get as root): run `apt-get install -y chromium`"
+    )
 
 
 def browse(url: str, profile: Path, screenshot: Path, height: int) -> str:
     """Load ``url`` in headless Chromium; returns the rendered DOM and writes a PNG screenshot."""
-    cmd = [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size=1600,{height}",
-           f"--screenshot={screenshot}", "--dump-dom", url]
+    cmd = [
+        chromium(),
+        *CHROMIUM_FLAGS,
+        f"--user-data-dir={profile}",
+        f"--window-size=1600,{height}",
+        f"--screenshot={screenshot}",
+        "--dump-dom",
+        url,
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=ENV)
     assert done.returncode == 0, f"chromium exited with {done.returncode}: {done.stderr[-2000:]}"
     assert screenshot.is_file(), f"chromium wrote no screenshot: {done.stderr[-2000:]}"
@@ -95,10 +117,21 @@ def synthetic_store(folder: Path) -> str:
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     marker = folder / "study.json"
     init_study("fsanet/smoke", STUDY, marker, uri=uri)
-    for model, band, miou in (("fsanet", [0, 5, 0, 5], 61.0), ("fsanet", [0, 8, 0, 8], 63.5), ("nonlocal", None, 65.0)):
+    for model, band, miou in (
+        ("fsanet", [0, 5, 0, 5], 61.0),
+        ("fsanet", [0, 8, 0, 8], 63.5),
+        ("nonlocal", None, 65.0),
+    ):
         band_text = "null" if band is None else "[" + ",".join(map(str, band)) + "]"
-        cfg = load_config([], [f"tracking.study_marker={marker}", f"model.name={model}",
-                               f"model.attention.band={band_text}", "train.seed=0"])
+        cfg = load_config(
+            [],
+            [
+                f"tracking.study_marker={marker}",
+                f"model.name={model}",
+                f"model.attention.band={band_text}",
+                "train.seed=0",
+            ],
+        )
         name = f"{model}_{'full' if band is None else f'{band[1]}x{band[3]}'}_s0"
         tracker = Tracker(cfg.tracking, folder / name, name, {"dataset": "synthetic", "model": model})
         tracker.log_params(run_params(to_container(cfg)))  # what a training logs: no band on non-local
@@ -110,9 +143,11 @@ def synthetic_store(folder: Path) -> str:
 
 def copied_store(spec: str, folder: Path) -> str:
     """A copy of the SQLite store named by FSANET_MLFLOW_UI_STORE (path or sqlite:/// URI)."""
-    path = Path(spec[len("sqlite:///"):]) if spec.startswith("sqlite:///") else Path(spec)
+    path = Path(spec[len("sqlite:///") :]) if spec.startswith("sqlite:///") else Path(spec)
     if "://" in spec and not spec.startswith("sqlite:///"):
-        pytest.fail(f"FSANET_MLFLOW_UI_STORE={spec}: only a SQLite store (path or sqlite:/// URI) can be used")
+        pytest.fail(
+            f"FSANET_MLFLOW_UI_STORE={spec}: only a SQLite store (path or sqlite:/// URI) can be used"
+        )
     if not path.is_file():
         pytest.fail(f"FSANET_MLFLOW_UI_STORE={spec}: no such SQLite file")
     copy = folder / "mlflow.db"
@@ -126,13 +161,19 @@ def study_runs(uri: str) -> tuple[str, str, list]:
 
     client = MlflowClient(tracking_uri=uri)
     experiments = client.search_experiments()
-    parents = client.search_runs([e.experiment_id for e in experiments],
-                                 filter_string="tags.`fsanet.role` = 'parent'", max_results=100)
+    parents = client.search_runs(
+        [e.experiment_id for e in experiments], filter_string="tags.`fsanet.role` = 'parent'", max_results=100
+    )
     if not parents:
-        pytest.fail(f"{uri}: no study parent run (tag fsanet.role = parent); make one with `fsanet mlflow init`")
+        pytest.fail(
+            f"{uri}: no study parent run (tag fsanet.role = parent); make one with `fsanet mlflow init`"
+        )
     parent = next((r for r in parents if r.data.tags.get("fsanet.study") == STUDY), parents[0])
-    children = client.search_runs([parent.info.experiment_id], max_results=1000,
-                                  filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    children = client.search_runs(
+        [parent.info.experiment_id],
+        max_results=1000,
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+    )
     if not children:
         pytest.fail(f"{uri}: the parent run {parent.info.run_name} has no child runs")
     return parent.info.experiment_id, parent.info.run_name, children
@@ -143,13 +184,20 @@ def share_band_view(uri: str, experiment_id: str) -> None:
     from mlflow import MlflowClient
 
     state = {
-        "selectedColumns": [f"params.`{BAND_PARAM}`", "params.`model.name`", "params.`train.seed`",
-                            "metrics.`test/mIoU`"],
-        "groupBy": {"aggregateFunction": "average",
-                    "groupByKeys": [{"mode": "param", "groupByData": BAND_PARAM}]},
+        "selectedColumns": [
+            f"params.`{BAND_PARAM}`",
+            "params.`model.name`",
+            "params.`train.seed`",
+            "metrics.`test/mIoU`",
+        ],
+        "groupBy": {
+            "aggregateFunction": "average",
+            "groupByKeys": [{"mode": "param", "groupByData": BAND_PARAM}],
+        },
     }
-    MlflowClient(tracking_uri=uri).set_experiment_tag(experiment_id, f"mlflow.sharedViewState.{SHARE_KEY}",
-                                                       json.dumps(state))
+    MlflowClient(tracking_uri=uri).set_experiment_tag(
+        experiment_id, f"mlflow.sharedViewState.{SHARE_KEY}", json.dumps(state)
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -177,7 +225,7 @@ def wait_healthy(base: str, proc: subprocess.Popen, log: Path, timeout_s: float 
 
 
 def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM to the server's own process group (the CLI, its uvicorn worker and job runner), then SIGKILL."""
+    """SIGTERM to the server's process group (the CLI, its uvicorn worker and job runner), then SIGKILL."""
     if proc.poll() is not None:
         return
     for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
@@ -204,9 +252,25 @@ def start_server(uri: str, folder: Path) -> tuple[str, subprocess.Popen]:
     log = folder / "server.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(
-            [*mlflow_cli(), "server", "--backend-store-uri", uri, "--default-artifact-root",
-             (folder / "artifacts").as_uri(), "--workers", "1", "--host", "127.0.0.1", "--port", str(port)],
-            stdout=out, stderr=subprocess.STDOUT, env=ENV, start_new_session=True, cwd=folder,
+            [
+                *mlflow_cli(),
+                "server",
+                "--backend-store-uri",
+                uri,
+                "--default-artifact-root",
+                (folder / "artifacts").as_uri(),
+                "--workers",
+                "1",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=ENV,
+            start_new_session=True,
+            cwd=folder,
         )
     try:
         wait_healthy(base, proc, log)
@@ -236,7 +300,9 @@ def test_mlflow_ui_lists_study_runs_with_band_params(tmp_path):
         dom = browse(runs_url, tmp_path / "profile-default", tmp_path / "default.png", 900)
         assert parent_name in dom, f"parent run '{parent_name}' not in the runs table"
         # shared view grouped by band: every child run and its band value
-        height = min(max(900, 400 + 45 * (2 * len(banded) + 2)), 6000)  # rows outside the viewport are not rendered
+        height = min(
+            max(900, 400 + 45 * (2 * len(banded) + 2)), 6000
+        )  # rows outside the viewport are not rendered
         shot = tmp_path / "mlflow_runs.png"
         dom = browse(f"{runs_url}?viewStateShareKey={SHARE_KEY}", tmp_path / "profile-band", shot, height)
         assert "share key" not in dom, "the UI rejected the shared view state"
@@ -267,14 +333,28 @@ def test_mlflow_compare_view_shows_band_only_where_the_model_has_one(tmp_path):
     store_dir.mkdir()
     uri = synthetic_store(store_dir)
     experiment_id, _, children = study_runs(uri)
-    fsa = next(r for r in children if r.data.params.get("model.name") == "fsanet"
-               and r.data.params.get(BAND_PARAM) == "[0, 5, 0, 5]")
+    fsa = next(
+        r
+        for r in children
+        if r.data.params.get("model.name") == "fsanet" and r.data.params.get(BAND_PARAM) == "[0, 5, 0, 5]"
+    )
     nl = next(r for r in children if r.data.params.get("model.name") == "nonlocal")
     assert BAND_PARAM not in nl.data.params and "model.attention.mode" not in nl.data.params
-    differ = sorted(k for k in set(fsa.data.params) | set(nl.data.params)
-                    if fsa.data.params.get(k) != nl.data.params.get(k))
-    assert differ == sorted(["model.name", BAND_PARAM, "model.attention.mode", "model.attention.impl",
-                             "model.attention.nonlocal_mode", "model.attention.nonlocal_use_scale"]), differ
+    differ = sorted(
+        k
+        for k in set(fsa.data.params) | set(nl.data.params)
+        if fsa.data.params.get(k) != nl.data.params.get(k)
+    )
+    assert differ == sorted(
+        [
+            "model.name",
+            BAND_PARAM,
+            "model.attention.mode",
+            "model.attention.impl",
+            "model.attention.nonlocal_mode",
+            "model.attention.nonlocal_use_scale",
+        ]
+    ), differ
 
     base, proc = start_server(uri, tmp_path)
     try:
@@ -290,4 +370,3 @@ def test_mlflow_compare_view_shows_band_only_where_the_model_has_one(tmp_path):
     assert "test/mIoU" in dom, "mIoU is not shown"
     for value in ("61", "65"):
         assert value in dom, f"mIoU {value} not shown"
-

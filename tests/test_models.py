@@ -67,14 +67,18 @@ def test_every_method_declares_itself_and_the_registries_follow() -> None:
 
     for name, head in MODELS.items():
         assert head.name == name and head.display and head.display != name or name in ("isa", "linear")
-        assert all(issubclass(cls, AttentionModule) and cls.name and cls.display for cls in head.attention_classes)
+        assert all(
+            issubclass(cls, AttentionModule) and cls.name and cls.display for cls in head.attention_classes
+        )
         assert display_name(name) == head.display
         # the model builds the attention it declares (the identity for the FCN)
         built = build_model({"name": name}, num_classes=3, pretrained=False).decode_head.attention
         kinds = {type(m) for m in built.modules()} if head.attention_classes else set()
         assert set(head.attention_classes) <= kinds
     assert band_models() == {"fsanet"}  # the only head that reads model.attention.band
-    assert not MODELS["fcn"].attention_classes and all(MODELS[m].attention_classes for m in MODELS if m != "fcn")
+    assert not MODELS["fcn"].attention_classes and all(
+        MODELS[m].attention_classes for m in MODELS if m != "fcn"
+    )
     modules = attention_modules()
     assert set(bench_modules()) <= set(modules) and len(bench_modules()) == len(MODELS) - 1
     assert {"danet_pam", "danet_cam"} <= set(modules) and "danet_cam" not in bench_modules()
@@ -82,14 +86,24 @@ def test_every_method_declares_itself_and_the_registries_follow() -> None:
 
 
 def test_an_attention_option_the_head_does_not_read_is_refused() -> None:
-    with pytest.raises(ValueError, match=r"model.attention.mode=linsoftmax is not read by model.name=nonlocal "
-                                         r"\(it reads: reduction, nonlocal_mode"):
-        build_model({"name": "nonlocal", "attention": {"mode": "linsoftmax"}}, num_classes=3, pretrained=False)
-    with pytest.raises(ValueError, match=r"model.attention.band=\[0, 2, 0, 2\] is not read by model.name=fcn"):
+    with pytest.raises(
+        ValueError,
+        match=r"model.attention.mode=linsoftmax is not read by model.name=nonlocal "
+        r"\(it reads: reduction, nonlocal_mode",
+    ):
+        build_model(
+            {"name": "nonlocal", "attention": {"mode": "linsoftmax"}}, num_classes=3, pretrained=False
+        )
+    with pytest.raises(
+        ValueError, match=r"model.attention.band=\[0, 2, 0, 2\] is not read by model.name=fcn"
+    ):
         build_model({"name": "fcn", "attention": {"band": [0, 2, 0, 2]}}, num_classes=3, pretrained=False)
     # options at their defaults are fine whatever the head (shared params files set them for every method)
-    build_model({"name": "fcn", "attention": {"band": [0, 5, 0, 5], "mode": "dot", "reduction": 2}}, 3,
-                pretrained=False)
+    build_model(
+        {"name": "fcn", "attention": {"band": [0, 5, 0, 5], "mode": "dot", "reduction": 2}},
+        3,
+        pretrained=False,
+    )
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -180,9 +194,17 @@ def test_attention_options_reach_the_modules() -> None:
 
 # a value different from the default for every AttentionConfig field
 _OTHER_OPTION = {
-    "band": None, "mode": "linsoftmax", "impl": "reference", "reduction": 4, "recurrence": 3,
-    "nonlocal_mode": "dot_product", "nonlocal_use_scale": False, "qk_channels": 4, "isa_key_channels": 8,
-    "isa_down_factor": [4, 4], "aff_heads": 4,
+    "band": None,
+    "mode": "linsoftmax",
+    "impl": "reference",
+    "reduction": 4,
+    "recurrence": 3,
+    "nonlocal_mode": "dot_product",
+    "nonlocal_use_scale": False,
+    "qk_channels": 4,
+    "isa_key_channels": 8,
+    "isa_down_factor": [4, 4],
+    "aff_heads": 4,
 }
 
 
@@ -216,7 +238,9 @@ def test_undeclared_attention_options_are_refused(name: str) -> None:
         if option in declared:
             run([f"model.attention.{option}={value(other)}"])  # a declared option builds and runs
             continue
-        with pytest.raises(ValueError, match=rf"model.attention.{option}=.* is not read by model.name={name}"):
+        with pytest.raises(
+            ValueError, match=rf"model.attention.{option}=.* is not read by model.name={name}"
+        ):
             run([f"model.attention.{option}={value(other)}"])  # an undeclared one cannot change the model
 
 
@@ -327,7 +351,12 @@ def test_resnet50_v1c_d8_structure_and_output_stride() -> None:
     assert all(b.conv2.padding == b.conv2.dilation for b in net.modules() if hasattr(b, "conv2"))
     with torch.no_grad():
         feats = net(torch.randn(1, 3, 65, 65))
-    assert [tuple(f.shape) for f in feats] == [(1, 256, 17, 17), (1, 512, 9, 9), (1, 1024, 9, 9), (1, 2048, 9, 9)]
+    assert [tuple(f.shape) for f in feats] == [
+        (1, 256, 17, 17),
+        (1, 512, 9, 9),
+        (1, 1024, 9, 9),
+        (1, 2048, 9, 9),
+    ]
     assert net.output_stride == 8 and net.out_channels == (256, 512, 1024, 2048)
     assert 23.4e6 < sum(p.numel() for p in net.parameters()) < 23.6e6
 
@@ -374,7 +403,10 @@ def test_mmseg_checkpoint_loads_every_tensor(tmp_path: Path) -> None:
     state = random_state(src)
     ckpt = {
         "meta": {"mmcv_version": "1.7.0", "CLASSES": ("a", "b")},
-        "state_dict": {**{f"backbone.{k}": v for k, v in state.items()}, "decode_head.conv_seg.weight": torch.ones(2)},
+        "state_dict": {
+            **{f"backbone.{k}": v for k, v in state.items()},
+            "decode_head.conv_seg.weight": torch.ones(2),
+        },
     }
     path = tmp_path / "resnet50_v1c.pth"
     torch.save(ckpt, path)
@@ -415,7 +447,13 @@ def test_torchvision_stem_is_reported_not_loaded(caplog: pytest.LogCaptureFixtur
         report = load_pretrained(target, tv)
     assert report.format == "torchvision"
     assert set(report.missing) == {k for k in before if not k.endswith("num_batches_tracked")}
-    assert set(report.unexpected) == {"conv1.weight", "bn1.weight", "bn1.bias", "bn1.running_mean", "bn1.running_var"}
+    assert set(report.unexpected) == {
+        "conv1.weight",
+        "bn1.weight",
+        "bn1.bias",
+        "bn1.running_mean",
+        "bn1.running_var",
+    }
     _assert_state_equal(target, ours, keys=[k for k in ours if not k.startswith("stem.")])
     _assert_state_equal(target, before, keys=list(before))  # stem untouched
     assert "missing from checkpoint" in caplog.text and "conv1.weight" in caplog.text
@@ -464,8 +502,11 @@ def test_reading_uses_weights_only(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 def test_convert_keeps_only_the_backbone_of_a_segmentor() -> None:
     conv, fmt, ignored = convert_state_dict(
-        {"backbone.stem.0.weight": torch.ones(1), "backbone.layer1.0.conv1.weight": torch.ones(1),
-         "auxiliary_head.conv_seg.weight": torch.ones(1)}
+        {
+            "backbone.stem.0.weight": torch.ones(1),
+            "backbone.layer1.0.conv1.weight": torch.ones(1),
+            "auxiliary_head.conv_seg.weight": torch.ones(1),
+        }
     )
     assert fmt == "mmseg" and set(conv) == {"stem.0.weight", "layer1.0.conv1.weight"}
     assert ignored == ["auxiliary_head.conv_seg.weight"]
@@ -526,7 +567,9 @@ def test_fetch_from_url_with_checksum(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     try:
         path = fetch_checkpoint(f"{server.url}/weights.pth", cache, sha256=digest)
-        assert path.is_file() and cache in path.parents and read_state_dict(path)["w"].tolist() == [0, 1, 2, 3]
+        assert (
+            path.is_file() and cache in path.parents and read_state_dict(path)["w"].tolist() == [0, 1, 2, 3]
+        )
         assert fetch_checkpoint(f"{server.url}/weights.pth", cache, sha256=digest) == path
         assert len(server.hits) == 1  # cached
         assert not [p for p in cache.rglob("*") if p.name.startswith(".")]  # no temp files left
@@ -552,8 +595,10 @@ def test_checkpoint_of_another_model_is_one_line_naming_both():
     from fsanet.models import load_trained_weights
 
     cfg = load_config([], ["model.name=fsanet"]).model
-    state = {"model": build_model(cfg, 3, pretrained=False).state_dict(),
-             "config": {"model": {"name": "fsanet", "backbone": "small"}}}
+    state = {
+        "model": build_model(cfg, 3, pretrained=False).state_dict(),
+        "config": {"model": {"name": "fsanet", "backbone": "small"}},
+    }
     other = build_model(load_config([], ["model.name=nonlocal"]).model, 3, pretrained=False)
     with pytest.raises(ValueError) as err:
         load_trained_weights(other, state, "run/model.pt")

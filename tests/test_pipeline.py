@@ -44,8 +44,14 @@ def test_gpu_check_without_cuda_says_so_and_exits_0(tmp_path):
 
     if torch.cuda.is_available():  # on a GPU machine the real check runs through `make gpu-check`
         return
-    proc = subprocess.run(["bash", str(ROOT / "tools" / "gpu_check.sh"), str(tmp_path / "out")], cwd=ROOT,
-                          env={**_env(), "PYTHON": sys.executable}, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        ["bash", str(ROOT / "tools" / "gpu_check.sh"), str(tmp_path / "out")],
+        cwd=ROOT,
+        env={**_env(), "PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "gpu-check: no CUDA device (torch" in proc.stdout and "nothing to check" in proc.stdout
 
@@ -70,23 +76,36 @@ def test_snakefmt_check_is_clean():
 def test_slurm_profile_dry_run_submits_the_paper_study(tmp_path):
     repo = _copy_pipeline(tmp_path)
     res = _run(
-        [str(BIN / "snakemake"), "-n", "-p", "--profile", "profiles/slurm", "all_tables",
-         "--configfile", "params/profiles/paper.yaml"],
-        repo, 180,
+        [
+            str(BIN / "snakemake"),
+            "-n",
+            "-p",
+            "--profile",
+            "profiles/slurm",
+            "all_tables",
+            "--configfile",
+            "params/profiles/paper.yaml",
+        ],
+        repo,
+        180,
     )
     out = res.stdout + res.stderr
     assert res.returncode == 0, out
     assert "slurm" in out.lower()
     # 8 methods x 3 seeds x 4 datasets, plus 6 extra FsaNet bands per dataset
-    stats = {ln.split()[0]: int(ln.split()[1]) for ln in out.splitlines()
-             if len(ln.split()) == 2 and ln.split()[1].isdigit()}
+    stats = {
+        ln.split()[0]: int(ln.split()[1])
+        for ln in out.splitlines()
+        if len(ln.split()) == 2 and ln.split()[1].isdigit()
+    }
     assert stats["train"] == 4 * (8 * 3 + 6), stats
     # every training is one torchrun of 4 processes (one per GPU); rank 0 evaluates. (Threads are
     # resolved on the compute node, whose cores the job gets; a dry run here caps them at this host's.)
     trains = [ln.split("Shell command:")[-1].strip() for ln in out.splitlines() if " -q train " in ln]
     assert len(trains) == stats["train"], out[-3000:]
-    assert all(ln.startswith("torchrun --standalone --nproc-per-node 4 -m fsanet.cli -q train ")
-               for ln in trains), trains[0]
+    assert all(
+        ln.startswith("torchrun --standalone --nproc-per-node 4 -m fsanet.cli -q train ") for ln in trains
+    ), trains[0]
     assert all("--eval-out " in ln for ln in trains), trains[0]
 
 
@@ -95,8 +114,11 @@ def test_default_profile_dry_run_plans_the_study(tmp_path):
     res = _run([str(BIN / "snakemake"), "-n", "all_tables"], repo, 180)
     out = res.stdout + res.stderr
     assert res.returncode == 0, out
-    stats = {ln.split()[0]: int(ln.split()[1]) for ln in out.splitlines()
-             if len(ln.split()) == 2 and ln.split()[1].isdigit()}
+    stats = {
+        ln.split()[0]: int(ln.split()[1])
+        for ln in out.splitlines()
+        if len(ln.split()) == 2 and ln.split()[1].isdigit()
+    }
     # (8 methods + FsaNet LinSoftmax) x 3 seeds + 5 extra FsaNet (dot) bands x 3 seeds, each train job
     # evaluating its own model; one process per NL seed evaluates its 5 truncation bands
     assert stats["train"] == 9 * 3 + 5 * 3 and stats["evaluate_truncation"] == 3, stats
@@ -131,7 +153,9 @@ def test_smoke_study_end_to_end(tmp_path):
     start = time.perf_counter()
     res = _run(
         [str(BIN / "snakemake"), "--cores", "2", "all_tables", "--configfile", "params/profiles/smoke.yaml"],
-        repo, 300, MLFLOW_TRACKING_URI=f"sqlite:///{store}",
+        repo,
+        300,
+        MLFLOW_TRACKING_URI=f"sqlite:///{store}",
     )
     elapsed = time.perf_counter() - start
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
@@ -139,7 +163,18 @@ def test_smoke_study_end_to_end(tmp_path):
 
     summary = json.loads((repo / "results/metrics/summary.json").read_text())
     runs = summary["runs"]
-    keys = {"dataset", "model", "band", "eval_band", "seed", "retrained", "mIoU", "mAcc", "aAcc", "mlflow_run_id"}
+    keys = {
+        "dataset",
+        "model",
+        "band",
+        "eval_band",
+        "seed",
+        "retrained",
+        "mIoU",
+        "mAcc",
+        "aAcc",
+        "mlflow_run_id",
+    }
     assert all(keys <= r.keys() for r in runs)
     # 3 methods (FsaNet at its 2x2 default band) + FsaNet 1x1 and full + 2 NL truncations
     assert len(runs) == 7
@@ -147,7 +182,10 @@ def test_smoke_study_end_to_end(tmp_path):
     assert {tuple(r["eval_band"]) for r in truncated} == {(0, 1, 0, 1), (0, 2, 0, 2)}
     assert all(r["model"] == "nonlocal" and r["band"] is None for r in truncated)
     assert {tuple(r["band"]) if r["band"] else None for r in runs if r["model"] == "fsanet"} == {
-        (0, 1, 0, 1), (0, 2, 0, 2), None}
+        (0, 1, 0, 1),
+        (0, 2, 0, 2),
+        None,
+    }
 
     tables = repo / "results/tables"
     for name in ("efficiency", "ablation", "methods_synthetic", "per_class_synthetic"):
@@ -183,14 +221,22 @@ def test_smoke_study_end_to_end(tmp_path):
     # the parent holds the results: tables as artifacts, per-group mIoU and findings as metrics
     client = mlflow.MlflowClient(f"sqlite:///{store}")
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "results/tables")}
-    assert {"results/tables/methods_synthetic.md", "results/tables/ablation.md", "results/tables/findings.md",
-            "results/tables/findings.json"} <= logged
+    assert {
+        "results/tables/methods_synthetic.md",
+        "results/tables/ablation.md",
+        "results/tables/findings.md",
+        "results/tables/findings.json",
+    } <= logged
     assert any(k.startswith("mIoU_mean/synthetic/nonlocal") for k in parent.data.metrics)
     assert "findings/pass" in parent.data.metrics and parent.info.status == "FINISHED"
 
     # an immediate rerun has nothing to do
-    res = _run([str(BIN / "snakemake"), "-n", "all_tables", "--configfile", "params/profiles/smoke.yaml"],
-               repo, 120, MLFLOW_TRACKING_URI=f"sqlite:///{store}")
+    res = _run(
+        [str(BIN / "snakemake"), "-n", "all_tables", "--configfile", "params/profiles/smoke.yaml"],
+        repo,
+        120,
+        MLFLOW_TRACKING_URI=f"sqlite:///{store}",
+    )
     assert "Nothing to be done" in res.stdout + res.stderr, res.stdout[-2000:]
 
 
@@ -202,8 +248,16 @@ study: two
 data_root: results/smoke/data
 datasets: [synthetic, cityscapes]
 fsanet_configs:
-  synthetic: [params/data/synthetic.yaml, params/model/cpu.yaml, params/train/cpu.yaml, params/profiles/smoke_overrides.yaml]
-  cityscapes: [params/data/cityscapes.yaml, params/model/cpu.yaml, params/train/cpu.yaml, params/profiles/tiny_r50.yaml]
+  synthetic:
+    - params/data/synthetic.yaml
+    - params/model/cpu.yaml
+    - params/train/cpu.yaml
+    - params/profiles/smoke_overrides.yaml
+  cityscapes:
+    - params/data/cityscapes.yaml
+    - params/model/cpu.yaml
+    - params/train/cpu.yaml
+    - params/profiles/tiny_r50.yaml
 train_overrides: []
 eval_overrides: ["eval.figures=false"]
 train_threads: 1
@@ -220,8 +274,8 @@ truncation_model: nonlocal
 truncation_bands: ["1"]
 bench_params: params/bench.yaml
 bench_overrides: ["bench.modules=[fsa,nonlocal]", "bench.channels=16", "bench.paper_size=[16,16]",
-                  "bench.paper_bands=[[0,2,0,2]]", "bench.sweep_sizes=[8,16]", "bench.repeats=4", "bench.warmup=1",
-                  "bench.rounds=2"]
+                  "bench.paper_bands=[[0,2,0,2]]", "bench.sweep_sizes=[8,16]", "bench.repeats=4",
+                  "bench.warmup=1", "bench.rounds=2"]
 """
 TINY_R50 = """\
 data:
@@ -259,13 +313,36 @@ def test_two_dataset_study_runs_to_the_end(tmp_path):
     archives = tmp_path / "archives_by_hand"
     pack_fake_archives("cityscapes", archives)
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    res = _run([str(BIN / "fsanet"), "-q", "data", "download", "cityscapes", "--root", "results/smoke/data",
-                "--from", str(archives), "--config", "params/data/cityscapes.yaml"], repo, 120, **env)
+    res = _run(
+        [
+            str(BIN / "fsanet"),
+            "-q",
+            "data",
+            "download",
+            "cityscapes",
+            "--root",
+            "results/smoke/data",
+            "--from",
+            str(archives),
+            "--config",
+            "params/data/cityscapes.yaml",
+        ],
+        repo,
+        120,
+        **env,
+    )
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
-    res = _run([str(BIN / "snakemake"), "--cores", "2", "all_tables", "--configfile", "params/profiles/two.yaml"],
-               repo, 900, **env)
-    logs = "".join(p.read_text()[-1500:] for p in sorted((repo / "logs").rglob("*.log"))[-6:]) if (
-        repo / "logs").is_dir() else ""
+    res = _run(
+        [str(BIN / "snakemake"), "--cores", "2", "all_tables", "--configfile", "params/profiles/two.yaml"],
+        repo,
+        900,
+        **env,
+    )
+    logs = (
+        "".join(p.read_text()[-1500:] for p in sorted((repo / "logs").rglob("*.log"))[-6:])
+        if (repo / "logs").is_dir()
+        else ""
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:] + logs
     for ds in ("synthetic", "cityscapes"):
         assert (repo / f"results/plots/ablation_{ds}.png").read_bytes()[:4] == b"\x89PNG"
@@ -285,13 +362,25 @@ def test_train_rule_launches_two_ddp_processes_on_cpu(tmp_path):
     repo = _copy_pipeline(tmp_path)
     run = "results/runs/synthetic/fcn/band~none/mode~none/seed~0"
     res = _run(
-        [str(BIN / "snakemake"), "--cores", "2", "-p", f"{run}/eval/none/metrics.json",
-         "--configfile", "params/profiles/smoke.yaml", "--config", "train_procs=2"],
-        repo, 300, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        [
+            str(BIN / "snakemake"),
+            "--cores",
+            "2",
+            "-p",
+            f"{run}/eval/none/metrics.json",
+            "--configfile",
+            "params/profiles/smoke.yaml",
+            "--config",
+            "train_procs=2",
+        ],
+        repo,
+        300,
+        MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
     )
     out = res.stdout + res.stderr
-    assert res.returncode == 0, out[-4000:] + (repo / "logs/train/synthetic/fcn/band~none/mode~none/seed~0.log"
-                                               ).read_text()[-4000:]
+    assert res.returncode == 0, (
+        out[-4000:] + (repo / "logs/train/synthetic/fcn/band~none/mode~none/seed~0.log").read_text()[-4000:]
+    )
     assert "torchrun --standalone --nproc-per-node 2 -m fsanet.cli -q train" in out
     info = json.loads((repo / run / "run_info.json").read_text())
     assert info["world_size"] == 2 and info["status"] == "finished"
@@ -306,16 +395,34 @@ def test_dvc_exp_run_trains_only_the_new_band(tmp_path):
     shutil.copy2(repo / "params/profiles/smoke.yaml", repo / "params/profiles/default.yaml")
     shutil.copytree(ROOT / "fsanet", repo / "fsanet")
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"]):
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"],
+    ):
         assert _run(cmd, repo, 60).returncode == 0
     res = _run([str(BIN / "dvc"), "repro", "study"], repo, 600, **env)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert _run(["git", "add", "dvc.lock", "metrics/study.json"], repo, 60).returncode == 0
-    assert _run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "lock"],
-                repo, 60).returncode == 0
-    res = _run([str(BIN / "dvc"), "exp", "run", "-S",
-                'params/profiles/default.yaml:fsanet_bands=["1","2","4","full"]', "study"], repo, 600, **env)
+    assert (
+        _run(
+            ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "lock"], repo, 60
+        ).returncode
+        == 0
+    )
+    res = _run(
+        [
+            str(BIN / "dvc"),
+            "exp",
+            "run",
+            "-S",
+            'params/profiles/default.yaml:fsanet_bands=["1","2","4","full"]',
+            "study",
+        ],
+        repo,
+        600,
+        **env,
+    )
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-4000:]
     logs = sorted((repo / ".snakemake/log").glob("*.log"))
@@ -344,7 +451,9 @@ def test_dvc_exp_run_trains_only_the_new_band(tmp_path):
 
     template = tmp_path / "page.html"
     template.write_text(_PAGE.format(versions="test", scripts="<script>function vegaEmbed(){}</script>"))
-    res = _run([str(BIN / "dvc"), "plots", "show", "--html-template", str(template), "-o", "plots_out"], repo, 120)
+    res = _run(
+        [str(BIN / "dvc"), "plots", "show", "--html-template", str(template), "-o", "plots_out"], repo, 120
+    )
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     page = (repo / "plots_out" / "index.html").read_text()
     assert "function vegaEmbed(){}" in page and "cdn.jsdelivr" not in page and "ablation_synthetic" in page

@@ -13,13 +13,21 @@ from fsanet.tracking import Tracker, init_study
 
 SUMMARY = {
     "aggregate": {
-        "synthetic/nonlocal/band=full/eval_band=none/val/whole/ss": {"mIoU_mean": 90.1, "mIoU_std": 0.2, "n": 3},
+        "synthetic/nonlocal/band=full/eval_band=none/val/whole/ss": {
+            "mIoU_mean": 90.1,
+            "mIoU_std": 0.2,
+            "n": 3,
+        },
         "synthetic/fcn/band=full/eval_band=none/val/whole/ss": {"mIoU_mean": 72.3, "mIoU_std": None, "n": 1},
     },
 }
-FINDINGS = {"findings": [{"dataset": "synthetic", "claim": "a", "verdict": "pass", "detail": ""},
-                         {"dataset": "synthetic", "claim": "b", "verdict": "fail", "detail": ""},
-                         {"dataset": "synthetic", "claim": "c", "verdict": "pass", "detail": ""}]}
+FINDINGS = {
+    "findings": [
+        {"dataset": "synthetic", "claim": "a", "verdict": "pass", "detail": ""},
+        {"dataset": "synthetic", "claim": "b", "verdict": "fail", "detail": ""},
+        {"dataset": "synthetic", "claim": "c", "verdict": "pass", "detail": ""},
+    ]
+}
 
 
 def test_study_metrics_from_summary_and_findings():
@@ -58,7 +66,9 @@ def test_publish_logs_on_the_parent_and_evals_nest_under_trainings(tmp_path, mon
     findings.write_text(json.dumps(FINDINGS))
     table = tmp_path / "results" / "tables" / "methods_synthetic.md"
     table.write_text("| a |\n")
-    receipt = publish_study(marker, summary, [table], findings, tmp_path / "results" / "mlflow" / "published.json")
+    receipt = publish_study(
+        marker, summary, [table], findings, tmp_path / "results" / "mlflow" / "published.json"
+    )
     assert receipt["parent_run_id"] == study["parent_run_id"] and receipt["offline"] is None
     parent = client.get_run(study["parent_run_id"])
     assert parent.info.status == "FINISHED"
@@ -67,7 +77,8 @@ def test_publish_logs_on_the_parent_and_evals_nest_under_trainings(tmp_path, mon
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "results/tables")}
     assert logged == {"results/tables/methods_synthetic.md", "results/tables/findings.json"}
     assert [a.path for a in client.list_artifacts(parent.info.run_id, "results/metrics")] == [
-        "results/metrics/summary.json"]
+        "results/metrics/summary.json"
+    ]
 
     with pytest.raises(FileNotFoundError, match="missing.md"):
         publish_study(marker, summary, [tmp_path / "missing.md"])
@@ -98,7 +109,9 @@ def test_a_copied_store_reads_its_artifacts_after_relocate(tmp_path, capsys):
     client = MlflowClient(f"sqlite:///{new / 'mlflow.db'}")
     got = client.download_artifacts(run.run_id, "files/note.txt", str(tmp_path / "dl"))
     assert open(got).read() == "hello"
-    assert client.get_experiment_by_name("fsanet/test").artifact_location.startswith((new / "mlruns").as_uri())
+    assert client.get_experiment_by_name("fsanet/test").artifact_location.startswith(
+        (new / "mlruns").as_uri()
+    )
     assert main(["mlflow", "relocate", str(new / "mlflow.db")]) == 0  # again: nothing left to change
     assert "0 experiment and 0 run locations" in capsys.readouterr().out
     (tmp_path / "junk.db").write_text("not sqlite")

@@ -21,7 +21,7 @@ SYNTH = "synthetic (built-in procedural set, not a benchmark)"
 
 @pytest.fixture()
 def study(tmp_path):
-    """synthetic: FsaNet at 1x1 / 5x5 / full (2 seeds), NL full + truncated at 1x1 / 5x5 (2 seeds), FCN (1 seed)."""
+    """synthetic: FsaNet 1x1 / 5x5 / full (2 seeds), NL full, cut to 1x1 / 5x5 (2 seeds), FCN (1 seed)."""
     root = tmp_path / "runs"
     files = []
     fsa = {(0, 1, 0, 1): (50.0, 54.0), (0, 5, 0, 5): (60.0, 62.0), None: (64.0, 66.0)}
@@ -31,7 +31,9 @@ def study(tmp_path):
     nl = {None: (70.0, 72.0), (0, 1, 0, 1): (40.0, 50.0), (0, 5, 0, 5): (69.0, 69.0)}
     for eval_band, values in nl.items():
         for seed, m in enumerate(values):
-            files.append(write_metrics(root, model="nonlocal", band=None, eval_band=eval_band, seed=seed, miou=m))
+            files.append(
+                write_metrics(root, model="nonlocal", band=None, eval_band=eval_band, seed=seed, miou=m)
+            )
     iou = dict.fromkeys(CLASSES, 30.0)
     iou["bar"] = None  # class absent in that run
     files.append(write_metrics(root, model="fcn", band=None, seed=0, miou=30.0, iou=iou))
@@ -51,14 +53,17 @@ def test_ablation_table_numbers_caption_and_footer(study, tmp_path):
     rows = read_csv(tmp_path / "tables" / "ablation.csv")
     assert [r["band"] for r in rows] == ["1x1", "5x5", "full"]
     one = rows[0]
-    # FsaNet 1x1: (50, 54) → 52 ± 2.828; full (64, 66) → 65; Δ = −13. NL 1x1: (40, 50) → 45 ± 7.07; full 71 → Δ −26
+    # FsaNet 1x1: (50, 54) → 52 ± 2.828; full (64, 66) → 65; Δ = −13. NL 1x1: (40, 50) → 45 ± 7.07; full 71 →
+    # Δ −26
     assert float(one["retrained_mIoU_mean"]) == 52.0 and float(one["retrained_delta_vs_full"]) == -13.0
     assert float(one["retrained_mIoU_std"]) == pytest.approx(math.sqrt(8))
     assert float(one["truncated_mIoU_mean"]) == 45.0 and float(one["truncated_delta_vs_full"]) == -26.0
     assert one["K"] == "1" and rows[2]["K"] == "" and one["retrained_seeds"] == "0;1"
     assert float(rows[1]["truncated_mIoU_std"]) == 0.0  # (69, 69)
     md = (tmp_path / "tables" / "ablation.md").read_text()
-    assert "52.00 ± 2.83 (n=2; 50.00–54.00)" in md and "−13.00" in md and "45.00 ± 7.07 (n=2; 40.00–50.00)" in md
+    assert (
+        "52.00 ± 2.83 (n=2; 50.00–54.00)" in md and "−13.00" in md and "45.00 ± 7.07 (n=2; 40.00–50.00)" in md
+    )
     assert "−26.00" in md
     assert float(one["retrained_mIoU_min"]) == 50.0 and float(one["truncated_mIoU_max"]) == 50.0
     assert "| 5×5" in md and "| full" in md
@@ -74,34 +79,72 @@ def test_ablation_table_numbers_caption_and_footer(study, tmp_path):
 
 def test_methods_table_joins_costs_and_orders_methods(study, tmp_path):
     costs = tmp_path / "models.json"
-    costs.write_text(json.dumps({
-        "env": {"device": "cpu", "device_name": "test cpu", "threads": 1}, "input_size": [96, 96], "repeats": 5,
-        "config_hash": "abc", "rows": [
-            {"model": "fsanet", "band_label": "5x5", "params": 98044, "flops": 31458432, "fps": 200.0},
-            {"model": "nonlocal", "band_label": "full", "params": 98140, "flops": 35721216, "fps": 250.0},
-        ]}))
+    costs.write_text(
+        json.dumps(
+            {
+                "env": {"device": "cpu", "device_name": "test cpu", "threads": 1},
+                "input_size": [96, 96],
+                "repeats": 5,
+                "config_hash": "abc",
+                "rows": [
+                    {
+                        "model": "fsanet",
+                        "band_label": "5x5",
+                        "params": 98044,
+                        "flops": 31458432,
+                        "fps": 200.0,
+                    },
+                    {
+                        "model": "nonlocal",
+                        "band_label": "full",
+                        "params": 98140,
+                        "flops": 35721216,
+                        "fps": 250.0,
+                    },
+                ],
+            }
+        )
+    )
     methods_tables(study, tmp_path / "t", costs_json=costs)
     rows = read_csv(tmp_path / "t" / "methods_synthetic.csv")
     assert [(r["model"], r["band"]) for r in rows] == [
-        ("fcn", "full"), ("nonlocal", "full"), ("fsanet", "1x1"), ("fsanet", "5x5"), ("fsanet", "full")]
+        ("fcn", "full"),
+        ("nonlocal", "full"),
+        ("fsanet", "1x1"),
+        ("fsanet", "5x5"),
+        ("fsanet", "full"),
+    ]
     nl = rows[1]
-    assert float(nl["mIoU_mean"]) == 71.0 and nl["n"] == "2" and float(nl["params"]) == 98140  # truncated rows excluded
+    assert (
+        float(nl["mIoU_mean"]) == 71.0 and nl["n"] == "2" and float(nl["params"]) == 98140
+    )  # truncated rows excluded
     assert rows[0]["mIoU_std"] == "" and rows[0]["n"] == "1"
     md = (tmp_path / "t" / "methods_synthetic.md").read_text()
-    assert "| FsaNet (5×5)" in md and "61.00 ± 1.41 (n=2; 60.00–62.00)" in md and "0.098" in md and "0.0315" in md
+    assert (
+        "| FsaNet (5×5)" in md
+        and "61.00 ± 1.41 (n=2; 60.00–62.00)" in md
+        and "0.098" in md
+        and "0.0315" in md
+    )
     assert "200.0" in md and SYNTH in md and "96×96" in md
     lines = [line for line in md.splitlines() if line.startswith("| FsaNet (1×1)")]
     assert lines and lines[0].count("–") >= 3  # no cost row for 1x1: params, GFLOPs, fps empty
     methods_tables(study, tmp_path / "t2", bands=["5x5"])
     rows = read_csv(tmp_path / "t2" / "methods_synthetic.csv")
-    assert [(r["model"], r["band"]) for r in rows] == [("fcn", "full"), ("nonlocal", "full"), ("fsanet", "5x5")]
+    assert [(r["model"], r["band"]) for r in rows] == [
+        ("fcn", "full"),
+        ("nonlocal", "full"),
+        ("fsanet", "5x5"),
+    ]
     assert "No cost report" in (tmp_path / "t2" / "methods_synthetic.md").read_text()
 
 
 def test_per_class_table_means_over_seeds(study, tmp_path):
     per_class_tables(study, tmp_path / "t")
     rows = {(r["model"], r["band"]): r for r in read_csv(tmp_path / "t" / "per_class_synthetic.csv")}
-    assert float(rows[("fsanet", "5x5")]["cue_red"]) == 61.0  # write_metrics sets every class to the run's mIoU
+    assert (
+        float(rows[("fsanet", "5x5")]["cue_red"]) == 61.0
+    )  # write_metrics sets every class to the run's mIoU
     assert rows[("fcn", "full")]["bar"] == "" and float(rows[("fcn", "full")]["triangle"]) == 30.0
     md = (tmp_path / "t" / "per_class_synthetic.md").read_text()
     header = next(line for line in md.splitlines() if line.startswith("| Method"))
@@ -127,7 +170,11 @@ def test_ablation_plot_writes_png_and_dvc_csv(study, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = read_csv(data)
     assert [(r["series"], r["K"]) for r in rows] == [
-        ("retrained", "1"), ("retrained", "25"), ("truncated", "1"), ("truncated", "25")]
+        ("retrained", "1"),
+        ("retrained", "25"),
+        ("truncated", "1"),
+        ("truncated", "25"),
+    ]
     assert float(rows[1]["mIoU_mean"]) == 61.0 and float(rows[1]["full_mIoU_mean"]) == 65.0
     assert float(rows[3]["delta_vs_full"]) == -2.0 and rows[3]["model"] == "nonlocal"
 
@@ -137,16 +184,30 @@ def _checkpoint(path, classes=("a", "b", "c")):
     model = TinyNet(3)
     for p in model.parameters():
         nn.init.normal_(p, std=0.5)
-    save_checkpoint(path, {"model": model.state_dict(), "config": to_container(cfg), "classes": list(classes),
-                           "num_classes": 3, "iteration": 1, "mlflow_run_id": None})
+    save_checkpoint(
+        path,
+        {
+            "model": model.state_dict(),
+            "config": to_container(cfg),
+            "classes": list(classes),
+            "num_classes": 3,
+            "iteration": 1,
+            "mlflow_run_id": None,
+        },
+    )
     return path
 
 
 def test_qualitative_grid_runs_every_checkpoint(tmp_path):
     a, b = _checkpoint(tmp_path / "a" / "model.pt"), _checkpoint(tmp_path / "b" / "model.pt")
-    out = qualitative_grid({"A": a, "B truncated": (b, ["eval.eval_band=[0,2,0,2]"])}, tmp_path / "q.png", n=2,
-                           overrides=["eval.num_qualitative=2"], build_model=build_tiny_model,
-                           build_dataset=build_tiny_dataset)
+    out = qualitative_grid(
+        {"A": a, "B truncated": (b, ["eval.eval_band=[0,2,0,2]"])},
+        tmp_path / "q.png",
+        n=2,
+        overrides=["eval.num_qualitative=2"],
+        build_model=build_tiny_model,
+        build_dataset=build_tiny_dataset,
+    )
     from PIL import Image
 
     with Image.open(out) as im:
@@ -154,25 +215,56 @@ def test_qualitative_grid_runs_every_checkpoint(tmp_path):
     assert w > h  # 2 rows × 4 columns (image, truth, A, B)
     other = _checkpoint(tmp_path / "c" / "model.pt", classes=("x", "y", "z"))
     with pytest.raises(ValueError, match="trained on classes"):
-        qualitative_grid({"A": a, "C": other}, tmp_path / "q2.png", build_model=build_tiny_model,
-                         build_dataset=build_tiny_dataset)
+        qualitative_grid(
+            {"A": a, "C": other},
+            tmp_path / "q2.png",
+            build_model=build_tiny_model,
+            build_dataset=build_tiny_dataset,
+        )
     assert not (tmp_path / "q2.png").exists()
     from fsanet.config import ConfigError
 
     with pytest.raises(ConfigError, match="eval.no_such_key"):
-        qualitative_grid({"A": (a, ["eval.no_such_key=1"])}, tmp_path / "q3.png", build_model=build_tiny_model,
-                         build_dataset=build_tiny_dataset)
+        qualitative_grid(
+            {"A": (a, ["eval.no_such_key=1"])},
+            tmp_path / "q3.png",
+            build_model=build_tiny_model,
+            build_dataset=build_tiny_dataset,
+        )
 
 
 def test_cli_tables_and_plots(study, tmp_path, capsys):
     out = tmp_path / "cli"
     assert main(["tables", "ablation", "--summary", str(study), "--out-dir", str(out)]) == 0
     assert main(["tables", "methods", "--summary", str(study), "--out-dir", str(out), "--band", "5x5"]) == 0
-    assert main(["tables", "per-class", "--summary", str(study), "--out-dir", str(out), "--dataset", "synthetic"]) == 0
-    assert main(["plots", "ablation", "--summary", str(study), "--out", str(out / "a.png"),
-                 "--csv", str(out / "a.csv")]) == 0
-    assert {p.name for p in out.iterdir()} >= {"ablation.md", "methods_synthetic.tex", "per_class_synthetic.csv",
-                                                "a.png", "a.csv"}
+    assert (
+        main(
+            ["tables", "per-class", "--summary", str(study), "--out-dir", str(out), "--dataset", "synthetic"]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "plots",
+                "ablation",
+                "--summary",
+                str(study),
+                "--out",
+                str(out / "a.png"),
+                "--csv",
+                str(out / "a.csv"),
+            ]
+        )
+        == 0
+    )
+    assert {p.name for p in out.iterdir()} >= {
+        "ablation.md",
+        "methods_synthetic.tex",
+        "per_class_synthetic.csv",
+        "a.png",
+        "a.csv",
+    }
     capsys.readouterr()
     assert main(["tables", "methods", "--summary", str(tmp_path / "none.json")]) == 2
     assert "none.json: file not found" in capsys.readouterr().err
@@ -182,7 +274,17 @@ def test_cli_tables_and_plots(study, tmp_path, capsys):
     assert "no evaluations" in capsys.readouterr().err
     assert main(["plots", "qualitative", "--checkpoint", "nolabel", "--out", str(out / "q.png")]) == 2
     assert "expected LABEL=PATH" in capsys.readouterr().err
-    assert main(["plots", "qualitative", "--checkpoint", f"X={tmp_path / 'gone.pt'}", "--out", str(out / "q.png")]) == 2
+    assert (
+        main(
+            ["plots", "qualitative", "--checkpoint", f"X={tmp_path / 'gone.pt'}", "--out", str(out / "q.png")]
+        )
+        == 2
+    )
     assert "checkpoint not found" in capsys.readouterr().err
-    assert main(["plots", "qualitative", "--checkpoint", "X=a.pt", "--set", "Y:eval.flip=true", "--out", "q.png"]) == 2
+    assert (
+        main(
+            ["plots", "qualitative", "--checkpoint", "X=a.pt", "--set", "Y:eval.flip=true", "--out", "q.png"]
+        )
+        == 2
+    )
     assert "expected LABEL:key=value with LABEL one of ['X']" in capsys.readouterr().err

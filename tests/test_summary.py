@@ -29,21 +29,44 @@ from fsanet.summary import (
 CLASSES = ["background", "cue_red", "cue_blue", "disc_red_cue", "disc_blue_cue", "triangle", "bar"]
 
 
-def write_metrics(root, dataset="synthetic", model="fsanet", band=(0, 5, 0, 5), eval_band=None, seed=0, miou=50.0,
-                  run_id=None, iou=None, **extra):
+def write_metrics(
+    root,
+    dataset="synthetic",
+    model="fsanet",
+    band=(0, 5, 0, 5),
+    eval_band=None,
+    seed=0,
+    miou=50.0,
+    run_id=None,
+    iou=None,
+    **extra,
+):
     """A metrics.json laid out like `fsanet eval` writes it, at results/runs/.../eval/<tag>/metrics.json."""
     band_dir = "full" if band is None else "-".join(map(str, band))
     tag = "val" if eval_band is None else "val_band" + "-".join(map(str, eval_band))
     path = root / dataset / model / f"band~{band_dir}" / f"seed~{seed}" / "eval" / tag / "metrics.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {
-        "mIoU": miou, "mAcc": miou + 10, "aAcc": 90.0, "units": "percent",
-        "IoU": iou if iou is not None else {c: miou for c in CLASSES}, "Acc": {c: 80.0 for c in CLASSES},
-        "dataset": dataset, "split": "val", "model": model, "band": None if band is None else list(band),
-        "eval_band": None if eval_band is None else list(eval_band), "seed": seed,
-        "checkpoint": str(path.parent.parent.parent / "model.pt"), "iteration": 100, "mode": "whole",
-        "scales": [1.0], "flip": False, "num_images": 8,
-        "mlflow_run_id": run_id or f"run-{model}-{band_dir}-{tag}-{seed}", "train_mlflow_run_id": "train-run",
+        "mIoU": miou,
+        "mAcc": miou + 10,
+        "aAcc": 90.0,
+        "units": "percent",
+        "IoU": iou if iou is not None else {c: miou for c in CLASSES},
+        "Acc": {c: 80.0 for c in CLASSES},
+        "dataset": dataset,
+        "split": "val",
+        "model": model,
+        "band": None if band is None else list(band),
+        "eval_band": None if eval_band is None else list(eval_band),
+        "seed": seed,
+        "checkpoint": str(path.parent.parent.parent / "model.pt"),
+        "iteration": 100,
+        "mode": "whole",
+        "scales": [1.0],
+        "flip": False,
+        "num_images": 8,
+        "mlflow_run_id": run_id or f"run-{model}-{band_dir}-{tag}-{seed}",
+        "train_mlflow_run_id": "train-run",
     }
     data.update(extra)
     path.write_text(json.dumps(data))
@@ -52,7 +75,9 @@ def write_metrics(root, dataset="synthetic", model="fsanet", band=(0, 5, 0, 5), 
 
 def test_records_have_the_schema_flags_and_sorted_order(tmp_path):
     files = [
-        write_metrics(tmp_path, model="nonlocal", band=(0, 5, 0, 5), eval_band=(0, 2, 0, 2), seed=1, miou=40.0),
+        write_metrics(
+            tmp_path, model="nonlocal", band=(0, 5, 0, 5), eval_band=(0, 2, 0, 2), seed=1, miou=40.0
+        ),
         write_metrics(tmp_path, model="fsanet", band=None, seed=0, miou=70.0),
         write_metrics(tmp_path, model="fsanet", band=(0, 5, 0, 5), seed=1, miou=66.0),
         write_metrics(tmp_path, model="fsanet", band=(0, 5, 0, 5), seed=0, miou=64.0),
@@ -60,14 +85,29 @@ def test_records_have_the_schema_flags_and_sorted_order(tmp_path):
     ]
     summary = build_summary(files)
     runs = summary["runs"]
-    assert [(r["model"], band_label(r["band"]), band_label(r["eval_band"]) if r["eval_band"] else None, r["seed"])
-            for r in runs] == [
-        ("fsanet", "5x5", None, 0), ("fsanet", "5x5", None, 1), ("fsanet", "full", None, 0),
-        ("nonlocal", "full", None, 1), ("nonlocal", "full", "2x2", 1),
+    assert [
+        (r["model"], band_label(r["band"]), band_label(r["eval_band"]) if r["eval_band"] else None, r["seed"])
+        for r in runs
+    ] == [
+        ("fsanet", "5x5", None, 0),
+        ("fsanet", "5x5", None, 1),
+        ("fsanet", "full", None, 0),
+        ("nonlocal", "full", None, 1),
+        ("nonlocal", "full", "2x2", 1),
     ]
     for r in runs:
-        assert {"dataset", "model", "band", "eval_band", "seed", "retrained", "mIoU", "mAcc", "aAcc",
-                "mlflow_run_id"} <= set(r)
+        assert {
+            "dataset",
+            "model",
+            "band",
+            "eval_band",
+            "seed",
+            "retrained",
+            "mIoU",
+            "mAcc",
+            "aAcc",
+            "mlflow_run_id",
+        } <= set(r)
         assert r["retrained"] is (r["eval_band"] is None)
         assert r["setting"] == "val/whole/ss"
     # the non-local head has no band option: its config value (5x5 here) must not leak into the record
@@ -83,26 +123,49 @@ def test_headline_metrics_by_hand(tmp_path, capsys):
         write_metrics(tmp_path, model="fsanet", band=(0, 5, 0, 5), seed=0, miou=64.0, attention_mode="dot"),
         write_metrics(tmp_path, model="fsanet", band=(0, 5, 0, 5), seed=1, miou=66.0, attention_mode="dot"),
         write_metrics(tmp_path, model="nonlocal", band=(0, 5, 0, 5), seed=0, miou=60.0),
-        write_metrics(tmp_path, model="nonlocal", band=(0, 5, 0, 5), eval_band=(0, 2, 0, 2), seed=0, miou=40.0),
+        write_metrics(
+            tmp_path, model="nonlocal", band=(0, 5, 0, 5), eval_band=(0, 2, 0, 2), seed=0, miou=40.0
+        ),
     ]
     summary = build_summary(files)
-    findings = {"findings": [{"dataset": "synthetic", "verdict": "pass"}, {"dataset": "synthetic", "verdict": "fail"},
-                             {"dataset": "synthetic", "verdict": "pass"}]}
+    findings = {
+        "findings": [
+            {"dataset": "synthetic", "verdict": "pass"},
+            {"dataset": "synthetic", "verdict": "fail"},
+            {"dataset": "synthetic", "verdict": "pass"},
+        ]
+    }
     tree = headline_metrics(summary, findings)["synthetic"]
     fsa = tree["retrained"]["fsanet_dot_5x5"]
     assert (fsa["mIoU_mean"], fsa["mIoU_min"], fsa["mIoU_max"], fsa["n"]) == (65.0, 64.0, 66.0, 2)
     assert fsa["mIoU_std"] == pytest.approx(math.sqrt(2))
     assert tree["retrained"]["nonlocal"]["mIoU_std"] is None  # one seed
-    assert tree["truncated"] == {"nonlocal_eval2x2": {"mIoU_mean": 40.0, "mIoU_std": None, "mIoU_min": 40.0,
-                                                      "mIoU_max": 40.0, "n": 1}}
+    assert tree["truncated"] == {
+        "nonlocal_eval2x2": {"mIoU_mean": 40.0, "mIoU_std": None, "mIoU_min": 40.0, "mIoU_max": 40.0, "n": 1}
+    }
     assert tree["findings"] == {"pass": 2, "fail": 1}
     out = tmp_path / "summary.json"
     out.write_text(json.dumps(summary))
     fj = tmp_path / "findings.json"
     fj.write_text(json.dumps(findings))
-    assert main(["tables", "metrics", "--summary", str(out), "--findings", str(fj),
-                 "--out", str(tmp_path / "m" / "study.json")]) == 0
-    assert json.loads((tmp_path / "m" / "study.json").read_text())["synthetic"] == json.loads(json.dumps(tree))
+    assert (
+        main(
+            [
+                "tables",
+                "metrics",
+                "--summary",
+                str(out),
+                "--findings",
+                str(fj),
+                "--out",
+                str(tmp_path / "m" / "study.json"),
+            ]
+        )
+        == 0
+    )
+    assert json.loads((tmp_path / "m" / "study.json").read_text())["synthetic"] == json.loads(
+        json.dumps(tree)
+    )
 
 
 def test_summary_file_is_deterministic_and_reads_back(tmp_path):
@@ -119,12 +182,15 @@ def test_config_hash_and_training_info_are_picked_up(tmp_path):
     path = write_metrics(tmp_path, seed=0)
     (path.parent / "config.yaml").write_text("model:\n  name: fsanet\n")
     run_dir = path.parent.parent.parent
-    (run_dir / "run_info.json").write_text(json.dumps(
-        {"status": "finished", "train_seconds": 120.0, "environment": {"git_sha": "abc123"}}))
+    (run_dir / "run_info.json").write_text(
+        json.dumps({"status": "finished", "train_seconds": 120.0, "environment": {"git_sha": "abc123"}})
+    )
     other = write_metrics(tmp_path, seed=1)
     rec, rec2 = read_metrics(path), read_metrics(other)
     assert rec["config_hash"] and rec2["config_hash"] is None
-    assert rec["train_seconds"] == 120.0 and rec["train_git_sha"] == "abc123" and rec2["train_seconds"] is None
+    assert (
+        rec["train_seconds"] == 120.0 and rec["train_git_sha"] == "abc123" and rec2["train_seconds"] is None
+    )
     summary = build_summary([path, other])
     assert summary["provenance"]["train_git_shas"] == ["abc123"]
     assert summary["provenance"]["runs_without_config"] == 1
@@ -175,11 +241,18 @@ def test_select_runs_rejects_two_evaluations_of_the_same_run(tmp_path):
 
 
 def test_ablation_points_by_hand(tmp_path):
-    files = [write_metrics(tmp_path, model="fsanet", band=(0, 1, 0, 1), seed=s, miou=m) for s, m in ((0, 50), (1, 54))]
-    files += [write_metrics(tmp_path, model="fsanet", band=None, seed=s, miou=m) for s, m in ((0, 60), (1, 62))]
-    files += [write_metrics(tmp_path, model="nonlocal", band=None, seed=0, miou=70.0),
-              write_metrics(tmp_path, model="nonlocal", band=None, eval_band=(0, 1, 0, 1), seed=0, miou=67.5),
-              write_metrics(tmp_path, model="fcn", band=None, seed=0, miou=30.0)]
+    files = [
+        write_metrics(tmp_path, model="fsanet", band=(0, 1, 0, 1), seed=s, miou=m)
+        for s, m in ((0, 50), (1, 54))
+    ]
+    files += [
+        write_metrics(tmp_path, model="fsanet", band=None, seed=s, miou=m) for s, m in ((0, 60), (1, 62))
+    ]
+    files += [
+        write_metrics(tmp_path, model="nonlocal", band=None, seed=0, miou=70.0),
+        write_metrics(tmp_path, model="nonlocal", band=None, eval_band=(0, 1, 0, 1), seed=0, miou=67.5),
+        write_metrics(tmp_path, model="fcn", band=None, seed=0, miou=30.0),
+    ]
     points = ablation_points(build_summary(files)["runs"])
     got = {(p["series"], p["label"]): (p["K"], p["mean"], p["std"], p["n"], p["delta"]) for p in points}
     assert got == {
@@ -228,8 +301,9 @@ def test_model_costs_on_a_tiny_input():
 
     cfg = load_config([], ["data.crop_size=[32,32]"])
     threads = torch.get_num_threads()
-    report = model_costs(cfg, models=["fcn", "fsanet"], bands=[parse_band("1"), parse_band("full")], warmup=0,
-                         repeats=1)
+    report = model_costs(
+        cfg, models=["fcn", "fsanet"], bands=[parse_band("1"), parse_band("full")], warmup=0, repeats=1
+    )
     assert torch.get_num_threads() == threads  # restored
     rows = {(r["model"], r["band_label"]): r for r in report["rows"]}
     assert set(rows) == {("fcn", "full"), ("fsanet", "1x1"), ("fsanet", "full")}
@@ -239,7 +313,9 @@ def test_model_costs_on_a_tiny_input():
     expect = sum(p.numel() for p in build_model(cfg.model, cfg.data.num_classes).parameters())
     assert rows[("fsanet", "1x1")]["params"] == expect == rows[("fsanet", "full")]["params"]
     # more kept coefficients, more DCT/attention work; no attention block at all, least
-    assert rows[("fcn", "full")]["flops"] < rows[("fsanet", "1x1")]["flops"] < rows[("fsanet", "full")]["flops"]
+    assert (
+        rows[("fcn", "full")]["flops"] < rows[("fsanet", "1x1")]["flops"] < rows[("fsanet", "full")]["flops"]
+    )
     assert all(r["fps"] > 0 for r in rows.values())
     with pytest.raises(ValueError, match="unknown model"):
         model_costs(cfg, models=["resnet"])
@@ -263,8 +339,29 @@ def test_cli_summary_writes_and_reports_errors_in_one_line(tmp_path, capsys):
 
 def test_cli_bench_models(tmp_path, capsys):
     out = tmp_path / "models.json"
-    assert main(["bench", "models", "--out", str(out), "--models", "fcn", "--band", "full", "--input-size", "32", "32",
-                 "--warmup", "0", "--repeats", "1", "data.num_classes=3"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "models",
+                "--out",
+                str(out),
+                "--models",
+                "fcn",
+                "--band",
+                "full",
+                "--input-size",
+                "32",
+                "32",
+                "--warmup",
+                "0",
+                "--repeats",
+                "1",
+                "data.num_classes=3",
+            ]
+        )
+        == 0
+    )
     report = json.loads(out.read_text())
     assert [r["model"] for r in report["rows"]] == ["fcn"] and report["num_classes"] == 3
     assert main(["bench", "models", "--out", str(out), "--band", "wide"]) == 2

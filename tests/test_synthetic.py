@@ -126,8 +126,9 @@ def test_packed_arrays_equal_the_pngs(small_set: Path, tmp_path: Path) -> None:
 
 
 def test_build_dataset_pipelines(small_set: Path) -> None:
-    cfg = load_config([PARAMS], [f"data.root={small_set}", "data.base_scale=[64,64]",
-                                                       "data.crop_size=[64,64]"]).data
+    cfg = load_config(
+        [PARAMS], [f"data.root={small_set}", "data.base_scale=[64,64]", "data.crop_size=[64,64]"]
+    ).data
     train = build_dataset(cfg, "train", train=True, seed=0)
     val = build_dataset(cfg, "val", train=False)
     assert train[(1, 0)]["image"].shape == (3, 64, 64) and val[2]["label"].shape == (64, 64)
@@ -220,7 +221,9 @@ def test_context_rule_holds_on_disk(small_set: Path) -> None:
             values = set(np.unique(label).tolist())
             assert values <= set(range(len(CLASSES)))
             # the cue is labelled by its colour
-            assert values & set(syn.CUE_CLASSES) == ({syn.CUE_RED} if _cue_is_red(image, label) else {syn.CUE_BLUE})
+            assert values & set(syn.CUE_CLASSES) == (
+                {syn.CUE_RED} if _cue_is_red(image, label) else {syn.CUE_BLUE}
+            )
             discs = values & {syn.DISC_RED, syn.DISC_BLUE}
             assert discs == ({syn.DISC_RED} if _cue_is_red(image, label) else {syn.DISC_BLUE})
 

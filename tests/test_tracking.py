@@ -107,14 +107,27 @@ def test_unreachable_server_keeps_everything_offline(tmp_path, caplog):
     assert json.loads((off / "params.json").read_text()) == {"a.b": "1"}
     assert json.loads((off / "metrics.json").read_text())[0]["value"] == 0.5
     run = json.loads((off / "run.json").read_text())
-    assert run["tags"]["model"] == "fsanet" and "failed" in run["reason"] and run["tags"]["fsanet.status"] == "FINISHED"
+    assert (
+        run["tags"]["model"] == "fsanet"
+        and "failed" in run["reason"]
+        and run["tags"]["fsanet.status"] == "FINISHED"
+    )
     assert (off / "artifacts" / "eval" / "m.json").is_file()
 
 
 def test_training_survives_an_unreachable_tracking_server(tmp_path, caplog):
-    cfg = load_config([], [f"tracking.uri=http://127.0.0.1:{_closed_port()}", "tracking.retries=2",
-                           "tracking.backoff_s=0.01", "train.progress=false", "train.max_iters=4",
-                           "train.log_interval=2", "train.ckpt_interval=2"])
+    cfg = load_config(
+        [],
+        [
+            f"tracking.uri=http://127.0.0.1:{_closed_port()}",
+            "tracking.retries=2",
+            "tracking.backoff_s=0.01",
+            "train.progress=false",
+            "train.max_iters=4",
+            "train.log_interval=2",
+            "train.ckpt_interval=2",
+        ],
+    )
     with caplog.at_level(logging.WARNING, logger="fsanet.tracking"):
         result = train(cfg, tmp_path, build_model=build_tiny_model, build_dataset=build_tiny_dataset)
     assert result.iterations == 4 and (tmp_path / "model.pt").is_file()
@@ -152,17 +165,29 @@ def test_study_init_then_8_concurrent_children(tmp_path, monkeypatch):
     marker = tmp_path / "study.json"
     data = init_study("fsanet/ablation", "band", marker)
     assert json.loads(marker.read_text()) == data and data["tracking_uri"] == uri
-    assert init_study("fsanet/ablation", "band", tmp_path / "again.json")["parent_run_id"] == data["parent_run_id"]
+    assert (
+        init_study("fsanet/ablation", "band", tmp_path / "again.json")["parent_run_id"]
+        == data["parent_run_id"]
+    )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     env.pop("MLFLOW_TRACKING_URI")  # the children find the store through the marker
-    procs = [subprocess.Popen([sys.executable, "-c", CHILD, str(marker), str(tmp_path / f"run{i}"), str(i)],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(8)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CHILD, str(marker), str(tmp_path / f"run{i}"), str(i)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(8)
+    ]
     outs = [p.communicate(timeout=240) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("fsanet/ablation")
-    children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{data['parent_run_id']}'")
+    children = client.search_runs(
+        [exp.experiment_id], f"tags.`mlflow.parentRunId` = '{data['parent_run_id']}'"
+    )
     assert len(children) == 8
     assert sorted(r.data.params["index"] for r in children) == [str(i) for i in range(8)]
     assert all(r.info.status == "FINISHED" and len(r.data.params) == 121 for r in children)

@@ -44,10 +44,19 @@ def _closed_port() -> int:
 
 def _cfg(tmp: Path, *overrides: str, uri: str | None = None):
     uri = uri or f"sqlite:///{tmp / 'mlflow.db'}"
-    base = {"train.progress": "false", "train.batch_size": "4", "data.num_workers": "0", "tracking.uri": uri,
-            "tracking.experiment": "fsanet/faults", "tracking.retries": "2", "tracking.backoff_s": "0.01",
-            "tracking.http_timeout_s": "2", "train.max_iters": "12", "train.log_interval": "1",
-            "train.ckpt_interval": "4"}
+    base = {
+        "train.progress": "false",
+        "train.batch_size": "4",
+        "data.num_workers": "0",
+        "tracking.uri": uri,
+        "tracking.experiment": "fsanet/faults",
+        "tracking.retries": "2",
+        "tracking.backoff_s": "0.01",
+        "tracking.http_timeout_s": "2",
+        "train.max_iters": "12",
+        "train.log_interval": "1",
+        "train.ckpt_interval": "4",
+    }
     base.update(o.split("=", 1) for o in overrides)
     return load_config([], [f"{k}={v}" for k, v in base.items()])
 
@@ -90,6 +99,7 @@ def _kill_at(k: int):
     def callback(it: int) -> None:
         if it == k:
             raise Killed(f"killed after iteration {k}")
+
     return callback
 
 
@@ -97,6 +107,7 @@ def _interrupt_at(k: int):
     def callback(it: int) -> None:
         if it == k:
             raise KeyboardInterrupt
+
     return callback
 
 
@@ -162,7 +173,9 @@ def test_kill_between_checkpoints_keeps_flushed_metrics_and_resume_fills_the_res
     _assert_each_point_once(client, run_id, list(range(1, 13)))
     assert _log_steps(run) == list(range(1, 13))
     by_step = {e["iteration"]: e["loss"] for e in json.loads((run / "train_log.json").read_text())}
-    assert all(m.value == pytest.approx(by_step[m.step]) for m in client.get_metric_history(run_id, "train/loss"))
+    assert all(
+        m.value == pytest.approx(by_step[m.step]) for m in client.get_metric_history(run_id, "train/loss")
+    )
     assert client.get_run(run_id).info.status == "FINISHED"
     assert _info(run)["status"] == "finished" and _info(run)["segments"] == 2
 
@@ -214,7 +227,10 @@ def test_a_stop_right_after_model_pt_is_closed_by_the_rerun(tmp_path, monkeypatc
     mlflow_run = client.get_run(result.mlflow_run_id)
     assert mlflow_run.info.status == "FINISHED" and result.mlflow_run_id == info["mlflow_run_id"]
     assert _steps(client, result.mlflow_run_id, "train/seconds") == [8]
-    assert {a.path for a in client.list_artifacts(result.mlflow_run_id)} >= {"run_info.json", "train_log.json"}
+    assert {a.path for a in client.list_artifacts(result.mlflow_run_id)} >= {
+        "run_info.json",
+        "train_log.json",
+    }
     _assert_each_point_once(client, result.mlflow_run_id, list(range(1, 9)))
     # a third run has nothing left to do
     assert _train(cfg, run).iterations == 8 and _info(run)["finished"] == info["finished"]
@@ -290,14 +306,23 @@ def test_a_store_failing_mid_run_gives_one_warning_and_the_offline_copy_keeps_ev
     for key in TRAIN_KEYS:
         assert sorted(m["step"] for m in metrics if m["key"] == key) == list(range(1, 13)), key
     assert json.loads((off / "params.json").read_text())["train.max_iters"] == "12"
-    assert {p.name for p in (off / "artifacts").iterdir()} == {"config.yaml", "run_info.json", "train_log.json"}
+    assert {p.name for p in (off / "artifacts").iterdir()} == {
+        "config.yaml",
+        "run_info.json",
+        "train_log.json",
+    }
     copy = json.loads((off / "run.json").read_text())
     assert copy["run_id"] == result.mlflow_run_id and copy["status"] == "FINISHED"
     assert _info(run)["mlflow_offline"] and _info(run)["mlflow_status"] == "offline"
     if fault == "read-only":  # the store comes back: sync fills the same run, each point once
         _make_read_only(db, False)  # (this process's pooled connections stay read-only: sync in another)
-        sync = subprocess.run([sys.executable, "-m", "fsanet.cli", "mlflow", "sync", str(run)], capture_output=True,
-                              text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=240)
+        sync = subprocess.run(
+            [sys.executable, "-m", "fsanet.cli", "mlflow", "sync", str(run)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            timeout=240,
+        )
         assert sync.returncode == 0, sync.stderr[-2000:]
         assert f"existing run {result.mlflow_run_id}" in sync.stdout
         client = _client(tmp_path)
@@ -314,8 +339,13 @@ def test_a_store_deleted_before_evaluation_is_an_error_not_a_new_store(tmp_path,
     db = tmp_path / "mlflow.db"
     db.unlink()
     with pytest.raises(FileNotFoundError, match=f"MLflow store {db} does not exist") as err:
-        evaluate(eval_config(run / "model.pt"), run / "model.pt", tmp_path / "eval",
-                 build_model=build_tiny_model, build_dataset=build_tiny_dataset)
+        evaluate(
+            eval_config(run / "model.pt"),
+            run / "model.pt",
+            tmp_path / "eval",
+            build_model=build_tiny_model,
+            build_dataset=build_tiny_dataset,
+        )
     assert "\n" not in str(err.value) and "tracking.uri" in str(err.value)
     assert not db.exists()
     # through the CLI: one line, exit status 2
@@ -337,8 +367,11 @@ def test_a_study_marker_whose_store_is_gone_is_an_error(tmp_path):
     assert not db.exists()
     # a training run without a marker may create a store
     fresh = tmp_path / "new" / "mlflow.db"
-    t = Tracker(OmegaConf.merge(OmegaConf.structured(TrackingConfig), {"uri": f"sqlite:///{fresh}"}),
-                tmp_path / "run2", "r")
+    t = Tracker(
+        OmegaConf.merge(OmegaConf.structured(TrackingConfig), {"uri": f"sqlite:///{fresh}"}),
+        tmp_path / "run2",
+        "r",
+    )
     t.finish()
     assert fresh.is_file() and not t.offline
 
@@ -353,8 +386,13 @@ def test_sync_uploads_offline_train_and_eval_runs_once(tmp_path, capsys):
     cfg = _cfg(tmp_path, "train.max_iters=4", uri=f"http://127.0.0.1:{_closed_port()}")
     result = _train(cfg, run)
     assert result.mlflow_run_id is None and (run / "mlflow_offline" / "run.json").is_file()
-    evaluate(eval_config(run / "model.pt"), run / "model.pt", run / "eval" / "val",
-             build_model=build_tiny_model, build_dataset=build_tiny_dataset)
+    evaluate(
+        eval_config(run / "model.pt"),
+        run / "model.pt",
+        run / "eval" / "val",
+        build_model=build_tiny_model,
+        build_dataset=build_tiny_dataset,
+    )
     assert (run / "eval" / "val" / "mlflow_offline" / "run.json").is_file()
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     capsys.readouterr()
@@ -375,8 +413,11 @@ def test_sync_uploads_offline_train_and_eval_runs_once(tmp_path, capsys):
     assert ev.data.tags["mlflow.parentRunId"] == tr.info.run_id  # nested under its (synced) training
     assert tr.data.params == json.loads((run / "mlflow_offline" / "params.json").read_text())
     _assert_each_point_once(client, tr.info.run_id, [1, 2, 3, 4])
-    assert {a.path for a in client.list_artifacts(tr.info.run_id)} == {"config.yaml", "run_info.json",
-                                                                       "train_log.json"}
+    assert {a.path for a in client.list_artifacts(tr.info.run_id)} == {
+        "config.yaml",
+        "run_info.json",
+        "train_log.json",
+    }
     assert "eval/metrics.json" in {a.path for a in client.list_artifacts(ev.info.run_id, "eval")}
     assert "test/mIoU" in ev.data.metrics
     synced = json.loads((run / "mlflow_offline" / "run.json").read_text())["synced"]
@@ -401,7 +442,10 @@ def test_a_resumed_run_uploads_the_offline_copy_of_its_earlier_segment(tmp_path)
     result = _train(_cfg(tmp_path), run)
     client = _client(tmp_path)
     _assert_each_point_once(client, result.mlflow_run_id, list(range(1, 13)))
-    assert json.loads((run / "mlflow_offline" / "run.json").read_text())["synced"]["run_id"] == result.mlflow_run_id
+    assert (
+        json.loads((run / "mlflow_offline" / "run.json").read_text())["synced"]["run_id"]
+        == result.mlflow_run_id
+    )
     exp = client.get_experiment_by_name("fsanet/faults")
     assert len(client.search_runs([exp.experiment_id], "tags.`fsanet.kind` = 'train'")) == 1
 
@@ -436,8 +480,16 @@ def test_many_processes_on_a_fresh_store_all_stay_online(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("MLFLOW_TRACKING_URI", None)
     n = 6
-    procs = [subprocess.Popen([sys.executable, "-c", OPENER, uri, str(tmp_path / f"run{i}"), str(go), str(i)],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(n)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", OPENER, uri, str(tmp_path / f"run{i}"), str(go), str(i)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(n)
+    ]
     deadline = time.time() + 180
     while time.time() < deadline and not all((tmp_path / f"run{i}" / "ready").exists() for i in range(n)):
         time.sleep(0.05)  # every process has imported MLflow and waits at the start line
@@ -457,7 +509,10 @@ def test_many_processes_on_a_fresh_store_all_stay_online(tmp_path):
 def test_redact_and_split_credentials():
     assert redact("http://user:pw1@host:5000/x") == "http://user:***@host:5000/x"
     assert redact("https://tok123@host") == "https://***@host"
-    assert redact("error at http://u:p@ss@host/api and ?token=abc&x=1") == "error at http://u:***@host/api and ?token=***&x=1"
+    assert (
+        redact("error at http://u:p@ss@host/api and ?token=abc&x=1")
+        == "error at http://u:***@host/api and ?token=***&x=1"
+    )
     assert redact("sqlite:////a/b/mlflow.db") == "sqlite:////a/b/mlflow.db"
     assert split_credentials("http://user:p%40ss@host:5000") == ("http://host:5000", "user", "p@ss")
     assert split_credentials("http://user:***@host") == ("http://host", "user", None)
@@ -470,8 +525,9 @@ def _files_without(folder: Path, secret: str) -> None:
 
 
 @pytest.mark.parametrize("where", ["config", "environment"])
-def test_a_password_in_the_tracking_uri_is_never_written_or_logged(tmp_path, where, monkeypatch, clean_credentials,
-                                                                   caplog, capfd):
+def test_a_password_in_the_tracking_uri_is_never_written_or_logged(
+    tmp_path, where, monkeypatch, clean_credentials, caplog, capfd
+):
     port = _closed_port()
     uri = f"http://user:{SECRET}@127.0.0.1:{port}"
     if where == "environment":
@@ -482,14 +538,21 @@ def test_a_password_in_the_tracking_uri_is_never_written_or_logged(tmp_path, whe
     run = tmp_path / "run"
     with caplog.at_level(logging.DEBUG):
         _train(cfg, run)
-        evaluate(eval_config(run / "model.pt"), run / "model.pt", run / "eval" / "val",
-                 build_model=build_tiny_model, build_dataset=build_tiny_dataset)
+        evaluate(
+            eval_config(run / "model.pt"),
+            run / "model.pt",
+            run / "eval" / "val",
+            build_model=build_tiny_model,
+            build_dataset=build_tiny_dataset,
+        )
     out, err = capfd.readouterr()
     _files_without(tmp_path, SECRET)
     assert SECRET not in caplog.text and SECRET not in out + err
     assert any("127.0.0.1" in r.getMessage() and "mlflow_offline" in r.getMessage() for r in caplog.records)
     # MLflow gets the credentials through its own variables; the URI it is given has none
-    assert os.environ["MLFLOW_TRACKING_PASSWORD"] == SECRET and os.environ["MLFLOW_TRACKING_USERNAME"] == "user"
+    assert (
+        os.environ["MLFLOW_TRACKING_PASSWORD"] == SECRET and os.environ["MLFLOW_TRACKING_USERNAME"] == "user"
+    )
     assert SECRET not in os.environ.get("MLFLOW_TRACKING_URI", "")
     info = _info(run)
     assert info["mlflow_tracking_uri"] == f"http://user:***@127.0.0.1:{port}"
@@ -521,8 +584,11 @@ def test_stale_temporary_files_are_removed_when_the_run_starts_again(tmp_path, c
     run = tmp_path / "run"
     with pytest.raises(Killed):
         _train(cfg, run, callback=_kill_at(6))
-    stale = [run / "checkpoints" / ".iter_000008.pt.tmp-k1ll3d.pt", run / ".run_info.json.tmp-abc.json",
-             run / "mlflow_offline" / "artifacts" / ".config.yaml.tmp-x.yaml"]
+    stale = [
+        run / "checkpoints" / ".iter_000008.pt.tmp-k1ll3d.pt",
+        run / ".run_info.json.tmp-abc.json",
+        run / "mlflow_offline" / "artifacts" / ".config.yaml.tmp-x.yaml",
+    ]
     keep = [run / ".hidden", run / "notes.tmp-1", run / "eval" / "val" / ".metrics.json.tmp-1.json"]
     for path in stale + keep:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -531,7 +597,11 @@ def test_stale_temporary_files_are_removed_when_the_run_starts_again(tmp_path, c
         assert _train(cfg, run).resumed_from == 4
     assert not any(p.exists() for p in stale) and all(p.exists() for p in keep)
     lines = [r.getMessage() for r in caplog.records if "stale temporary" in r.getMessage()]
-    assert len(lines) == 1 and "3 stale temporary file(s)" in lines[0] and ".iter_000008.pt.tmp-k1ll3d.pt" in lines[0]
+    assert (
+        len(lines) == 1
+        and "3 stale temporary file(s)" in lines[0]
+        and ".iter_000008.pt.tmp-k1ll3d.pt" in lines[0]
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -546,20 +616,33 @@ from fsanet.config import load_config
 from fsanet.engine.train import train
 setup_logging(-1)  # as `fsanet -q`
 delay = float(sys.argv[3])
-train(load_config([], sys.argv[4:]), sys.argv[2], build_model=build_tiny_model, build_dataset=build_tiny_dataset,
-      callback=lambda it: time.sleep(delay))
+train(load_config([], sys.argv[4:]), sys.argv[2], build_model=build_tiny_model,
+      build_dataset=build_tiny_dataset, callback=lambda it: time.sleep(delay))
 print("done")
 """
 
 
 def _runner(tmp: Path, run: Path, delay: float, *overrides: str) -> subprocess.Popen:
-    args = [f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}", "tracking.experiment=fsanet/faults",
-            "train.progress=false", "train.batch_size=4", "data.num_workers=0", "train.max_iters=40",
-            "train.log_interval=1", "train.ckpt_interval=4", *overrides]
+    args = [
+        f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}",
+        "tracking.experiment=fsanet/faults",
+        "train.progress=false",
+        "train.batch_size=4",
+        "data.num_workers=0",
+        "train.max_iters=40",
+        "train.log_interval=1",
+        "train.ckpt_interval=4",
+        *overrides,
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.Popen([sys.executable, "-c", RUNNER, str(TESTS), str(run), str(delay), *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", RUNNER, str(TESTS), str(run), str(delay), *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _wait_for_checkpoint(run: Path, proc: subprocess.Popen, at_least: int, timeout: float = 120) -> None:

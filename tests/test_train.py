@@ -127,7 +127,9 @@ def _state(path: Path) -> dict:
 
 
 def test_train_writes_outputs_and_provenance(tmp_path):
-    r = _run(tmp_path, "train.max_iters=6", "train.log_interval=2", "train.ckpt_interval=4", "train.keep_ckpts=1")
+    r = _run(
+        tmp_path, "train.max_iters=6", "train.log_interval=2", "train.ckpt_interval=4", "train.keep_ckpts=1"
+    )
     assert r.iterations == 6 and r.model_path == tmp_path / "model.pt"
     for name in ("model.pt", "config.yaml", "run_info.json", "train_log.json"):
         assert (tmp_path / name).is_file()
@@ -146,8 +148,16 @@ def test_train_writes_outputs_and_provenance(tmp_path):
     assert ckpt["classes"] == ["a", "b", "c"] and ckpt["iteration"] == 6
     # rerunning a finished run is a no-op
     mtime = (tmp_path / "model.pt").stat().st_mtime_ns
-    assert _run(tmp_path, "train.max_iters=6", "train.log_interval=2", "train.ckpt_interval=4",
-                "train.keep_ckpts=1").iterations == 6
+    assert (
+        _run(
+            tmp_path,
+            "train.max_iters=6",
+            "train.log_interval=2",
+            "train.ckpt_interval=4",
+            "train.keep_ckpts=1",
+        ).iterations
+        == 6
+    )
     assert (tmp_path / "model.pt").stat().st_mtime_ns == mtime
 
 
@@ -159,6 +169,7 @@ def _crash_at(k):
     def callback(it):
         if it == k:
             raise Crash(f"injected crash after iteration {k}")
+
     return callback
 
 
@@ -176,7 +187,9 @@ def test_killed_and_resumed_run_is_bit_identical(tmp_path):
     assert ref.keys() == got.keys()
     for key in ref:
         assert torch.equal(ref[key], got[key]), key
-    assert (tmp_path / "ref" / "train_log.json").read_text() == (tmp_path / "resumed" / "train_log.json").read_text()
+    assert (tmp_path / "ref" / "train_log.json").read_text() == (
+        tmp_path / "resumed" / "train_log.json"
+    ).read_text()
     # and the test can fail: a different seed gives different weights
     _run(tmp_path / "other", *args, "train.seed=1")
     other = _state(tmp_path / "other" / "model.pt")
@@ -185,7 +198,13 @@ def test_killed_and_resumed_run_is_bit_identical(tmp_path):
 
 def test_resume_refuses_a_different_config(tmp_path):
     with pytest.raises(Crash):
-        _run(tmp_path, "train.max_iters=6", "train.log_interval=2", "train.ckpt_interval=2", callback=_crash_at(3))
+        _run(
+            tmp_path,
+            "train.max_iters=6",
+            "train.log_interval=2",
+            "train.ckpt_interval=2",
+            callback=_crash_at(3),
+        )
     with pytest.raises(ValueError, match="train.lr"):
         _run(tmp_path, "train.max_iters=6", "train.log_interval=2", "train.ckpt_interval=2", "train.lr=0.1")
 
@@ -245,12 +264,41 @@ def test_cli_train_then_eval_with_mlflow(tmp_path, synthetic_root, monkeypatch, 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     common = [f"data.root={synthetic_root}", *SYN, "train.progress=false", "tracking.experiment=fsanet/test"]
     run = tmp_path / "run"
-    assert main(["-q", "train", *common, "train.max_iters=4", "--out-dir", str(run), "train.batch_size=2",
-                 "train.log_interval=2", "train.ckpt_interval=2", "model.name=fsanet"]) == 0
-    assert main(["-q", "eval", "--checkpoint", str(run / "model.pt"), "eval.eval_band=[0,2,0,2]", "eval.flip=true"]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "train",
+                *common,
+                "train.max_iters=4",
+                "--out-dir",
+                str(run),
+                "train.batch_size=2",
+                "train.log_interval=2",
+                "train.ckpt_interval=2",
+                "model.name=fsanet",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "-q",
+                "eval",
+                "--checkpoint",
+                str(run / "model.pt"),
+                "eval.eval_band=[0,2,0,2]",
+                "eval.flip=true",
+            ]
+        )
+        == 0
+    )
     out = run / "eval" / "val_band0-2-0-2_flip"
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["model"] == "fsanet" and metrics["dataset"] == "synthetic" and metrics["band"] == [0, 5, 0, 5]
+    assert (
+        metrics["model"] == "fsanet" and metrics["dataset"] == "synthetic" and metrics["band"] == [0, 5, 0, 5]
+    )
     assert metrics["eval_band"] == [0, 2, 0, 2] and metrics["num_images"] == 2
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("fsanet/test")
@@ -261,12 +309,18 @@ def test_cli_train_then_eval_with_mlflow(tmp_path, synthetic_root, monkeypatch, 
     assert eval_run.info.run_id == metrics["mlflow_run_id"]
     assert train_run.data.params["train.max_iters"] == "4" and len(train_run.data.params) > 100
     assert {"mlflow.source.git.commit", "git.dirty", "dataset", "model", "band", "seed", "device"} <= set(
-        train_run.data.tags)
+        train_run.data.tags
+    )
     assert [m.step for m in client.get_metric_history(train_run.info.run_id, "train/loss")] == [2, 4]
     assert eval_run.data.metrics["test/mIoU"] == pytest.approx(metrics["mIoU"])
     assert {"cost/params_M", "cost/gflops", "cost/latency_ms", "cost/fps"} <= set(eval_run.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(eval_run.info.run_id, "eval")}
-    assert {"eval/metrics.json", "eval/confusion.png", "eval/qualitative.png", "eval/per_class.md"} <= artifacts
+    assert {
+        "eval/metrics.json",
+        "eval/confusion.png",
+        "eval/qualitative.png",
+        "eval/per_class.md",
+    } <= artifacts
     assert exp.artifact_location == (tmp_path / "mlruns").as_uri() + "/fsanet/test"  # beside the db
     assert (tmp_path / "mlruns" / "fsanet" / "test").is_dir()
     # a bad override is one line on stderr, exit status 2
@@ -282,31 +336,101 @@ def test_cli_train_eval_out_equals_a_separate_eval(tmp_path, synthetic_root, cap
 
     common = [f"data.root={synthetic_root}", *SYN, "train.progress=false", "tracking.enabled=false"]
     run = tmp_path / "run"
-    assert main(["-q", "train", *common, "train.max_iters=4", "--out-dir", str(run), "train.batch_size=2",
-                 "model.name=nonlocal", "--eval-out", str(run / "eval" / "none"), "eval.figures=false"]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "train",
+                *common,
+                "train.max_iters=4",
+                "--out-dir",
+                str(run),
+                "train.batch_size=2",
+                "model.name=nonlocal",
+                "--eval-out",
+                str(run / "eval" / "none"),
+                "eval.figures=false",
+            ]
+        )
+        == 0
+    )
     inline = json.loads((run / "eval" / "none" / "metrics.json").read_text())
     assert not (run / "eval" / "none" / "confusion.png").exists()
     assert (run / "eval" / "none" / "confusion.csv").is_file()
-    assert main(["-q", "eval", "--checkpoint", str(run / "model.pt"), "--out-dir", str(tmp_path / "sep"),
-                 "eval.figures=true"]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "eval",
+                "--checkpoint",
+                str(run / "model.pt"),
+                "--out-dir",
+                str(tmp_path / "sep"),
+                "eval.figures=true",
+            ]
+        )
+        == 0
+    )
     separate = json.loads((tmp_path / "sep" / "metrics.json").read_text())
     assert (tmp_path / "sep" / "confusion.png").is_file()
     assert inline["IoU"] == separate["IoU"] and inline["mIoU"] == separate["mIoU"]
 
     pattern = str(tmp_path / "trunc" / "{band}")
-    assert main(["-q", "eval", "--checkpoint", str(run / "model.pt"), "--band", "1", "--band", "none",
-                 "--out-dir", pattern]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "eval",
+                "--checkpoint",
+                str(run / "model.pt"),
+                "--band",
+                "1",
+                "--band",
+                "none",
+                "--out-dir",
+                pattern,
+            ]
+        )
+        == 0
+    )
     one = json.loads((tmp_path / "trunc" / "1" / "metrics.json").read_text())
     untruncated = json.loads((tmp_path / "trunc" / "none" / "metrics.json").read_text())
     assert one["eval_band"] == [0, 1, 0, 1] and untruncated["eval_band"] is None
     assert untruncated["IoU"] == separate["IoU"]
-    assert main(["-q", "eval", "--checkpoint", str(run / "model.pt"), "eval.eval_band=[0,1,0,1]",
-                 "--out-dir", str(tmp_path / "one")]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "eval",
+                "--checkpoint",
+                str(run / "model.pt"),
+                "eval.eval_band=[0,1,0,1]",
+                "--out-dir",
+                str(tmp_path / "one"),
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "one" / "metrics.json").read_text())["IoU"] == one["IoU"]
 
     capsys.readouterr()
-    assert main(["-q", "eval", "--checkpoint", str(run / "model.pt"), "--band", "1", "--band", "2",
-                 "--out-dir", str(tmp_path / "x")]) == 2
+    assert (
+        main(
+            [
+                "-q",
+                "eval",
+                "--checkpoint",
+                str(run / "model.pt"),
+                "--band",
+                "1",
+                "--band",
+                "2",
+                "--out-dir",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
     assert "{band}" in capsys.readouterr().err
     assert main(["-q", "eval", "--checkpoint", str(run / "model.pt"), "--band", "0"]) == 2
     assert "--band '0'" in capsys.readouterr().err
@@ -317,9 +441,22 @@ def test_cli_train_eval_out_equals_a_separate_eval(tmp_path, synthetic_root, cap
 @pytest.mark.slow
 def test_sigkill_then_rerun_is_bit_identical(tmp_path, synthetic_root):
     """A real `fsanet train` process killed with SIGKILL and rerun ends with the same weights."""
-    base = [sys.executable, "-m", "fsanet.cli", "-q", "train", f"data.root={synthetic_root}", *SYN,
-            "tracking.enabled=false", "train.progress=false", "train.max_iters=30", "train.batch_size=2",
-            "train.log_interval=2", "train.ckpt_interval=2", "model.name=linear"]
+    base = [
+        sys.executable,
+        "-m",
+        "fsanet.cli",
+        "-q",
+        "train",
+        f"data.root={synthetic_root}",
+        *SYN,
+        "tracking.enabled=false",
+        "train.progress=false",
+        "train.max_iters=30",
+        "train.batch_size=2",
+        "train.log_interval=2",
+        "train.ckpt_interval=2",
+        "model.name=linear",
+    ]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     subprocess.run([*base, "--out-dir", str(tmp_path / "ref")], check=True, env=env)
     proc = subprocess.Popen([*base, "--out-dir", str(tmp_path / "killed")], env=env)

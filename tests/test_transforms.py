@@ -196,8 +196,16 @@ def test_normalize_and_pad_values() -> None:
     out["image"] += 1.0
     out = Pad((4, 7), img_value=0.0, seg_value=255)(out)
     assert out["image"].shape == (4, 7, 3) and out["label"].shape == (4, 7)
-    assert (out["image"][3] == 0).all() and (out["image"][:, 5:] == 0).all() and (out["image"][:3, :5] > 0.9).all()
-    assert (out["label"][3] == 255).all() and (out["label"][:, 5:] == 255).all() and (out["label"][:3, :5] == 0).all()
+    assert (
+        (out["image"][3] == 0).all()
+        and (out["image"][:, 5:] == 0).all()
+        and (out["image"][:3, :5] > 0.9).all()
+    )
+    assert (
+        (out["label"][3] == 255).all()
+        and (out["label"][:, 5:] == 255).all()
+        and (out["label"][:3, :5] == 0).all()
+    )
 
 
 # ---------------------------------------------------------------------------------------- pipelines

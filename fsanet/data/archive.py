@@ -98,7 +98,15 @@ _FORMATS = {
 # Zip members must be stored or deflated: zipfile inflates those in bounded steps, but decompresses a
 # bzip2 or lzma member's input chunk in one call whatever its output size (a memory bomb).
 _ZIP_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED}
-_ZIP_METHOD_NAMES = {9: "deflate64", 12: "bzip2", 14: "lzma", 93: "zstandard", 95: "xz", 98: "ppmd", 99: "AES"}
+_ZIP_METHOD_NAMES = {
+    9: "deflate64",
+    12: "bzip2",
+    14: "lzma",
+    93: "zstandard",
+    95: "xz",
+    98: "ppmd",
+    99: "AES",
+}
 # What reading an archive can raise besides ArchiveError: tarfile, zipfile, the decompressors (gzip's
 # BadGzipFile and bz2's errors are OSErrors), zipfile for encrypted (RuntimeError) or unsupported
 # (NotImplementedError) members, and name decoding (UnicodeDecodeError, a ValueError).
@@ -186,7 +194,8 @@ def _reading(archive: Path, fmt: str, member: str | None = None) -> Iterator[Non
         where = f" in member {_q(member)}" if member else ""
         detail = " ".join(str(err).split()) or type(err).__name__
         raise ArchiveError(
-            f"{archive}: corrupt or truncated {_FORMATS[fmt]}{where} ({detail}); nothing was extracted; {_FIX}"
+            f"{archive}: corrupt or truncated {_FORMATS[fmt]}{where} ({detail}); nothing was extracted; "
+            f"{_FIX}"
         ) from None
 
 
@@ -310,7 +319,9 @@ def _zip_link(zf: zipfile.ZipFile, info: zipfile.ZipInfo, archive: Path) -> str:
     with _reading(archive, "zip", name):
         src = _zip_open(zf, info)
     with src:
-        _copy_exact(src, data.extend, Member(name, "symlink", size=info.file_size, crc=info.CRC), archive, "zip")
+        _copy_exact(
+            src, data.extend, Member(name, "symlink", size=info.file_size, crc=info.CRC), archive, "zip"
+        )
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
@@ -343,7 +354,9 @@ def _zip_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, archive: Path) -> Me
         )
     if kind == "symlink":
         return Member(info.filename, kind, link=_zip_link(zf, info, archive), mode=perm)
-    return Member(info.filename, kind, size=info.file_size, packed=info.compress_size, mode=perm, crc=info.CRC)
+    return Member(
+        info.filename, kind, size=info.file_size, packed=info.compress_size, mode=perm, crc=info.CRC
+    )
 
 
 def _tar_member(info: tarfile.TarInfo) -> Member:
@@ -376,12 +389,16 @@ class _StrictTarInfo(tarfile.TarInfo):
         except tarfile.EmptyHeaderError:
             raise tarfile.ReadError("it ends without its end-of-archive blocks") from None
         except (tarfile.InvalidHeaderError, tarfile.TruncatedHeaderError) as err:
-            raise tarfile.ReadError(f"unreadable member header at byte {offset} of the tar stream: {err}") from None
+            raise tarfile.ReadError(
+                f"unreadable member header at byte {offset} of the tar stream: {err}"
+            ) from None
 
     def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
         # the method tarfile's own comments name for subclasses that process headers by type
         if self.type in _TAR_EXTENDED and self.size > _MAX_TAR_HEADER:
-            raise tarfile.ReadError(f"a {self.size}-byte extended header (at most {_MAX_TAR_HEADER} accepted)")
+            raise tarfile.ReadError(
+                f"a {self.size}-byte extended header (at most {_MAX_TAR_HEADER} accepted)"
+            )
         return super()._proc_member(tarfile_)
 
 
@@ -401,7 +418,8 @@ def _finish_tar(tf: tarfile.TarFile, archive: Path, fmt: str) -> None:
         if chunk.strip(b"\0") or seen + len(chunk) > _MAX_TAR_PADDING:
             raise ArchiveError(
                 f"{archive}: corrupt {_FORMATS[fmt]}: data (or over {_human(_MAX_TAR_PADDING)} of padding) "
-                f"follows its end-of-archive block at byte {tf.offset} of the tar stream (a damaged member header "
+                f"follows its end-of-archive block at byte {tf.offset} of the tar stream (a damaged member "
+                "header "
                 f"ends the member list there, or another archive was appended); nothing was extracted; {_FIX}"
             )
         seen += len(chunk)
@@ -557,7 +575,9 @@ def _link_leaves(parent: list[str], target: str, layout: _Layout) -> str | None:
             continue
         if part == "..":
             if not here:
-                return "climbs above the target folder" + (f" through the link(s) {', '.join(map(_q, hops))}" if hops else "")
+                return "climbs above the target folder" + (
+                    f" through the link(s) {', '.join(map(_q, hops))}" if hops else ""
+                )
             here.pop()
             continue
         kind, link = layout.lookup([*here, part])
@@ -607,7 +627,10 @@ def check_members(
 
     def refuse(m: Member, why: str, unsafe: bool = True) -> ArchiveError:
         cls = UnsafeArchiveError if unsafe else ArchiveError
-        return cls(f"{archive}: refused member {_q(m.name)}: {why}; nothing was extracted; {_FIX} from its official source")
+        return cls(
+            f"{archive}: refused member {_q(m.name)}: {why}; nothing was extracted; {_FIX} from its official "
+            "source"
+        )
 
     for m in members:
         name = m.name
@@ -632,11 +655,17 @@ def check_members(
             if not m.link or m.link.startswith("/") or _escapes(m.link):
                 raise refuse(m, f"hard link {_q(m.link)} points outside the target")
             if kinds.get("/".join(_parts(m.link))) != "file":
-                raise refuse(m, f"hard link {_q(m.link)} does not name a file stored before it in the archive")
+                raise refuse(
+                    m, f"hard link {_q(m.link)} does not name a file stored before it in the archive"
+                )
         kind = "file" if m.kind == "hardlink" else m.kind
         before = kinds.get(path)
         if before is not None and not (before == kind and kind in ("dir", "file")):
-            raise refuse(m, f"the archive holds this path twice, as a {before} and as a {kind}", "symlink" in (before, kind))
+            raise refuse(
+                m,
+                f"the archive holds this path twice, as a {before} and as a {kind}",
+                "symlink" in (before, kind),
+            )
         kinds[path] = kind
 
     for m, parts in zip(members, clean):
@@ -645,7 +674,9 @@ def check_members(
             if kinds.get(prefix) == "symlink":
                 raise refuse(m, f"path goes through the link {_q(prefix)}")
             if kinds.get(prefix) == "file":
-                raise refuse(m, f"it lies inside {_q(prefix)}, which the archive holds as a file", unsafe=False)
+                raise refuse(
+                    m, f"it lies inside {_q(prefix)}, which the archive holds as a file", unsafe=False
+                )
     for parts in clean:  # the parent folders of members exist after extraction even if not listed
         for i in range(1, len(parts)):
             kinds.setdefault("/".join(parts[:i]), "dir")
@@ -692,7 +723,9 @@ class _Budget:
         unpacked_bytes: the expected total uncompressed size, or None if unknown.
     """
 
-    def __init__(self, archive: Path, target: Path, limits: ExtractConfig, unpacked_bytes: int | None) -> None:
+    def __init__(
+        self, archive: Path, target: Path, limits: ExtractConfig, unpacked_bytes: int | None
+    ) -> None:
         self.archive, self.target, self.limits, self.unpacked = archive, target, limits, unpacked_bytes
         self.archive_bytes = max(archive.stat().st_size, 1)
         self.free = shutil.disk_usage(_existing_folder(target)).free
@@ -717,8 +750,10 @@ class _Budget:
 
     def _ratio_fix(self) -> str:
         return (
-            f"data.extract.max_ratio = {self.limits.max_ratio:g}, applied from data.extract.ratio_min_bytes = "
-            f"{self.limits.ratio_min_bytes} bytes on (a decompression bomb?); if the archive is genuine, raise "
+            f"data.extract.max_ratio = {self.limits.max_ratio:g}, applied from data.extract.ratio_min_bytes "
+            "= "
+            f"{self.limits.ratio_min_bytes} bytes on (a decompression bomb?); if the archive is genuine, "
+            "raise "
             f"data.extract.max_ratio, else {_FIX}"
         )
 
@@ -757,8 +792,10 @@ class _Budget:
             raise ArchiveLimitError(
                 f"{self.target}: too little free disk space to extract {self.archive}: it needs at least "
                 f"{_human(needed)} ({_human(self.total)} of members, plus data.extract.free_margin = "
-                f"{limits.free_margin:g} of that, plus data.extract.min_free_bytes = {limits.min_free_bytes}) "
-                f"and {_human(self.free)} are free; nothing was extracted; free some space or lower those keys"
+                f"{limits.free_margin:g} of that, plus data.extract.min_free_bytes = "
+                f"{limits.min_free_bytes}) "
+                f"and {_human(self.free)} are free; nothing was extracted; free some space or lower those "
+                "keys"
             )
 
 
@@ -866,7 +903,9 @@ def _extract(archive: Path, fmt: str, staging: Path, members: list[Member], prog
         for handle, info, member in entries:
             if count >= len(members) or members[count] != member:
                 break
-            opener = functools.partial(_zip_open if fmt == "zip" else tarfile.TarFile.extractfile, handle, info)
+            opener = functools.partial(
+                _zip_open if fmt == "zip" else tarfile.TarFile.extractfile, handle, info
+            )
             _place(staging, member, opener, archive, fmt)
             count += 1
             bar.update()
@@ -968,8 +1007,12 @@ def _remove_stale_staging(archive: Path, target: Path) -> None:
         try:
             fd = _lock_folder(path, wait=False)
         except OSError as err:
-            log.warning("%s: left in place: cannot tell whether an extraction uses it (%s); delete it by hand "
-                        "if none runs", path, err)
+            log.warning(
+                "%s: left in place: cannot tell whether an extraction uses it (%s); delete it by hand "
+                "if none runs",
+                path,
+                err,
+            )
             continue
         if fd is None:
             log.info("%s: in use by another extraction of %s, left in place", path, archive.name)
@@ -980,10 +1023,14 @@ def _remove_stale_staging(archive: Path, target: Path) -> None:
         finally:
             os.close(fd)
         if path.exists():
-            log.warning("%s: left by an interrupted extraction, but could not be removed entirely; delete it "
-                        "by hand", path)
+            log.warning(
+                "%s: left by an interrupted extraction, but could not be removed entirely; delete it by hand",
+                path,
+            )
         else:
-            log.warning("removed %s (%s), left by an interrupted extraction of %s", path, _human(size), archive.name)
+            log.warning(
+                "removed %s (%s), left by an interrupted extraction of %s", path, _human(size), archive.name
+            )
 
 
 # --------------------------------------------------------------------------------------------

@@ -102,7 +102,9 @@ def scan_pairs(
         pairs.append((img, ann_dir / f"{rel[: -len(img_suffix)]}{seg_suffix}"))
     missing = [lbl for _, lbl in pairs if not lbl.is_file()]
     if missing:
-        raise DataError(f"{ann_dir}: label files missing for some images in {img_dir} ({_missing_summary(missing)})")
+        raise DataError(
+            f"{ann_dir}: label files missing for some images in {img_dir} ({_missing_summary(missing)})"
+        )
     return pairs
 
 
@@ -166,7 +168,9 @@ class SegmentationDataset(Dataset):
             raise DataError(self.missing_message(self.root))
         self._samples: list[tuple[Path, Path]] = [(Path(i), Path(lb)) for i, lb in self.samples()]
         if not self._samples:
-            raise DataError(f"{self.root}: split '{split}' of {self.NAME or type(self).__name__} has no samples")
+            raise DataError(
+                f"{self.root}: split '{split}' of {self.NAME or type(self).__name__} has no samples"
+            )
         expected = self.SPLIT_SIZES.get(split)
         if check_split_size and expected is not None and expected != len(self._samples):
             raise DataError(

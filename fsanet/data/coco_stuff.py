@@ -4,7 +4,8 @@ On disk (``data/coco_stuff164k``; ``train2017.zip``/``val2017.zip`` unzipped int
 ``stuffthingmaps_trainval2017.zip`` into ``annotations/``)::
 
     images/{train2017,val2017}/<12-digit id>.jpg
-    annotations/{train2017,val2017}/<12-digit id>.png                  raw: value = label id - 1, 255 unlabeled
+    annotations/{train2017,val2017}/<12-digit id>.png                  raw: value = label id - 1, 255
+    unlabeled
     annotations/{train2017,val2017}/<12-digit id>_labelTrainIds.png    from prepare
 
 The raw maps use 182 values (0..181) of which 11 thing ids are never annotated

@@ -254,7 +254,8 @@ def _attempt(
                 if not offset:
                     raise DownloadError(
                         f"{url}: server answered a request for the whole file with the range "
-                        f"'{r.headers.get('Content-Range')}'; try a mirror or download it by hand (--from DIR)"
+                        f"'{r.headers.get('Content-Range')}'; try a mirror or download it by hand (--from "
+                        "DIR)"
                     )
                 log.warning(
                     "%s: server answered the range request for byte %d with '%s'; restarting from zero",
@@ -748,7 +749,9 @@ class _DatasetDownload:
         record = None
         if entry is None or entry.checksum != got.expected:
             record = Recorded(got.expected, got.source or PUBLISHED, _now(), got.url)
-        self._extract(file_name, got.path, target, got.expected, record, unpacked_bytes=a.get("unpacked_bytes"))
+        self._extract(
+            file_name, got.path, target, got.expected, record, unpacked_bytes=a.get("unpacked_bytes")
+        )
 
     def _obtain(self, a: Mapping[str, Any], expected: str | None) -> _Obtained:
         """The archive from --from DIR, <root>/archives or the network, verified if a checksum is known."""
@@ -824,7 +827,9 @@ class _DatasetDownload:
                 self.session = cityscapes_site.login(site, self.timeout)
                 self.listed = cityscapes_site.package_ids(self.session, site, self.timeout)
             pid = cityscapes_site.resolve_package(self.listed, file_name, package_id)
-            md5 = cityscapes_site.package_checksum(self.session, site, pid, self.timeout) if want_md5 else None
+            md5 = (
+                cityscapes_site.package_checksum(self.session, site, pid, self.timeout) if want_md5 else None
+            )
         except requests.RequestException as err:
             raise DownloadError(
                 f"{site}: {type(err).__name__} while asking for {file_name}; check the network and "
@@ -860,7 +865,10 @@ class _DatasetDownload:
             )
         where = a.get("url") or f"{a.get('site')} (package {a.get('package_id')})"
         if got.downloaded:
-            fix = f"{path} was deleted: check {got.url}, or download {file_name} from {where} by hand and use --from DIR"
+            fix = (
+                f"{path} was deleted: check {got.url}, or download {file_name} from {where} by hand "
+                "and use --from DIR"
+            )
         else:
             fix = f"replace {path} with {file_name} from {where}"
         digest = f"sha256:{file_digest(path, 'sha256', self.progress)}"
@@ -868,7 +876,8 @@ class _DatasetDownload:
             missing = _missing_members([m.name for m in archive_members(path)], required)
             if missing:
                 raise ArchiveError(
-                    f"{path}: no {', '.join(missing)} inside, which the {self.name} layout needs from {file_name}"
+                    f"{path}: no {', '.join(missing)} inside, which the {self.name} layout needs from "
+                    f"{file_name}"
                 )
             record = Recorded(digest, SELF_RECORDED, _now(), got.url)
             self._extract(
@@ -993,7 +1002,7 @@ def download_dataset(
 def _fetch_any(
     urls: Sequence[str], dest: Path, checksum: str | None, retries: int, timeout: float, progress: bool
 ) -> tuple[Path, str]:
-    """:func:`fetch` an archive from the first URL that works (HTML pages refused); a checksum mismatch is final.
+    """:func:`fetch` an archive from the first URL that works (HTML refused); a checksum mismatch is final.
 
     Returns:
         The path and the URL it came from.

@@ -58,7 +58,9 @@ def read_image(path: str | Path) -> np.ndarray:
     path = Path(path)
     img = _open_decoded(path, "image")
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        raise DataError(f"{path}: image has mode {img.mode!r} (16/32-bit); expected an 8-bit RGB or grey image")
+        raise DataError(
+            f"{path}: image has mode {img.mode!r} (16/32-bit); expected an 8-bit RGB or grey image"
+        )
     if img.mode != "RGB":
         img = img.convert("RGB")
     return np.asarray(img, dtype=np.uint8).copy()

@@ -73,7 +73,9 @@ def lowpass(m: np.ndarray, n: int, output_stride: int = 8) -> np.ndarray:
     brought back to (S, S)."""
     size = m.shape[0]
     g = size // output_stride
-    grid = m[: g * output_stride, : g * output_stride].reshape(g, output_stride, g, output_stride).mean((1, 3))
+    grid = (
+        m[: g * output_stride, : g * output_stride].reshape(g, output_stride, g, output_stride).mean((1, 3))
+    )
     coeffs = dctn(grid, type=2, norm="ortho")
     coeffs[n:, :] = 0.0
     coeffs[:, n:] = 0.0
@@ -118,8 +120,13 @@ def oracle_curve(hits: np.ndarray, total: int) -> dict[str, Any]:
         "threshold": KNEE_ACCURACY}``.
     """
     accuracy = {str(n + 1): (float(h / total) if total else None) for n, h in enumerate(hits)}
-    return {"grid": len(hits), "accuracy": accuracy, "knee": predicted_knee(accuracy), "disc_pixels": int(total),
-            "threshold": KNEE_ACCURACY}
+    return {
+        "grid": len(hits),
+        "accuracy": accuracy,
+        "knee": predicted_knee(accuracy),
+        "disc_pixels": int(total),
+        "threshold": KNEE_ACCURACY,
+    }
 
 
 def predicted_knee(accuracy: dict[str, Any], threshold: float = KNEE_ACCURACY) -> list[int] | None:

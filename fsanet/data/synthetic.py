@@ -161,10 +161,24 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 CLASSES: tuple[str, ...] = (
-    "background", "cue_red", "cue_blue", "disc_red_cue", "disc_blue_cue", "triangle", "bar"
+    "background",
+    "cue_red",
+    "cue_blue",
+    "disc_red_cue",
+    "disc_blue_cue",
+    "triangle",
+    "bar",
 )
 PALETTE = np.array(
-    [[0, 0, 0], [255, 150, 150], [150, 180, 255], [220, 40, 40], [40, 80, 220], [40, 170, 60], [235, 175, 30]],
+    [
+        [0, 0, 0],
+        [255, 150, 150],
+        [150, 180, 255],
+        [220, 40, 40],
+        [40, 80, 220],
+        [40, 170, 60],
+        [235, 175, 30],
+    ],
     dtype=np.uint8,
 )
 BACKGROUND, CUE_RED, CUE_BLUE, DISC_RED, DISC_BLUE, TRIANGLE, BAR = range(7)
@@ -219,7 +233,8 @@ class SyntheticSettings:
             )
         if self.seed < 0 or self.val_seed < 0 or self.seed == self.val_seed:
             raise ValueError(
-                f"data.synthetic.seed={self.seed}, val_seed={self.val_seed}: must be non-negative and different"
+                f"data.synthetic.seed={self.seed}, val_seed={self.val_seed}: must be non-negative and "
+                "different"
             )
         if self.layout not in LAYOUTS:
             raise ValueError(f"data.synthetic.layout={self.layout!r}: choose one of {list(LAYOUTS)}")
@@ -231,13 +246,16 @@ class SyntheticSettings:
                     f"{2 * _cell_disc_radius(s)[1] + 3} px wide (the largest disc plus a margin)"
                 )
         if not 0 <= self.position_hint <= 128:
-            raise ValueError(f"data.synthetic.position_hint={self.position_hint}: must be in 0..128 grey levels")
+            raise ValueError(
+                f"data.synthetic.position_hint={self.position_hint}: must be in 0..128 grey levels"
+            )
         # the cue band may cover a whole side, so the far side must hold a disc: band + distance + disc
         need = self.min_cue_distance + _sizes(s)["cue_thickness"][1] + 2 * _sizes(s)["disc"][1] + 3
         if self.min_cue_distance < 1 or need > s:
             raise ValueError(
                 f"data.synthetic.min_cue_distance={self.min_cue_distance} does not fit a {s}px image "
-                f"(needs band + distance + disc <= {s}; the largest possible is {s - need + self.min_cue_distance})"
+                f"(needs band + distance + disc <= {s}; the largest possible is "
+                f"{s - need + self.min_cue_distance})"
             )
 
     def count(self, split: str) -> int:
@@ -294,8 +312,14 @@ def _hsv_to_rgb(h_deg: float, s: float, v: float) -> np.ndarray:
 
 
 def _place(
-    rng: np.random.Generator, size: int, half_h: int, half_w: int, boxes: Sequence[Box], far_from: Box | None,
-    distance: int, tries: int = 200,
+    rng: np.random.Generator,
+    size: int,
+    half_h: int,
+    half_w: int,
+    boxes: Sequence[Box],
+    far_from: Box | None,
+    distance: int,
+    tries: int = 200,
 ) -> tuple[int, int] | None:
     """A centre whose ``(2*half_h+1, 2*half_w+1)`` box lies inside the image (1 px margin), keeps more
     than ``_GAP`` px from ``boxes`` and (if ``far_from``) at least ``distance`` from that box; None when
@@ -326,7 +350,9 @@ def _background(rng: np.random.Generator, s: int) -> np.ndarray:
     return base[None, None, :] + shade[..., None]
 
 
-def generate_sample(settings: SyntheticSettings, seed: int, index: int) -> tuple[np.ndarray, np.ndarray, dict]:
+def generate_sample(
+    settings: SyntheticSettings, seed: int, index: int
+) -> tuple[np.ndarray, np.ndarray, dict]:
     """Generate one image/label pair; a pure function of the settings' geometry, ``seed`` and ``index``.
 
     Returns:
@@ -399,7 +425,9 @@ def generate_sample(settings: SyntheticSettings, seed: int, index: int) -> tuple
             continue
         theta = rng.uniform(0, 2 * math.pi) + np.arange(3) * 2 * math.pi / 3
         rr, cc = polygon(spot[0] + r * np.sin(theta), spot[1] + r * np.cos(theta), shape=(s, s))
-        image[rr, cc] = _hsv_to_rgb(120 + rng.uniform(-15, 15), rng.uniform(0.6, 0.9), rng.uniform(0.55, 0.85))
+        image[rr, cc] = _hsv_to_rgb(
+            120 + rng.uniform(-15, 15), rng.uniform(0.6, 0.9), rng.uniform(0.55, 0.85)
+        )
         label[rr, cc] = TRIANGLE
         placed["triangles"] += 1
         boxes.append((spot[0] - r, spot[1] - r, spot[0] + r + 1, spot[1] + r + 1))
@@ -424,8 +452,9 @@ def generate_sample(settings: SyntheticSettings, seed: int, index: int) -> tuple
     return image, label, info
 
 
-def _distractors(rng: np.random.Generator, s: int, image: np.ndarray, label: np.ndarray,
-                 boxes: list[Box]) -> dict[str, int]:
+def _distractors(
+    rng: np.random.Generator, s: int, image: np.ndarray, label: np.ndarray, boxes: list[Box]
+) -> dict[str, int]:
     """0-2 green triangles and 0-2 orange bars, anywhere free (the ``cells`` layout's copy of the
     ``band`` layout's distractors, with the same distributions)."""
     sizes = _sizes(s)
@@ -438,7 +467,9 @@ def _distractors(rng: np.random.Generator, s: int, image: np.ndarray, label: np.
             continue
         theta = rng.uniform(0, 2 * math.pi) + np.arange(3) * 2 * math.pi / 3
         rr, cc = polygon(spot[0] + r * np.sin(theta), spot[1] + r * np.cos(theta), shape=(s, s))
-        image[rr, cc] = _hsv_to_rgb(120 + rng.uniform(-15, 15), rng.uniform(0.6, 0.9), rng.uniform(0.55, 0.85))
+        image[rr, cc] = _hsv_to_rgb(
+            120 + rng.uniform(-15, 15), rng.uniform(0.6, 0.9), rng.uniform(0.55, 0.85)
+        )
         label[rr, cc] = TRIANGLE
         placed["triangles"] += 1
         boxes.append((spot[0] - r, spot[1] - r, spot[0] + r + 1, spot[1] + r + 1))
@@ -459,7 +490,9 @@ def _distractors(rng: np.random.Generator, s: int, image: np.ndarray, label: np.
     return placed
 
 
-def _generate_cells(settings: SyntheticSettings, seed: int, index: int) -> tuple[np.ndarray, np.ndarray, dict]:
+def _generate_cells(
+    settings: SyntheticSettings, seed: int, index: int
+) -> tuple[np.ndarray, np.ndarray, dict]:
     """The ``cells`` layout: ``c`` vertical stripes, each with its own cue segment along the top (or
     bottom) border; a disc takes the cue colour of the stripe it lies in."""
     s, c = settings.image_size, settings.cells
@@ -563,7 +596,10 @@ def _digest(root: Path, settings: SyntheticSettings) -> str:
     for split in SPLITS:
         paths = [root / "splits" / f"{split}.txt"]
         for i in range(settings.count(split)):
-            paths += [root / "images" / split / f"{_name(split, i)}.png", root / "labels" / split / f"{_name(split, i)}.png"]
+            paths += [
+                root / "images" / split / f"{_name(split, i)}.png",
+                root / "labels" / split / f"{_name(split, i)}.png",
+            ]
         for p in paths:
             if not p.is_file():
                 raise DataError(f"{p}: expected file missing after generation")
@@ -587,7 +623,7 @@ def _pack_files(split: str) -> tuple[str, str]:
 
 
 def _write_pack(root: Path, split: str, count: int) -> dict[str, str]:
-    """Decode the split's written PNGs into two ``.npy`` arrays (images ``(N, H, W, 3)``, labels ``(N, H, W)``,
+    """Decode the split's PNGs into two ``.npy`` arrays (images ``(N, H, W, 3)``, labels ``(N, H, W)``,
     uint8, in split-list order); returns their sha256 by relative path."""
     names = [_name(split, i) for i in range(count)]
     images = np.stack([read_image(root / "images" / split / f"{n}.png") for n in names])
@@ -619,12 +655,18 @@ def _ready_ok(root: Path, settings: SyntheticSettings, verify: bool) -> bool:
         return False
     if not verify:
         return True
-    packs_ok = all(_sha256(root / f) == h for split in (ready.get("packed") or {}).values() for f, h in split.items())
+    packs_ok = all(
+        _sha256(root / f) == h for split in (ready.get("packed") or {}).values() for f, h in split.items()
+    )
     return packs_ok and ready.get("digest") == _digest(root, settings)
 
 
 def prepare_synthetic(
-    root: str | Path, cfg: Any = None, processes: int | None = None, force: bool = False, progress: bool = True,
+    root: str | Path,
+    cfg: Any = None,
+    processes: int | None = None,
+    force: bool = False,
+    progress: bool = True,
     verify: bool = True,
 ) -> Path:
     """Generate the synthetic set into ``root`` (atomically); skip if it is already there and complete.
@@ -677,8 +719,11 @@ def prepare_synthetic(
     partial.mkdir(parents=True, exist_ok=True)
     write_json(settings_file, record)
 
-    jobs = [(split, list(range(start, min(start + 64, settings.count(split)))))
-            for split in SPLITS for start in range(0, settings.count(split), 64)]
+    jobs = [
+        (split, list(range(start, min(start + 64, settings.count(split)))))
+        for split in SPLITS
+        for start in range(0, settings.count(split), 64)
+    ]
     total = settings.num_train + settings.num_val
     with tqdm(total=total, desc=f"synthetic -> {root}", unit="img", disable=not progress) as bar:
         if processes == 1:
@@ -687,7 +732,9 @@ def prepare_synthetic(
         else:
             ctx = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(max_workers=min(processes, len(jobs)), mp_context=ctx) as pool:
-                futures = [pool.submit(_write_chunk, str(partial), settings, split, idx) for split, idx in jobs]
+                futures = [
+                    pool.submit(_write_chunk, str(partial), settings, split, idx) for split, idx in jobs
+                ]
                 for fut in as_completed(futures):
                     bar.update(fut.result())
 
@@ -699,8 +746,17 @@ def prepare_synthetic(
     counts = {split: settings.count(split) for split in SPLITS}
     context = context_oracle(settings, "val", processes)
     packed = {split: _write_pack(partial, split, settings.count(split)) for split in SPLITS}
-    write_json(partial / READY_FILE, {"dataset": "synthetic", "settings": record, "counts": counts, "digest": digest,
-                                      "context": context, "packed": packed})
+    write_json(
+        partial / READY_FILE,
+        {
+            "dataset": "synthetic",
+            "settings": record,
+            "counts": counts,
+            "digest": digest,
+            "context": context,
+            "packed": packed,
+        },
+    )
     if root.exists():  # force: replace the old set only now that the new one is complete
         old = root.parent / f".{root.name}.old"
         if old.exists():
@@ -710,7 +766,13 @@ def prepare_synthetic(
         shutil.rmtree(old)
     else:
         os.replace(partial, root)
-    log.info("%s: wrote %d train + %d val images (digest %s)", root, settings.num_train, settings.num_val, digest[:12])
+    log.info(
+        "%s: wrote %d train + %d val images (digest %s)",
+        root,
+        settings.num_train,
+        settings.num_val,
+        digest[:12],
+    )
     return root
 
 
@@ -770,14 +832,24 @@ class SyntheticDataset(SegmentationDataset):
         try:
             images, labels = (np.load(p, allow_pickle=False) for p in paths)
         except (OSError, ValueError) as err:
-            raise DataError(f"{paths[0].parent}: unreadable packed arrays ({err}); re-create the set with "
-                            f"`{self.FETCH} --force`") from None
-        if (images.dtype != np.uint8 or labels.dtype != np.uint8 or images.ndim != 4 or labels.ndim != 3
-                or len(images) != len(names) or len(labels) != len(names)
-                or images.shape[:3] != labels.shape):
-            raise DataError(f"{paths[0].parent}: packed arrays {images.shape}/{labels.shape} do not match the "
-                            f"{len(names)} samples of split '{self.split}'; re-create the set with "
-                            f"`{self.FETCH} --force`")
+            raise DataError(
+                f"{paths[0].parent}: unreadable packed arrays ({err}); re-create the set with "
+                f"`{self.FETCH} --force`"
+            ) from None
+        if (
+            images.dtype != np.uint8
+            or labels.dtype != np.uint8
+            or images.ndim != 4
+            or labels.ndim != 3
+            or len(images) != len(names)
+            or len(labels) != len(names)
+            or images.shape[:3] != labels.shape
+        ):
+            raise DataError(
+                f"{paths[0].parent}: packed arrays {images.shape}/{labels.shape} do not match the "
+                f"{len(names)} samples of split '{self.split}'; re-create the set with "
+                f"`{self.FETCH} --force`"
+            )
         if self.check_labels:
             self.check_label(labels, paths[1])
         images.flags.writeable = False  # shared by every item: a transform writing into it fails loudly

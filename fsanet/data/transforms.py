@@ -168,11 +168,15 @@ class RandomResize:
             ``(h, w) = (S*r, L*r)``.
     """
 
-    def __init__(self, scale: Sequence[int], ratio_range: Sequence[float] = (0.5, 2.0), keep_ratio: bool = True):
+    def __init__(
+        self, scale: Sequence[int], ratio_range: Sequence[float] = (0.5, 2.0), keep_ratio: bool = True
+    ):
         if len(scale) != 2 or min(scale) <= 0:
             raise ValueError(f"RandomResize scale must be two positive ints (L, S), got {list(scale)}")
         if len(ratio_range) != 2 or not 0 < ratio_range[0] <= ratio_range[1]:
-            raise ValueError(f"RandomResize ratio_range must be (low, high) with 0 < low <= high, got {list(ratio_range)}")
+            raise ValueError(
+                f"RandomResize ratio_range must be (low, high) with 0 < low <= high, got {list(ratio_range)}"
+            )
         self.scale = (int(scale[0]), int(scale[1]))
         self.ratio_range = (float(ratio_range[0]), float(ratio_range[1]))
         self.keep_ratio = keep_ratio
@@ -184,7 +188,9 @@ class RandomResize:
         return Resize(target, keep_ratio=self.keep_ratio)(sample, rng)
 
     def __repr__(self) -> str:
-        return f"RandomResize(scale={self.scale}, ratio_range={self.ratio_range}, keep_ratio={self.keep_ratio})"
+        return (
+            f"RandomResize(scale={self.scale}, ratio_range={self.ratio_range}, keep_ratio={self.keep_ratio})"
+        )
 
 
 class Resize:
@@ -230,7 +236,13 @@ class RandomCrop:
         max_tries: number of re-draws.
     """
 
-    def __init__(self, crop_size: Sequence[int], cat_max_ratio: float = 0.75, ignore_index: int = 255, max_tries: int = 10):
+    def __init__(
+        self,
+        crop_size: Sequence[int],
+        cat_max_ratio: float = 0.75,
+        ignore_index: int = 255,
+        max_tries: int = 10,
+    ):
         if len(crop_size) != 2 or min(crop_size) <= 0:
             raise ValueError(f"RandomCrop crop_size must be two positive ints (h, w), got {list(crop_size)}")
         self.crop_size = (int(crop_size[0]), int(crop_size[1]))
@@ -312,7 +324,9 @@ class PhotoMetricDistortion:
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
         img = sample["image"]
         if rng.integers(2):  # brightness
-            img = _to_uint8(img.astype(np.float32) + rng.uniform(-self.brightness_delta, self.brightness_delta))
+            img = _to_uint8(
+                img.astype(np.float32) + rng.uniform(-self.brightness_delta, self.brightness_delta)
+            )
         contrast_first = bool(rng.integers(2))
         if contrast_first:
             img = self._contrast(img, rng)
@@ -341,7 +355,8 @@ class PhotoMetricDistortion:
 
     def __repr__(self) -> str:
         return (
-            f"PhotoMetricDistortion(brightness_delta={self.brightness_delta}, contrast_range={self.contrast_range}, "
+            f"PhotoMetricDistortion(brightness_delta={self.brightness_delta}, "
+            f"contrast_range={self.contrast_range}, "
             f"saturation_range={self.saturation_range}, hue_delta={self.hue_delta})"
         )
 
@@ -351,7 +366,9 @@ class Normalize:
 
     def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-            raise ValueError(f"Normalize needs 3 means and 3 positive stds, got mean={list(mean)} std={list(std)}")
+            raise ValueError(
+                f"Normalize needs 3 means and 3 positive stds, got mean={list(mean)} std={list(std)}"
+            )
         self.mean = np.asarray(mean, dtype=np.float32)
         self.std = np.asarray(std, dtype=np.float32)
 
@@ -364,7 +381,7 @@ class Normalize:
 
 
 class Pad:
-    """Pad at the bottom/right to at least ``size=(h, w)``: image with ``img_value``, label with ``seg_value``.
+    """Pad bottom/right to at least ``size=(h, w)``: image with ``img_value``, label with ``seg_value``.
 
     Runs after Normalize, like mmseg's data preprocessor, so ``img_value=0`` is 0 in normalised units.
     """
@@ -378,7 +395,9 @@ class Pad:
         h, w = sample["image"].shape[:2]
         ph, pw = max(self.size[0] - h, 0), max(self.size[1] - w, 0)
         if ph or pw:
-            sample["image"] = np.pad(sample["image"], ((0, ph), (0, pw), (0, 0)), constant_values=self.img_value)
+            sample["image"] = np.pad(
+                sample["image"], ((0, ph), (0, pw), (0, 0)), constant_values=self.img_value
+            )
             if sample.get("label") is not None:
                 sample["label"] = np.pad(sample["label"], ((0, ph), (0, pw)), constant_values=self.seg_value)
         return sample
@@ -427,12 +446,15 @@ def build_transform(cfg: Any, train: bool) -> Compose:
 
     Args:
         cfg: the ``data`` config section (``base_scale``, ``crop_size``, ``ratio_range``,
-            ``cat_max_ratio``, ``ignore_index``, ``flip_prob``, ``photometric_distortion``, ``mean``, ``std``).
+            ``cat_max_ratio``, ``ignore_index``, ``flip_prob``, ``photometric_distortion``, ``mean``,
+            ``std``).
         train: the augmenting train pipeline, else the test pipeline (label kept at original size).
     """
     normalize = Normalize(list(cfg.mean), list(cfg.std))
     if not train:
-        return Compose([Resize(list(cfg.base_scale), keep_ratio=True, resize_label=False), normalize, ToTensor()])
+        return Compose(
+            [Resize(list(cfg.base_scale), keep_ratio=True, resize_label=False), normalize, ToTensor()]
+        )
     ops: list[Any] = [
         RandomResize(list(cfg.base_scale), list(cfg.ratio_range), keep_ratio=True),
         RandomCrop(list(cfg.crop_size), cfg.cat_max_ratio, cfg.ignore_index),

@@ -51,7 +51,8 @@ SBD_DIRS = ("VOCaug/dataset", "benchmark_RELEASE/dataset")  # relative to VOCdev
 # fmt: off
 CLASSES: tuple[str, ...] = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+    "tvmonitor",
 )
 # fmt: on
 

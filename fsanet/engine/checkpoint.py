@@ -84,7 +84,9 @@ def prune_checkpoints(run_dir: str | Path, keep: int) -> None:
         path.unlink(missing_ok=True)
 
 
-def remove_stale_temporaries(run_dir: str | Path, subfolders: Sequence[str] = (CHECKPOINT_DIR,)) -> list[Path]:
+def remove_stale_temporaries(
+    run_dir: str | Path, subfolders: Sequence[str] = (CHECKPOINT_DIR,)
+) -> list[Path]:
     """Delete the temporary files that atomic writes interrupted by a kill left behind.
 
     Call it when a run starts, before anything writes to the folder: a process killed while saving a
@@ -113,9 +115,16 @@ def remove_stale_temporaries(run_dir: str | Path, subfolders: Sequence[str] = (C
                 continue
             removed.append(path)
     if removed:
-        names = ", ".join(str(p.relative_to(run_dir)) for p in removed[:5]) + (" …" if len(removed) > 5 else "")
-        log.info("removed %d stale temporary file(s) (%.1f MB) left in %s by an interrupted write: %s",
-                 len(removed), size / 1e6, run_dir, names)
+        names = ", ".join(str(p.relative_to(run_dir)) for p in removed[:5]) + (
+            " …" if len(removed) > 5 else ""
+        )
+        log.info(
+            "removed %d stale temporary file(s) (%.1f MB) left in %s by an interrupted write: %s",
+            len(removed),
+            size / 1e6,
+            run_dir,
+            names,
+        )
     return removed
 
 
@@ -136,6 +145,7 @@ def config_diff(a: Mapping[str, Any], b: Mapping[str, Any], ignore: Iterable[str
     prefixes = tuple(ignore)
     keys = sorted(set(fa) | set(fb))
     return [
-        k for k in keys
+        k
+        for k in keys
         if not any(k == p or k.startswith(p + ".") for p in prefixes) and fa.get(k) != fb.get(k)
     ]

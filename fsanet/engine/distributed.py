@@ -20,7 +20,15 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["DistInfo", "all_gather_objects", "barrier", "cleanup", "init_distributed", "prepare_model", "resolve_device"]
+__all__ = [
+    "DistInfo",
+    "all_gather_objects",
+    "barrier",
+    "cleanup",
+    "init_distributed",
+    "prepare_model",
+    "resolve_device",
+]
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +63,8 @@ def init_distributed(device_type: str) -> DistInfo:
     missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
     if missing:
         raise ValueError(
-            f"WORLD_SIZE={world} but {', '.join(missing)} not set: launch multi-process training with torchrun"
+            f"WORLD_SIZE={world} but {', '.join(missing)} not set: launch multi-process training with "
+            "torchrun"
         )
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", os.environ["RANK"]))
     backend = "nccl" if device_type == "cuda" else "gloo"
@@ -73,8 +82,10 @@ def resolve_device(name: str, local_rank: int = 0, key: str = "device") -> torch
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"{key}=cuda but torch sees no GPU (torch {torch.__version__}, CUDA build: "
-                             f"{torch.version.cuda or 'no'}); set {key}=cpu or {key}=auto")
+            raise ValueError(
+                f"{key}=cuda but torch sees no GPU (torch {torch.__version__}, CUDA build: "
+                f"{torch.version.cuda or 'no'}); set {key}=cpu or {key}=auto"
+            )
         return torch.device("cuda", local_rank)
     if name != "cpu":
         raise ValueError(f"{key}={name!r} is not a device; use auto, cpu or cuda")
@@ -95,7 +106,9 @@ def prepare_model(
         else:
             log.warning(
                 "SyncBatchNorm needs CUDA tensors in torch %s; on CPU each of the %d processes keeps its own "
-                "BatchNorm batch statistics", torch.__version__, info.world_size,
+                "BatchNorm batch statistics",
+                torch.__version__,
+                info.world_size,
             )
     ids = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused)

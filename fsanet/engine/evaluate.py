@@ -41,13 +41,22 @@ from fsanet.models import load_trained_weights
 from fsanet.repro import deterministic_mode, seed_everything
 from fsanet.tracking import Tracker, check_store, redact_config, sanitize_key
 
-__all__ = ["apply_eval_band", "default_eval_dir", "eval_config", "eval_tag", "evaluate", "evaluate_bands",
-           "with_eval_band"]
+__all__ = [
+    "apply_eval_band",
+    "default_eval_dir",
+    "eval_config",
+    "eval_tag",
+    "evaluate",
+    "evaluate_bands",
+    "with_eval_band",
+]
 
 log = logging.getLogger(__name__)
 
 
-def eval_config(checkpoint: str | Path, paths: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> DictConfig:
+def eval_config(
+    checkpoint: str | Path, paths: Sequence[str | Path] = (), overrides: Sequence[str] = ()
+) -> DictConfig:
     """The checkpoint's stored config with ``paths`` and ``overrides`` merged on top, validated."""
     checkpoint = Path(checkpoint)
     state = load_checkpoint(checkpoint)
@@ -207,14 +216,25 @@ def evaluate_bands(
 
     results = []
     for band, out_dir in runs:
-        results.append(evaluate(with_eval_band(cfg, band), checkpoint, out_dir, build_model=build_model,
-                                build_dataset=shared_dataset))
+        results.append(
+            evaluate(
+                with_eval_band(cfg, band),
+                checkpoint,
+                out_dir,
+                build_model=build_model,
+                build_dataset=shared_dataset,
+            )
+        )
     return results
 
 
 def _evaluate(
-    cfg: DictConfig, state: dict[str, Any], checkpoint: Path, out_dir: Path,
-    build_model: BuildModel, build_dataset: BuildDataset,
+    cfg: DictConfig,
+    state: dict[str, Any],
+    checkpoint: Path,
+    out_dir: Path,
+    build_model: BuildModel,
+    build_dataset: BuildDataset,
 ) -> dict[str, Any]:
     ec = cfg.eval
     train_run_id = state.get("mlflow_run_id")
@@ -240,26 +260,54 @@ def _evaluate(
 
     tag = eval_tag(cfg)
     tags = run_tags(cfg, "eval", device, out_dir)
-    tags.update({"eval_band": str(band), "eval.tag": tag, "checkpoint": str(checkpoint),
-                 "train_run_id": str(state.get("mlflow_run_id"))})
+    tags.update(
+        {
+            "eval_band": str(band),
+            "eval.tag": tag,
+            "checkpoint": str(checkpoint),
+            "train_run_id": str(state.get("mlflow_run_id")),
+        }
+    )
     run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
-    tracker = Tracker(cfg.tracking, out_dir, f"{default_run_name(cfg)}_eval_{tag}", tags,
-                      parent_run_id=train_run_id, parent_dir=run_dir, require_store=require_store)
+    tracker = Tracker(
+        cfg.tracking,
+        out_dir,
+        f"{default_run_name(cfg)}_eval_{tag}",
+        tags,
+        parent_run_id=train_run_id,
+        parent_dir=run_dir,
+        require_store=require_store,
+    )
     try:
         result = _run_inference(cfg, model, dataset, device, classes, out_dir)
         cost = _inference_cost(cfg, model, dataset, device, result.pop("seconds"))
         info = describe(cfg)
         metrics = {
-            "mIoU": result["mIoU"], "mAcc": result["mAcc"], "aAcc": result["aAcc"], "units": "percent",
-            "IoU": result["IoU"], "Acc": result["Acc"],
-            "dataset": info["dataset"], "split": cfg.data.val_split, "model": info["model"],
-            "band": info["band"], "eval_band": band, "seed": info["seed"],
-            "checkpoint": str(checkpoint), "iteration": state.get("iteration"),
-            "mode": InferenceMode(ec.mode).value, "scales": list(ec.scales), "flip": bool(ec.flip),
-            "num_images": result["num_images"], "mlflow_run_id": tracker.run_id,
+            "mIoU": result["mIoU"],
+            "mAcc": result["mAcc"],
+            "aAcc": result["aAcc"],
+            "units": "percent",
+            "IoU": result["IoU"],
+            "Acc": result["Acc"],
+            "dataset": info["dataset"],
+            "split": cfg.data.val_split,
+            "model": info["model"],
+            "band": info["band"],
+            "eval_band": band,
+            "seed": info["seed"],
+            "checkpoint": str(checkpoint),
+            "iteration": state.get("iteration"),
+            "mode": InferenceMode(ec.mode).value,
+            "scales": list(ec.scales),
+            "flip": bool(ec.flip),
+            "num_images": result["num_images"],
+            "mlflow_run_id": tracker.run_id,
             "train_mlflow_run_id": state.get("mlflow_run_id"),
-            "attention_mode": _value(cfg.model.attention.mode), "context": _dataset_context(dataset),
-            "backbone": _value(cfg.model.backbone), "pretrained": cfg.model.pretrained, "cost": cost,
+            "attention_mode": _value(cfg.model.attention.mode),
+            "context": _dataset_context(dataset),
+            "backbone": _value(cfg.model.backbone),
+            "pretrained": cfg.model.pretrained,
+            "cost": cost,
         }
         metrics = _nan_to_none(metrics)
         write_json(out_dir / "metrics.json", metrics)
@@ -271,8 +319,14 @@ def _evaluate(
                 (out_dir / name).unlink(missing_ok=True)
         if ec.figures:
             _write_confusion_png(out_dir, classes, result["confusion"])
-            _write_qualitative(out_dir, result["samples"], np.asarray(dataset.PALETTE, dtype=np.uint8),
-                               cfg.data.mean, cfg.data.std, cfg.data.ignore_index)
+            _write_qualitative(
+                out_dir,
+                result["samples"],
+                np.asarray(dataset.PALETTE, dtype=np.uint8),
+                cfg.data.mean,
+                cfg.data.std,
+                cfg.data.ignore_index,
+            )
         resolved = redact_config(to_container(cfg))
         write_text(out_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
         tracker.log_params({**run_params(resolved), "checkpoint": str(checkpoint)})
@@ -280,16 +334,31 @@ def _evaluate(
         for name, value in result["IoU"].items():
             if not math.isnan(value):
                 scalars[f"test/IoU/{sanitize_key(name)}"] = value
-        scalars.update({f"cost/{k}": v for k, v in cost.items() if isinstance(v, (int, float)) and v is not None})
+        scalars.update(
+            {f"cost/{k}": v for k, v in cost.items() if isinstance(v, (int, float)) and v is not None}
+        )
         tracker.log_metrics(scalars, step=int(state.get("iteration") or 0))
-        for name in ("config.yaml", "metrics.json", "per_class.csv", "per_class.md", "confusion.csv", *figures):
+        for name in (
+            "config.yaml",
+            "metrics.json",
+            "per_class.csv",
+            "per_class.md",
+            "confusion.csv",
+            *figures,
+        ):
             tracker.log_artifact(out_dir / name, "eval")
         tracker.finish("FINISHED")
     except BaseException as err:
         tracker.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
-    log.info("%s: mIoU %.2f  mAcc %.2f  aAcc %.2f  (%d images)", tag, result["mIoU"], result["mAcc"],
-             result["aAcc"], result["num_images"])
+    log.info(
+        "%s: mIoU %.2f  mAcc %.2f  aAcc %.2f  (%d images)",
+        tag,
+        result["mIoU"],
+        result["mAcc"],
+        result["aAcc"],
+        result["num_images"],
+    )
     return metrics
 
 
@@ -319,31 +388,54 @@ def _inference_cost(
         flops = int(counter.get_total_flops())
     median = statistics.median(seconds) * 1e3 if seconds else None
     return {
-        "params_M": params / 1e6, "gflops": None if flops is None else flops / 1e9, "flops_input": size,
-        "latency_ms": median, "fps": None if not median else 1000.0 / median, "timed_images": len(seconds),
-        "threads": torch.get_num_threads(), "device": str(device),
+        "params_M": params / 1e6,
+        "gflops": None if flops is None else flops / 1e9,
+        "flops_input": size,
+        "latency_ms": median,
+        "fps": None if not median else 1000.0 / median,
+        "timed_images": len(seconds),
+        "threads": torch.get_num_threads(),
+        "device": str(device),
     }
 
 
 @torch.inference_mode()
 def _run_inference(
-    cfg: DictConfig, model: torch.nn.Module, dataset: Any, device: torch.device, classes: list[str], out_dir: Path
+    cfg: DictConfig,
+    model: torch.nn.Module,
+    dataset: Any,
+    device: torch.device,
+    classes: list[str],
+    out_dir: Path,
 ) -> dict[str, Any]:
     ec = cfg.eval
     n = len(dataset) if ec.limit <= 0 else min(ec.limit, len(dataset))
     metric = SegmentationMetric(len(classes), cfg.data.ignore_index)
     samples = []
     seconds = []
-    for i in tqdm(range(n), desc=f"eval {cfg.data.val_split}", unit="img", mininterval=1.0, dynamic_ncols=True,
-                  disable=not cfg.train.progress):
+    for i in tqdm(
+        range(n),
+        desc=f"eval {cfg.data.val_split}",
+        unit="img",
+        mininterval=1.0,
+        dynamic_ncols=True,
+        disable=not cfg.train.progress,
+    ):
         item = dataset[i]
         label = item["label"]
         _sync(device)
         t0 = time.perf_counter()
         probs = predict(
-            model, item["image"].to(device), tuple(label.shape[-2:]), len(classes),
-            mode=InferenceMode(ec.mode).value, crop=list(ec.crop_size), stride=list(ec.stride),
-            scales=list(ec.scales), flip=bool(ec.flip), align_corners=bool(ec.align_corners),
+            model,
+            item["image"].to(device),
+            tuple(label.shape[-2:]),
+            len(classes),
+            mode=InferenceMode(ec.mode).value,
+            crop=list(ec.crop_size),
+            stride=list(ec.stride),
+            scales=list(ec.scales),
+            flip=bool(ec.flip),
+            align_corners=bool(ec.align_corners),
         )
         pred = probs.argmax(0).cpu()  # (H, W) at the label's (original) size
         seconds.append(time.perf_counter() - t0)
@@ -366,17 +458,24 @@ def _fmt(value: float) -> str:
 
 
 def _write_tables(out_dir: Path, classes: list[str], result: dict[str, Any]) -> None:
-    rows = [(c, result["IoU"][c], result["Acc"][c], result["area_label"][c], result["area_pred"][c]) for c in classes]
+    rows = [
+        (c, result["IoU"][c], result["Acc"][c], result["area_label"][c], result["area_pred"][c])
+        for c in classes
+    ]
     csv = ["class,IoU,Acc,label_pixels,pred_pixels"]
-    csv += [f"{_csv_cell(c)},{'' if math.isnan(i) else repr(i)},{'' if math.isnan(a) else repr(a)},{lp},{pp}"
-            for c, i, a, lp, pp in rows]
+    csv += [
+        f"{_csv_cell(c)},{'' if math.isnan(i) else repr(i)},{'' if math.isnan(a) else repr(a)},{lp},{pp}"
+        for c, i, a, lp, pp in rows
+    ]
     write_text(out_dir / "per_class.csv", "\n".join(csv) + "\n")
     md = ["| class | IoU (%) | Acc (%) | label pixels | predicted pixels |", "|---|---:|---:|---:|---:|"]
     md += [f"| {c} | {_fmt(i)} | {_fmt(a)} | {lp} | {pp} |" for c, i, a, lp, pp in rows]
     md.append(f"| **mean** | **{_fmt(result['mIoU'])}** | **{_fmt(result['mAcc'])}** | | |")
     md.append("")
-    md.append(f"aAcc {_fmt(result['aAcc'])} %. Means are NaN-means over classes with pixels in the labels or "
-              "the predictions (mmseg).")
+    md.append(
+        f"aAcc {_fmt(result['aAcc'])} %. Means are NaN-means over classes with pixels in the labels or "
+        "the predictions (mmseg)."
+    )
     write_text(out_dir / "per_class.md", "\n".join(md) + "\n")
 
 
@@ -423,7 +522,11 @@ def _colorize(label: np.ndarray, palette: np.ndarray, ignore_index: int) -> np.n
 
 
 def _write_qualitative(
-    out_dir: Path, samples: list, palette: np.ndarray, mean: Sequence[float], std: Sequence[float],
+    out_dir: Path,
+    samples: list,
+    palette: np.ndarray,
+    mean: Sequence[float],
+    std: Sequence[float],
     ignore_index: int,
 ) -> None:
     import matplotlib
@@ -436,11 +539,15 @@ def _write_qualitative(
     fig, axes = plt.subplots(rows, 3, figsize=(9, 3 * rows), squeeze=False)
     for r, (image, label, pred, name) in enumerate(samples):
         if tuple(image.shape[-2:]) != tuple(label.shape):
-            image = F.interpolate(image[None].float(), size=tuple(label.shape), mode="bilinear",
-                                  align_corners=False)[0]
+            image = F.interpolate(
+                image[None].float(), size=tuple(label.shape), mode="bilinear", align_corners=False
+            )[0]
         rgb = image.permute(1, 2, 0).numpy() * np.asarray(std) + np.asarray(mean)
-        panels = (np.clip(rgb, 0, 255).astype(np.uint8), _colorize(label.numpy(), palette, ignore_index),
-                  _colorize(pred.numpy(), palette, ignore_index))
+        panels = (
+            np.clip(rgb, 0, 255).astype(np.uint8),
+            _colorize(label.numpy(), palette, ignore_index),
+            _colorize(pred.numpy(), palette, ignore_index),
+        )
         for c, (panel, title) in enumerate(zip(panels, ("image", "truth", "prediction"))):
             axes[r, c].imshow(panel, interpolation="nearest")
             axes[r, c].set_title(f"{name}: {title}" if c == 0 else title, fontsize=8)

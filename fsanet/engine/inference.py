@@ -35,7 +35,9 @@ def whole_inference(model: nn.Module, images: Tensor) -> Tensor:
     return logits
 
 
-def slide_windows(h: int, w: int, crop: Sequence[int], stride: Sequence[int]) -> list[tuple[int, int, int, int]]:
+def slide_windows(
+    h: int, w: int, crop: Sequence[int], stride: Sequence[int]
+) -> list[tuple[int, int, int, int]]:
     """``(y1, y2, x1, x2)`` of every window, in mmseg's order and grid."""
     (hc, wc), (hs, ws) = crop, stride
     if min(hc, wc, hs, ws) < 1:
@@ -101,8 +103,10 @@ def predict(
         if ratio <= 0:
             raise ValueError(f"eval.scales must be positive, got {ratio}")
         size = (max(int(h * ratio + 0.5), 1), max(int(w * ratio + 0.5), 1))
-        scaled = images if size == (h, w) else F.interpolate(
-            images, size=size, mode="bilinear", align_corners=align_corners
+        scaled = (
+            images
+            if size == (h, w)
+            else F.interpolate(images, size=size, mode="bilinear", align_corners=align_corners)
         )
         for flipped in (False, True) if flip else (False,):
             x = scaled.flip(-1) if flipped else scaled
@@ -117,4 +121,3 @@ def predict(
             probs += p.flip(-1) if flipped else p
             views += 1
     return (probs / views)[0]
-

@@ -40,8 +40,14 @@ class IterationBatchSampler(Sampler[list[tuple[int, int, int]]]):
     """
 
     def __init__(
-        self, num_samples: int, global_batch: int, seed: int, start: int, max_iters: int,
-        rank: int = 0, world_size: int = 1,
+        self,
+        num_samples: int,
+        global_batch: int,
+        seed: int,
+        start: int,
+        max_iters: int,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if num_samples < 1:
             raise ValueError("the training set is empty")
@@ -99,7 +105,9 @@ def collate_train(items: Sequence[dict[str, Any]]) -> tuple[torch.Tensor, torch.
     """Stack ``image`` (B, 3, H, W) and ``label`` (B, H, W); all crops of a batch share one size."""
     sizes = {tuple(it["image"].shape) for it in items}
     if len(sizes) > 1:
-        raise ValueError(f"training images of one batch differ in size {sorted(sizes)}: set a fixed crop size")
+        raise ValueError(
+            f"training images of one batch differ in size {sorted(sizes)}: set a fixed crop size"
+        )
     return torch.stack([it["image"] for it in items]), torch.stack([it["label"] for it in items]).long()
 
 

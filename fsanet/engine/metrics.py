@@ -41,7 +41,9 @@ def confusion_matrix(pred: Tensor, label: Tensor, num_classes: int, ignore_index
     pred, label = pred[keep], label[keep]
     if label.numel() and (int(label.min()) < 0 or int(label.max()) >= num_classes):
         bad = label[(label < 0) | (label >= num_classes)][0].item()
-        raise ValueError(f"label value {bad} outside 0..{num_classes - 1} (and not ignore_index {ignore_index})")
+        raise ValueError(
+            f"label value {bad} outside 0..{num_classes - 1} (and not ignore_index {ignore_index})"
+        )
     if pred.numel() and (int(pred.min()) < 0 or int(pred.max()) >= num_classes):
         raise ValueError(f"prediction outside 0..{num_classes - 1}")
     counts = torch.bincount(label * num_classes + pred, minlength=num_classes * num_classes)

@@ -21,8 +21,13 @@ def poly_lr(it: int, max_iters: int, base_lr: float, power: float = 0.9, min_lr:
 
 
 def warmup_poly_lr(
-    it: int, max_iters: int, base_lr: float, power: float = 0.9, min_lr: float = 1e-4,
-    warmup_iters: int = 0, warmup_ratio: float = 1e-6,
+    it: int,
+    max_iters: int,
+    base_lr: float,
+    power: float = 0.9,
+    min_lr: float = 1e-4,
+    warmup_iters: int = 0,
+    warmup_ratio: float = 1e-6,
 ) -> float:
     """:func:`poly_lr` times mmseg's linear warm-up factor.
 

@@ -81,8 +81,15 @@ BuildModel = Callable[[Any, int], nn.Module]
 BuildDataset = Callable[..., Any]  # (cfg.data, split, train, seed=...) -> dataset
 
 # Keys that may change between a run and its resumption without changing its numbers.
-RESUME_IGNORE = ("tracking", "eval", "bench", "train.progress", "data.num_workers", "train.ckpt_interval",
-                 "train.keep_ckpts")
+RESUME_IGNORE = (
+    "tracking",
+    "eval",
+    "bench",
+    "train.progress",
+    "data.num_workers",
+    "train.ckpt_interval",
+    "train.keep_ckpts",
+)
 FINAL_MODEL = "model.pt"
 
 
@@ -113,8 +120,11 @@ def run_params(resolved: dict[str, Any]) -> dict[str, Any]:
     (e.g. no ``model.attention.band`` on a non-local run), so that comparing runs shows real differences."""
     used = attention_options(str(resolved.get("model", {}).get("name")))
     prefix = "model.attention."
-    return {k: v for k, v in flatten(resolved).items()
-            if used is None or not k.startswith(prefix) or k[len(prefix):] in used}
+    return {
+        k: v
+        for k, v in flatten(resolved).items()
+        if used is None or not k.startswith(prefix) or k[len(prefix) :] in used
+    }
 
 
 def describe(cfg: DictConfig) -> dict[str, Any]:
@@ -143,9 +153,16 @@ def run_tags(cfg: DictConfig, kind: str, device: torch.device, out_dir: Path) ->
         "fsanet.kind": kind,
         "mlflow.source.git.commit": str(env["git_sha"]),
         "git.dirty": str(env["git_dirty"]),
-        "dataset": d["dataset"], "model": d["model"], "band": str(d["band"]), "seed": str(d["seed"]),
-        "device": str(device), "device_name": str(env["device_name"]), "torch": env["torch"],
-        "cuda": str(env["cuda"]), "host": platform.node(), "out_dir": str(out_dir),
+        "dataset": d["dataset"],
+        "model": d["model"],
+        "band": str(d["band"]),
+        "seed": str(d["seed"]),
+        "device": str(device),
+        "device_name": str(env["device_name"]),
+        "torch": env["torch"],
+        "cuda": str(env["cuda"]),
+        "host": platform.node(),
+        "out_dir": str(out_dir),
     }
 
 
@@ -181,14 +198,17 @@ def _validate(cfg: DictConfig) -> None:
     if tc.lr <= 0 or tc.min_lr < 0 or tc.min_lr > tc.lr:
         raise ValueError(f"need 0 ≤ train.min_lr ≤ train.lr and lr > 0, got lr={tc.lr}, min_lr={tc.min_lr}")
     if tc.warmup_iters < 0 or not 0.0 < tc.warmup_ratio <= 1.0:
-        raise ValueError(f"need train.warmup_iters ≥ 0 and 0 < train.warmup_ratio ≤ 1, got "
-                         f"{tc.warmup_iters} and {tc.warmup_ratio}")
+        raise ValueError(
+            f"need train.warmup_iters ≥ 0 and 0 < train.warmup_ratio ≤ 1, got "
+            f"{tc.warmup_iters} and {tc.warmup_ratio}"
+        )
     if len(tc.betas) != 2 or not all(0.0 <= b < 1.0 for b in tc.betas):
         raise ValueError(f"train.betas must be two numbers in [0, 1), got {list(tc.betas)}")
     if tc.ckpt_interval % tc.log_interval:
         # a checkpoint must close a logging window, or a resumed run would average a shorter window
         raise ValueError(
-            f"train.ckpt_interval={tc.ckpt_interval} must be a multiple of train.log_interval={tc.log_interval}"
+            f"train.ckpt_interval={tc.ckpt_interval} must be a multiple of "
+            f"train.log_interval={tc.log_interval}"
         )
 
 
@@ -226,7 +246,9 @@ def train(
     threads_before = torch.get_num_threads()
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
-    device = resolve_device(Device(cfg.train.device).value, int(os.environ.get("LOCAL_RANK", 0)), "train.device")
+    device = resolve_device(
+        Device(cfg.train.device).value, int(os.environ.get("LOCAL_RANK", 0)), "train.device"
+    )
     info = init_distributed(device.type)
     try:
         with deterministic_mode(cfg.train.deterministic, cfg.train.warn_only):
@@ -245,8 +267,14 @@ class _Run:
     """
 
     def __init__(
-        self, cfg: DictConfig, out_dir: Path, device: torch.device, info: DistInfo,
-        build_model: BuildModel, build_dataset: BuildDataset, callback: Optional[Callable[[int], None]],
+        self,
+        cfg: DictConfig,
+        out_dir: Path,
+        device: torch.device,
+        info: DistInfo,
+        build_model: BuildModel,
+        build_dataset: BuildDataset,
+        callback: Optional[Callable[[int], None]],
     ) -> None:
         self.cfg, self.tc, self.out_dir, self.device, self.info = cfg, cfg.train, out_dir, device, info
         self.build_model, self.build_dataset, self.callback = build_model, build_dataset, callback
@@ -273,9 +301,12 @@ class _Run:
                 f"{' …' if len(diff) > 5 else ''} differ); use another --out-dir or delete that folder"
             )
         if state["world_size"] != self.info.world_size:
-            log.warning("resuming a %d-process run with %d processes: the data order is the same but RNG "
-                        "streams are not, so the result will not be bit-identical",
-                        state["world_size"], self.info.world_size)
+            log.warning(
+                "resuming a %d-process run with %d processes: the data order is the same but RNG "
+                "streams are not, so the result will not be bit-identical",
+                state["world_size"],
+                self.info.world_size,
+            )
         log.info("resuming from %s (iteration %d of %d)", path, state["iteration"], self.tc.max_iters)
         return state
 
@@ -289,22 +320,28 @@ class _Run:
     def _write_run_info(self, status: str, **extra: Any) -> None:
         if not self.info.is_main:
             return
-        write_json(self.out_dir / "run_info.json", {
-            "status": status,
-            "run_name": self.run_name,
-            "command": "train",
-            **describe(self.cfg),
-            "seeds": {"seed": self.tc.seed, "scheme": "torch/numpy/python seeded with seed+rank after "
-                      "model init; sample p of the data stream drawn under sample_seed(seed, p)"},
-            "world_size": self.info.world_size,
-            "mlflow_run_id": self.tracker.run_id,
-            "mlflow_tracking_uri": self.tracker.display_uri,
-            "mlflow_offline": self.tracker.offline_reason,
-            "deterministic": self.tc.deterministic,
-            "environment": environment(self.device),
-            "config": self.resolved,
-            **extra,
-        })
+        write_json(
+            self.out_dir / "run_info.json",
+            {
+                "status": status,
+                "run_name": self.run_name,
+                "command": "train",
+                **describe(self.cfg),
+                "seeds": {
+                    "seed": self.tc.seed,
+                    "scheme": "torch/numpy/python seeded with seed+rank after "
+                    "model init; sample p of the data stream drawn under sample_seed(seed, p)",
+                },
+                "world_size": self.info.world_size,
+                "mlflow_run_id": self.tracker.run_id,
+                "mlflow_tracking_uri": self.tracker.display_uri,
+                "mlflow_offline": self.tracker.offline_reason,
+                "deterministic": self.tc.deterministic,
+                "environment": environment(self.device),
+                "config": self.resolved,
+                **extra,
+            },
+        )
 
     def _build(self) -> None:
         """Dataset, model (DDP-wrapped), optimizer, AMP scaler and loss, in a fixed RNG order."""
@@ -314,12 +351,17 @@ class _Run:
         self.classes = [str(c) for c in self.dataset.CLASSES]
         model = self.build_model(cfg.model, len(self.classes))
         self.ddp_model = prepare_model(model, device, info, tc.sync_bn, tc.find_unused_parameters)
-        self.model = (self.ddp_model.module if isinstance(self.ddp_model, nn.parallel.DistributedDataParallel)
-                      else self.ddp_model)
+        self.model = (
+            self.ddp_model.module
+            if isinstance(self.ddp_model, nn.parallel.DistributedDataParallel)
+            else self.ddp_model
+        )
         self.optimizer = _make_optimizer(self.ddp_model, tc)
         self.amp_dtype = _amp_dtype(cfg, device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        self.loss_fn = make_loss(LossKind(tc.loss).value, tc.ohem_thresh, tc.ohem_min_kept, cfg.data.ignore_index)
+        self.loss_fn = make_loss(
+            LossKind(tc.loss).value, tc.ohem_thresh, tc.ohem_min_kept, cfg.data.ignore_index
+        )
         self.aux_weight = float(cfg.model.aux_weight)
 
     def _restore(self, state: Optional[dict[str, Any]]) -> int:
@@ -348,16 +390,23 @@ class _Run:
         tags = run_tags(self.cfg, "train", self.device, self.out_dir) if self.info.is_main else {}
         tags["world_size"] = str(self.info.world_size)
         tags["deterministic"] = str(self.tc.deterministic)
-        self.tracker = Tracker(self.cfg.tracking, self.out_dir, self.run_name, tags,
-                               resume_run_id=state.get("mlflow_run_id") if state else None,
-                               active=self.info.is_main, continues=state is not None)
+        self.tracker = Tracker(
+            self.cfg.tracking,
+            self.out_dir,
+            self.run_name,
+            tags,
+            resume_run_id=state.get("mlflow_run_id") if state else None,
+            active=self.info.is_main,
+            continues=state is not None,
+        )
         self.tracker.log_params(run_params(self.resolved))
         if state is not None:
             self.tracker.load_logged_steps((*TRAIN_METRICS, "train/it_per_s", "train/seconds"))
             speeds = {int(i): v for i, v in self.speeds}
             for entry in self.history:
-                self.tracker.log_metrics(_train_metrics(entry, speeds.get(entry["iteration"])),
-                                         step=entry["iteration"])
+                self.tracker.log_metrics(
+                    _train_metrics(entry, speeds.get(entry["iteration"])), step=entry["iteration"]
+                )
             self.tracker.flush()
         if self.info.is_main:
             write_text(self.out_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(self.resolved)))
@@ -382,16 +431,23 @@ class _Run:
                 self._build()
                 start = self._restore(state)
                 self._start_tracking(state)
-                self._write_run_info("running", resumed_from=resumed_from, started=_now(),
-                                     segments=self.segments)
+                self._write_run_info(
+                    "running", resumed_from=resumed_from, started=_now(), segments=self.segments
+                )
                 it = self._loop(start)
                 self._finish(it, model_path, resumed_from)
         except BaseException as err:
             self._stop(err)
             raise
         history = self.history
-        return TrainResult(self.out_dir, model_path, it, history[-1]["loss"] if history else None,
-                           self.tracker.run_id, resumed_from)
+        return TrainResult(
+            self.out_dir,
+            model_path,
+            it,
+            history[-1]["loss"] if history else None,
+            self.tracker.run_id,
+            resumed_from,
+        )
 
     def _complete(self, state: dict[str, Any], model_path: Path) -> TrainResult:
         """Rerun of a run whose ``model.pt`` is written: nothing to train. If the run was stopped before
@@ -401,9 +457,15 @@ class _Run:
         previous = self._read_run_info()
         if previous.get("status") == "finished" and previous.get("mlflow_status"):
             log.info("%s already finished %d iterations; nothing to do", self.out_dir, iterations)
-            return TrainResult(self.out_dir, model_path, iterations, final_loss, state.get("mlflow_run_id"), None)
-        log.info("%s: %s is complete but the run was not closed (run_info status %r); closing it", self.out_dir,
-                 FINAL_MODEL, previous.get("status"))
+            return TrainResult(
+                self.out_dir, model_path, iterations, final_loss, state.get("mlflow_run_id"), None
+            )
+        log.info(
+            "%s: %s is complete but the run was not closed (run_info status %r); closing it",
+            self.out_dir,
+            FINAL_MODEL,
+            previous.get("status"),
+        )
         self._restore_bookkeeping(state)
         self.segments -= 1  # closing adds no training segment
         seconds = state.get("train_seconds", previous.get("train_seconds"))
@@ -419,16 +481,25 @@ class _Run:
     def _loop(self, start: int) -> int:
         """Iterations ``start`` … ``max_iters``: returns the number of finished iterations."""
         cfg, tc, info, device = self.cfg, self.tc, self.info, self.device
-        sampler = IterationBatchSampler(len(self.dataset), tc.batch_size, tc.seed, start, tc.max_iters,
-                                        info.rank, info.world_size)
-        loader = build_train_loader(self.dataset, sampler, cfg.data.num_workers, tc.seed,
-                                    pin_memory=device.type == "cuda")
+        sampler = IterationBatchSampler(
+            len(self.dataset), tc.batch_size, tc.seed, start, tc.max_iters, info.rank, info.world_size
+        )
+        loader = build_train_loader(
+            self.dataset, sampler, cfg.data.num_workers, tc.seed, pin_memory=device.type == "cuda"
+        )
         check_every = 1 if device.type == "cpu" else tc.log_interval
         window = torch.zeros(3, dtype=torch.float64, device=device)  # sums of loss, main, aux
         n_window, t_window = 0, time.perf_counter()
         ddp_model, optimizer, scaler, amp_dtype = self.ddp_model, self.optimizer, self.scaler, self.amp_dtype
-        bar = tqdm(total=tc.max_iters, initial=start, desc=self.run_name, unit="it", mininterval=1.0,
-                   dynamic_ncols=True, disable=not (info.is_main and tc.progress))
+        bar = tqdm(
+            total=tc.max_iters,
+            initial=start,
+            desc=self.run_name,
+            unit="it",
+            mininterval=1.0,
+            dynamic_ncols=True,
+            disable=not (info.is_main and tc.progress),
+        )
         ddp_model.train()
         it = self.iteration = start
         self.t_start = time.perf_counter()
@@ -441,11 +512,19 @@ class _Run:
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     out = ddp_model(images)
                 loss_main = self.loss_fn(out["out"], labels)
-                loss_aux = (cross_entropy(out["aux"], labels, cfg.data.ignore_index)
-                            if self.aux_weight and "aux" in out else None)
+                loss_aux = (
+                    cross_entropy(out["aux"], labels, cfg.data.ignore_index)
+                    if self.aux_weight and "aux" in out
+                    else None
+                )
                 loss = loss_main if loss_aux is None else loss_main + self.aux_weight * loss_aux
-                window += torch.stack([loss.detach(), loss_main.detach(),
-                                       loss_main.detach() * 0 if loss_aux is None else loss_aux.detach()]).double()
+                window += torch.stack(
+                    [
+                        loss.detach(),
+                        loss_main.detach(),
+                        loss_main.detach() * 0 if loss_aux is None else loss_aux.detach(),
+                    ]
+                ).double()
                 n_window += 1
                 done = it + 1
                 log_now = done % tc.log_interval == 0 or done == tc.max_iters
@@ -470,11 +549,18 @@ class _Run:
             bar.close()
         return it
 
-    def _log_window(self, window: Tensor, n_window: int, elapsed: float, it: int, lr: float, bar: Any) -> None:
+    def _log_window(
+        self, window: Tensor, n_window: int, elapsed: float, it: int, lr: float, bar: Any
+    ) -> None:
         """Close a logging window: mean losses into the history and MLflow, speed into MLflow."""
         means = self._reduce_mean(window) / n_window
-        entry = {"iteration": it, "loss": float(means[0]), "loss_main": float(means[1]),
-                 "loss_aux": float(means[2]), "lr": lr}
+        entry = {
+            "iteration": it,
+            "loss": float(means[0]),
+            "loss_main": float(means[1]),
+            "loss_aux": float(means[2]),
+            "lr": lr,
+        }
         self.history.append(entry)
         speed = n_window / max(elapsed, 1e-9)
         self.speeds.append([it, speed])
@@ -486,14 +572,26 @@ class _Run:
         """Write checkpoint ``it`` (main rank) and send the buffered metrics, so a killed run loses none."""
         rngs = all_gather_objects(get_rng_state(), self.info)
         if self.info.is_main:
-            save_checkpoint(checkpoint_path(self.out_dir, it), {
-                "format": 1, "iteration": it, "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(), "rng": rngs,
-                "history": self.history, "config": self.resolved, "classes": self.classes,
-                "num_classes": len(self.classes), "mlflow_run_id": self.tracker.run_id,
-                "world_size": self.info.world_size, "speeds": self.speeds, "train_seconds": self._seconds(),
-                "segments": self.segments,
-            })
+            save_checkpoint(
+                checkpoint_path(self.out_dir, it),
+                {
+                    "format": 1,
+                    "iteration": it,
+                    "model": self.model.state_dict(),
+                    "optimizer": self.optimizer.state_dict(),
+                    "scaler": self.scaler.state_dict(),
+                    "rng": rngs,
+                    "history": self.history,
+                    "config": self.resolved,
+                    "classes": self.classes,
+                    "num_classes": len(self.classes),
+                    "mlflow_run_id": self.tracker.run_id,
+                    "world_size": self.info.world_size,
+                    "speeds": self.speeds,
+                    "train_seconds": self._seconds(),
+                    "segments": self.segments,
+                },
+            )
             prune_checkpoints(self.out_dir, self.tc.keep_ckpts)
             write_json(self.out_dir / "train_log.json", self.history)
             self.tracker.flush()
@@ -503,29 +601,50 @@ class _Run:
         """Write ``model.pt`` and the final log, then close the run (main rank)."""
         seconds = self._seconds()
         if self.info.is_main:
-            save_checkpoint(model_path, {
-                "format": 1, "iteration": it, "model": self.model.state_dict(), "config": self.resolved,
-                "classes": self.classes, "num_classes": len(self.classes), "mlflow_run_id": self.tracker.run_id,
-                "train_seconds": seconds, "segments": self.segments,
-            })
+            save_checkpoint(
+                model_path,
+                {
+                    "format": 1,
+                    "iteration": it,
+                    "model": self.model.state_dict(),
+                    "config": self.resolved,
+                    "classes": self.classes,
+                    "num_classes": len(self.classes),
+                    "mlflow_run_id": self.tracker.run_id,
+                    "train_seconds": seconds,
+                    "segments": self.segments,
+                },
+            )
             write_json(self.out_dir / "train_log.json", self.history)
             self._close(it, resumed_from, seconds, self.history[-1]["loss"] if self.history else None)
         barrier(self.info)
 
-    def _close(self, it: int, resumed_from: Optional[int], seconds: Optional[float],
-               final_loss: Optional[float]) -> None:
+    def _close(
+        self, it: int, resumed_from: Optional[int], seconds: Optional[float], final_loss: Optional[float]
+    ) -> None:
         """Mark the run finished: run_info.json, MLflow artifacts and ``train/seconds``, the MLflow run
         FINISHED, and run_info.json again with the tracking outcome (a rerun finds a closed run)."""
-        fields = {"resumed_from": resumed_from, "iterations": it, "train_seconds": seconds,
-                  "segments": self.segments, "finished": _now(), "final_loss": final_loss}
+        fields = {
+            "resumed_from": resumed_from,
+            "iterations": it,
+            "train_seconds": seconds,
+            "segments": self.segments,
+            "finished": _now(),
+            "final_loss": final_loss,
+        }
         self._write_run_info("finished", **fields)
         for name in ("config.yaml", "run_info.json", "train_log.json"):
             self.tracker.log_artifact(self.out_dir / name)
         if seconds is not None:
             self.tracker.log_metrics({"train/seconds": seconds}, step=it)
         self.tracker.finish("FINISHED")
-        outcome = ("disabled" if not self.tracker.active else "offline" if self.tracker.offline
-                   else self.tracker.status)
+        outcome = (
+            "disabled"
+            if not self.tracker.active
+            else "offline"
+            if self.tracker.offline
+            else self.tracker.status
+        )
         self._write_run_info("finished", **fields, mlflow_status=outcome)
 
     def _stop(self, err: BaseException) -> None:
@@ -537,15 +656,22 @@ class _Run:
         except Exception as inner:
             log.warning("could not close the MLflow run: %s", redact(f"{type(inner).__name__}: {inner}"))
         try:
-            self._write_run_info("interrupted" if interrupted else "failed",
-                                 error=redact(f"{type(err).__name__}: {err}"), iterations=self.iteration,
-                                 train_seconds=self._seconds(), segments=self.segments, stopped=_now())
+            self._write_run_info(
+                "interrupted" if interrupted else "failed",
+                error=redact(f"{type(err).__name__}: {err}"),
+                iterations=self.iteration,
+                train_seconds=self._seconds(),
+                segments=self.segments,
+                stopped=_now(),
+            )
         except Exception as inner:
             log.warning("could not record the stop in %s: %s", self.out_dir / "run_info.json", inner)
 
     def _lr(self, it: int) -> float:
         tc = self.tc
-        return warmup_poly_lr(it, tc.max_iters, tc.lr, tc.lr_power, tc.min_lr, tc.warmup_iters, tc.warmup_ratio)
+        return warmup_poly_lr(
+            it, tc.max_iters, tc.lr, tc.lr_power, tc.min_lr, tc.warmup_iters, tc.warmup_ratio
+        )
 
     def _reduce_mean(self, values: Tensor) -> Tensor:
         if self.info.distributed:
@@ -572,8 +698,12 @@ TRAIN_METRICS = ("train/loss", "train/loss_main", "train/loss_aux", "train/lr")
 
 def _train_metrics(entry: dict[str, Any], it_per_s: Optional[float]) -> dict[str, float]:
     """The MLflow metrics of one training-log entry (and the window's speed, when known)."""
-    out = {"train/loss": entry["loss"], "train/loss_main": entry["loss_main"], "train/loss_aux": entry["loss_aux"],
-           "train/lr": entry["lr"]}
+    out = {
+        "train/loss": entry["loss"],
+        "train/loss_main": entry["loss_main"],
+        "train/loss_aux": entry["loss_aux"],
+        "train/lr": entry["lr"],
+    }
     if it_per_s is not None:
         out["train/it_per_s"] = it_per_s
     return out

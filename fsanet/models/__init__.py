@@ -62,7 +62,7 @@ MODELS: dict[str, type[DecodeHead]] = {head.name: head for head in HEADS}
 
 
 def attention_modules() -> dict[str, type[AttentionModule]]:
-    """Attention-module name → class, over every head's declared ``attention_classes`` (the benchmark's choices)."""
+    """Attention-module name → class, over every head's ``attention_classes`` (the benchmark's choices)."""
     return {cls.name: cls for head in MODELS.values() for cls in head.attention_classes}
 
 
@@ -179,7 +179,9 @@ def build_model(
             dropout=cfg.dropout,
         )
     except ValueError as err:
-        raise ValueError(f"model.name={cfg.name}: bad head/attention option (model.head_*, model.attention.*): {err}") from None
+        raise ValueError(
+            f"model.name={cfg.name}: bad head/attention option (model.head_*, model.attention.*): {err}"
+        ) from None
     aux = None
     if cfg.aux:
         aux = AuxHead(in3, cfg.aux_channels, num_classes, kernel_size=cfg.head_kernel, dropout=cfg.dropout)
@@ -187,7 +189,7 @@ def build_model(
 
 
 def load_trained_weights(model: nn.Module, state: Mapping[str, Any], source: Union[str, Path]) -> None:
-    """Load a trained checkpoint's weights into ``model`` (strict), or explain in one line why they do not fit.
+    """Load a trained checkpoint's weights into ``model`` (strict), or say in one line why they do not fit.
 
     Args:
         model: the model built from the (possibly overridden) ``model`` section.
@@ -208,16 +210,23 @@ def load_trained_weights(model: nn.Module, state: Mapping[str, Any], source: Uni
         built = getattr(model, "name", "?")
         hints = []
         if trained.get("name") not in (None, built):
-            hints.append(f"it was trained as model.name={trained['name']}, but model.name={built} was asked for")
+            hints.append(
+                f"it was trained as model.name={trained['name']}, but model.name={built} was asked for"
+            )
         if trained.get("backbone") is not None:
             hints.append(f"its backbone is {trained['backbone']}")
-        parts = [f"{n} {what} (e.g. {keys[0]})" for n, what, keys in (
-            (len(missing), "missing", missing), (len(unexpected), "unexpected", unexpected),
-            (len(reshaped), "with another shape", reshaped)) if n]
+        parts = [
+            f"{n} {what} (e.g. {keys[0]})"
+            for n, what, keys in (
+                (len(missing), "missing", missing),
+                (len(unexpected), "unexpected", unexpected),
+                (len(reshaped), "with another shape", reshaped),
+            )
+            if n
+        ]
         raise ValueError(
             f"{source}: the checkpoint's weights do not fit the model ({'; '.join(parts)})"
             + (f": {'; '.join(hints)}" if hints else "")
             + "; drop the model.* overrides so the checkpoint's own model settings are used"
         )
     model.load_state_dict(weights)
-

@@ -189,7 +189,7 @@ class FSAHead(DecodeHead):
 
 
 class NLHead(DecodeHead):
-    """Non-local (embedded Gaussian by default), mmseg ``NLHead``; options reduction, nonlocal_mode/use_scale."""
+    """Non-local (embedded Gaussian), mmseg ``NLHead``; options reduction, nonlocal_mode, use_scale."""
 
     name = "nonlocal"
     display = "NLNet (non-local)"
@@ -236,7 +236,7 @@ class DAHead(DecodeHead):
 
 
 class CCHead(DecodeHead):
-    """CCNet: criss-cross attention applied ``recurrence`` (default 2) times with shared weights; option qk_channels."""
+    """CCNet: criss-cross attention ``recurrence`` (default 2) times, shared weights; option qk_channels."""
 
     name = "criss_cross"
     display = "CCNet"

@@ -1,4 +1,4 @@
-"""Pretrained backbone weights: fetch (local file or URL, checksum-verified), read safely, map key names, load.
+"""Pretrained backbone weights: fetch (file or URL, checksum-verified), read safely, map key names, load.
 
 Sources understood by :func:`convert_state_dict`:
 
@@ -91,9 +91,13 @@ def _download(url: str, dest: Path, timeout: float) -> None:
         with requests.get(url, stream=True, timeout=timeout) as resp:
             resp.raise_for_status()
             total = int(resp.headers.get("content-length") or 0) or None
-            with atomic_path(dest) as tmp, open(tmp, "wb") as f, tqdm(
-                total=total, unit="B", unit_scale=True, desc=f"download {dest.name}", leave=False
-            ) as bar:
+            with (
+                atomic_path(dest) as tmp,
+                open(tmp, "wb") as f,
+                tqdm(
+                    total=total, unit="B", unit_scale=True, desc=f"download {dest.name}", leave=False
+                ) as bar,
+            ):
                 for block in resp.iter_content(chunk_size=1 << 20):
                     f.write(block)
                     bar.update(len(block))
@@ -151,7 +155,8 @@ def fetch_checkpoint(
             expected = m.group(1)
         else:
             log.warning(
-                "model.pretrained: no checksum for %s; set model.pretrained_sha256 to verify the download", spec
+                "model.pretrained: no checksum for %s; set model.pretrained_sha256 to verify the download",
+                spec,
             )
     dest = Path(cache_dir).expanduser() / hashlib.sha256(spec.encode()).hexdigest()[:12] / name
     if not dest.is_file():
@@ -183,7 +188,9 @@ def read_state_dict(path: Union[str, Path]) -> dict[str, Tensor]:
         if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
             obj = obj[wrapper]
     if not isinstance(obj, Mapping):
-        raise PretrainedError(f"{path}: expected a state dict (mapping of names to tensors), got {type(obj).__name__}")
+        raise PretrainedError(
+            f"{path}: expected a state dict (mapping of names to tensors), got {type(obj).__name__}"
+        )
     state = {str(k): v for k, v in obj.items() if isinstance(v, Tensor)}
     if not state:
         raise PretrainedError(f"{path}: the checkpoint holds no tensors (keys: {list(obj)[:8]})")
@@ -221,7 +228,9 @@ def convert_state_dict(state: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], 
                 k = "stem.7." + k[len("bn1.") :]
             renamed[k] = v
         items = renamed
-    elif "conv1.weight" in items and items["conv1.weight"].dim() == 4 and items["conv1.weight"].shape[-1] == 7:
+    elif (
+        "conv1.weight" in items and items["conv1.weight"].dim() == 4 and items["conv1.weight"].shape[-1] == 7
+    ):
         fmt = "torchvision"
     else:
         fmt = "native"

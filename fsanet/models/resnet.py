@@ -62,7 +62,9 @@ class Bottleneck(nn.Module):
         out_channels = planes * self.expansion
         self.conv1 = nn.Conv2d(in_channels, planes, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=dilation, dilation=dilation, bias=False)
+        self.conv2 = nn.Conv2d(
+            planes, planes, 3, stride=stride, padding=dilation, dilation=dilation, bias=False
+        )
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv3 = nn.Conv2d(planes, out_channels, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_channels)
@@ -123,7 +125,9 @@ class ResNetV1c(nn.Module):
         if depth not in RESNET_DEPTHS:
             raise ValueError(f"ResNetV1c depth must be one of {sorted(RESNET_DEPTHS)}, got {depth}")
         if len(strides) != 4 or len(dilations) != 4:
-            raise ValueError(f"strides and dilations need 4 entries, got {tuple(strides)} and {tuple(dilations)}")
+            raise ValueError(
+                f"strides and dilations need 4 entries, got {tuple(strides)} and {tuple(dilations)}"
+            )
         self.depth = depth
         half = stem_channels // 2
         self.stem = nn.Sequential(

@@ -74,7 +74,7 @@ class SegmentationModel(nn.Module):
         return [m for m in self.modules() if isinstance(m, AttentionModule)]
 
     def param_groups(self) -> list[dict[str, Any]]:
-        """Parameters split by part: ``[{"name": "backbone", "params": [...]}, "decode_head", "aux_head"]``."""
+        """Parameters by part: ``[{"name": "backbone", "params": [...]}, "decode_head", "aux_head"]``."""
         groups = [("backbone", self.backbone), ("decode_head", self.decode_head), ("aux_head", self.aux_head)]
         return [
             {"name": name, "params": [p for p in module.parameters() if p.requires_grad]}

@@ -38,7 +38,9 @@ SMALL_RECEPTIVE_FIELD = 39
 
 def _conv_bn(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> list[nn.Module]:
     return [
-        nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2, bias=False),
+        nn.Conv2d(
+            in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2, bias=False
+        ),
         nn.BatchNorm2d(out_channels),
     ]
 
@@ -86,7 +88,9 @@ class SmallBackbone(nn.Module):
         super().__init__()
         channels = tuple(int(c) for c in channels)
         if len(channels) != 4 or min(channels) < 1:
-            raise ValueError(f"small backbone channels (model.small_channels) must be 4 positive widths, got {channels}")
+            raise ValueError(
+                f"small backbone channels (model.small_channels) must be 4 positive widths, got {channels}"
+            )
         c1, c2, c3, c4 = channels
         self.stem = nn.Sequential(*_conv_bn(3, c1, 3, stride=2), nn.ReLU(inplace=True))  # /2
         self.layer1 = ResidualBlock(c1, c1, stride=2, kernel_size=3)  # /4

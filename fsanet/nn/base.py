@@ -70,7 +70,7 @@ class AttentionModule(nn.Module):
         return lowpass(x, self._eval_band)
 
     def eval_band_macs(self, h: int, w: int) -> int:
-        """MACs of ``lowpass(x, eval_band)`` on one (C, H, W) input (forward then inverse DCT); 0 if unset or full."""
+        """MACs of ``lowpass(x, eval_band)`` on one (C, H, W) input (DCT and inverse); 0 if unset or full."""
         if self._eval_band is None:
             return 0
         u0, u1, v0, v1 = normalize_band(self._eval_band, h, w)

@@ -126,10 +126,34 @@ def _kernels() -> Optional[tuple]:
                 for p in range(q):
                     ha, hb, hc, hd = p, p + q, p + 2 * q, p + 3 * q
                     xa, xb, xc, xd = base + ha, base + hb, base + hc, base + hd  # rows of x
-                    a0, a1, a2, a3, a4 = chg[g, ha], chg[g + 1, ha], chg[g + 2, ha], chg[g + 3, ha], chg[g + 4, ha]
-                    b0, b1, b2, b3, b4 = chg[g, hb], chg[g + 1, hb], chg[g + 2, hb], chg[g + 3, hb], chg[g + 4, hb]
-                    c0, c1, c2, c3, c4 = chg[g, hc], chg[g + 1, hc], chg[g + 2, hc], chg[g + 3, hc], chg[g + 4, hc]
-                    d0, d1, d2, d3, d4 = chg[g, hd], chg[g + 1, hd], chg[g + 2, hd], chg[g + 3, hd], chg[g + 4, hd]
+                    a0, a1, a2, a3, a4 = (
+                        chg[g, ha],
+                        chg[g + 1, ha],
+                        chg[g + 2, ha],
+                        chg[g + 3, ha],
+                        chg[g + 4, ha],
+                    )
+                    b0, b1, b2, b3, b4 = (
+                        chg[g, hb],
+                        chg[g + 1, hb],
+                        chg[g + 2, hb],
+                        chg[g + 3, hb],
+                        chg[g + 4, hb],
+                    )
+                    c0, c1, c2, c3, c4 = (
+                        chg[g, hc],
+                        chg[g + 1, hc],
+                        chg[g + 2, hc],
+                        chg[g + 3, hc],
+                        chg[g + 4, hc],
+                    )
+                    d0, d1, d2, d3, d4 = (
+                        chg[g, hd],
+                        chg[g + 1, hd],
+                        chg[g + 2, hd],
+                        chg[g + 3, hd],
+                        chg[g + 4, hd],
+                    )
                     for w in range(w_size):
                         va, vb, vc, vd = x[xa, w], x[xb, w], x[xc, w], x[xd, w]
                         r[g, w] += a0 * va + b0 * vb + c0 * vc + d0 * vd
@@ -208,7 +232,9 @@ def _kernels() -> Optional[tuple]:
                     if g == 0 and has_residual:
                         ra = residual[base + h]
                         for w in range(w_size):
-                            oa[w] = ra[w] + sh + a0 * e0[w] + a1 * e1[w] + a2 * e2[w] + a3 * e3[w] + a4 * e4[w]
+                            oa[w] = (
+                                ra[w] + sh + a0 * e0[w] + a1 * e1[w] + a2 * e2[w] + a3 * e3[w] + a4 * e4[w]
+                            )
                     elif g == 0:
                         for w in range(w_size):
                             oa[w] = sh + a0 * e0[w] + a1 * e1[w] + a2 * e2[w] + a3 * e3[w] + a4 * e4[w]
@@ -253,7 +279,7 @@ def warm_up(dtypes: tuple[torch.dtype, ...] = _KERNEL_DTYPES) -> float:
 
 
 def describe() -> str:
-    """What runs the CPU transforms, for benchmark reports: numba's version and threading layer, or why not."""
+    """What runs the CPU transforms: numba's version and threading layer, or why not."""
     if _state["enabled"] is False:
         return "off (torch/BLAS path)"
     kernels = _kernels()
@@ -443,7 +469,7 @@ _band_idct2_op.register_autograd(_band_idct2_backward, setup_context=_band_idct2
 def band_idct2(
     y: Tensor, ch: Tensor, cw: Tensor, residual: Optional[Tensor] = None, shift: Optional[Tensor] = None
 ) -> Tensor:
-    """Inverse 2-D DCT from band coefficients, optionally added to a residual: ``res + C_Hᵀ · y · C_W + shift``.
+    """Inverse 2-D DCT from band coefficients, optionally plus a residual: ``res + C_Hᵀ · y · C_W + shift``.
 
     Args:
         y: ``(..., kh, kw)`` coefficients.

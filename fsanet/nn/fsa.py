@@ -129,8 +129,11 @@ class FrequencySelfAttention(AttentionModule):
     def bench_variants(cls, setting: str, bands: Sequence[Band]) -> list[dict[str, Any]]:
         """Per band: both modes × both implementations at the paper size; in the sweep, fused dot,
         fused LinSoftmax and the dot reference (the scaling of the unfused path)."""
-        kinds = ([(m, i) for m in MODES for i in IMPLS] if setting == "paper"
-                 else [("dot", "fused"), ("linsoftmax", "fused"), ("dot", "reference")])
+        kinds = (
+            [(m, i) for m in MODES for i in IMPLS]
+            if setting == "paper"
+            else [("dot", "fused"), ("linsoftmax", "fused"), ("dot", "reference")]
+        )
         return [{"band": tuple(b), "mode": m, "impl": i} for b in bands for m, i in kinds]
 
     def __init__(

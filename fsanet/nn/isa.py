@@ -103,7 +103,8 @@ class InterlacedSparseSelfAttention(AttentionModule):
         factor = (down_factor, down_factor) if isinstance(down_factor, int) else tuple(down_factor)
         if len(factor) != 2 or not all(isinstance(f, int) and f >= 1 for f in factor):
             raise ValueError(
-                "InterlacedSparseSelfAttention: down_factor must be an integer ≥ 1 or a pair (lh, lw) of them, "
+                "InterlacedSparseSelfAttention: down_factor must be an integer ≥ 1 or a pair (lh, lw) of "
+                "them, "
                 f"got {down_factor!r}"
             )
         self.key_channels = ck
