@@ -69,7 +69,6 @@ def _add_bench_models(bench: argparse._SubParsersAction) -> None:
         description="Builds each model of fsanet.models.MODELS from the config's model section (FsaNet once "
         "per --band) and measures params, FlopCounterMode GFLOPs and CPU fps on one (1, 3, H, W) input.",
     )
-    p.__class__ = _IntermixedParser
     _config_args(p)
     p.add_argument("--out", required=True, type=Path, metavar="PATH.json", help="where to write the JSON")
     p.add_argument("--models", nargs="+", metavar="NAME", help="model names (default: all)")
@@ -139,8 +138,7 @@ def _add_tables(sub: argparse._SubParsersAction) -> None:
         "summary",
         help="results/metrics/summary.json: one record per evaluation (from metrics.json files)",
         description="Collects `fsanet eval` metrics.json files (paths or glob patterns) into one sorted "
-        "summary "
-        "with provenance; the study tables and plots read it.",
+        "summary with provenance; the study tables and plots read it.",
     )
     p.add_argument(
         "--metrics", required=True, nargs="+", metavar="FILE", help="metrics.json files or glob patterns"
@@ -241,8 +239,7 @@ def _run_tables_summary(args: argparse.Namespace) -> None:
     summary = write_summary(args.metrics, args.out)
     print(
         f"tables summary: {len(summary['runs'])} evaluations from {summary['provenance']['created_from']} "
-        "files; "
-        f"wrote {args.out}"
+        f"files; wrote {args.out}"
     )
 
 
@@ -334,10 +331,8 @@ def _add_plots(sub: argparse._SubParsersAction) -> None:
         "qualitative",
         help="rows = images, columns = image | truth | each checkpoint's prediction",
         description="Runs each checkpoint (its stored config + key=value overrides, e.g. data.root=DIR) on "
-        "the "
-        "first N validation images of the first checkpoint's dataset.",
+        "the first N validation images of the first checkpoint's dataset.",
     )
-    p.__class__ = _IntermixedParser
     p.add_argument(
         "--checkpoint",
         action="append",
@@ -418,7 +413,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     names = ["synthetic", "cityscapes", "ade20k", "voc", "coco_stuff", "coco"]
 
     data = sub.add_parser("data", help="download, prepare and inspect datasets").add_subparsers(
-        dest="what", required=True, parser_class=_IntermixedParser
+        dest="what", required=True
     )
 
     def common(p: argparse.ArgumentParser, config: bool = True) -> None:
@@ -617,12 +612,16 @@ def _run_data_show(args: argparse.Namespace) -> None:
 
 
 class _IntermixedParser(argparse.ArgumentParser):
-    """Lets ``key=value`` overrides and options come in any order (train, eval)."""
+    """Lets ``key=value`` overrides and options come in any order (``fsanet train -c F k=v --out-dir D``).
+
+    Every parser of the CLI is one (``add_subparsers`` gives subcommands their parent's class); a parser
+    with subcommands of its own parses as argparse does, since intermixed parsing cannot dispatch them.
+    """
 
     _inner = False
 
     def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
-        if self._inner:
+        if self._inner or self._subparsers is not None:
             return super().parse_known_args(args, namespace)
         self._inner = True
         try:
@@ -639,7 +638,6 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         description="Iteration-based training (mmseg protocol). Rerunning the same command resumes from "
         "the newest checkpoint in --out-dir. Multi-GPU: torchrun --nproc-per-node N -m fsanet.cli train ...",
     )
-    p.__class__ = _IntermixedParser
     _config_args(p)
     p.add_argument(
         "--out-dir",
@@ -679,8 +677,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "relocate",
         help="after moving or copying mlflow.db with its mlruns/, point its artifact locations there",
         description="A local store keeps absolute file:// artifact locations. After moving mlflow.db "
-        "together "
-        "with the mlruns/ folder beside it, this rewrites the locations under the new folder.",
+        "together with the mlruns/ folder beside it, this rewrites the locations under the new folder.",
     )
     p.add_argument("db", type=Path, help="the moved mlflow.db")
     p.set_defaults(handler=_run_mlflow_relocate)
@@ -811,7 +808,6 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         "key=value overrides, e.g. eval.eval_band=[0,8,0,8] (band truncation without retraining), "
         "eval.mode=slide, eval.scales=[0.5,0.75,1.0,1.25,1.5,1.75] eval.flip=true.",
     )
-    p.__class__ = _IntermixedParser
     p.add_argument(
         "--checkpoint", required=True, type=Path, metavar="PATH", help="model.pt or checkpoints/iter_N.pt"
     )
@@ -883,7 +879,7 @@ def _run_eval(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from fsanet import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _IntermixedParser(
         prog="fsanet",
         description="FsaNet study: frequency self-attention and its peers for semantic segmentation.",
     )

@@ -448,8 +448,7 @@ def select_runs(
         if key in seen:
             raise SummaryError(
                 f"two evaluations of the same run in setting {r['setting']}: {seen[key].get('metrics_file')} "
-                "and "
-                f"{r.get('metrics_file')}; pass only one of them (or choose a setting)"
+                f"and {r.get('metrics_file')}; pass only one of them (or choose a setting)"
             )
         seen[key] = r
     if not runs:

@@ -290,8 +290,7 @@ def efficiency_tables(bench_json: str | Path, out_dir: str | Path) -> list[Path]
         if not ratio.empty and paired:
             md += [
                 "**Scaling sweep: latency × floor**, each against `torch.add(x, x)` timed in alternation "
-                "with "
-                "it (paired floor).",
+                "with it (paired floor).",
                 "",
                 ratio.map(_fmt).to_markdown(),
                 "",
@@ -683,8 +682,7 @@ def ablation_tables(
             f"trained at each band, dot-product mode. {tr_name} truncated: one model trained at full band "
             "whose attention input is "
             "low-passed to the band at evaluation time, without retraining. Δ = mean minus the mean of the "
-            "same "
-            "model's full row (ref.), in mIoU points."
+            "same model's full row (ref.), in mIoU points."
         )
         blocks.append(("Table 2", caption, shown))
         numeric.append(num.assign(dataset=dataset))
@@ -819,8 +817,7 @@ def methods_tables(
                 f"multiply-accumulate, one {h}×{w} image) and fps (1 / median latency of "
                 f"{costs.get('repeats')} "
                 f"forwards at batch 1, timed in {costs.get('rounds', 1)} interleaved round(s) of all models, "
-                "on "
-                f"{env.get('device')} ({env.get('device_name') or 'unknown CPU'}), "
+                f"on {env.get('device')} ({env.get('device_name') or 'unknown CPU'}), "
                 f"{env.get('threads')} thread(s)) come from `fsanet bench models`, model config hash "
                 f"{costs.get('config_hash')}."
             )
@@ -834,12 +831,10 @@ def methods_tables(
         )
         caption = (
             f"Methods on {_dataset_phrase(dataset, ds_runs[0]['setting'])}. {backbone_text}mIoU (%) as mean "
-            "± "
-            "sample standard "
+            "± sample standard "
             "deviation over seeds (n = runs), every model trained and evaluated with the same protocol; "
             "min–max over seeds after the semicolon; the band of FsaNet is the DCT block it was trained "
-            "with, "
-            f"dot / LinSoftmax its attention kernel. {cost_text} Costs are those of the dot mode; the "
+            f"with, dot / LinSoftmax its attention kernel. {cost_text} Costs are those of the dot mode; the "
             "LinSoftmax "
             "row has none. Train time = mean wall-clock minutes of the training loop (run_info.json)."
         )

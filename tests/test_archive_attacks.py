@@ -665,10 +665,8 @@ def test_staging_folder_of_a_live_extraction_is_kept_until_it_is_killed(tmp_path
     child = (
         "import pathlib, sys, time\n"
         "from fsanet.data import archive\n"
-        "def hang(src, dst):\n"
-        "    pathlib.Path(sys.argv[3]).write_text('staged')\n"
-        "    time.sleep(120)\n"
-        "archive._merge = hang\n"
+        "def hang(src, dst):\n    pathlib.Path(sys.argv[3]).write_text('staged')\n"
+        "    time.sleep(120)\narchive._merge = hang\n"
         "archive.safe_extract(sys.argv[1], sys.argv[2], progress=False)\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", child, str(arc), str(target), str(ready)])

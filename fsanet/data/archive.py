@@ -751,10 +751,8 @@ class _Budget:
     def _ratio_fix(self) -> str:
         return (
             f"data.extract.max_ratio = {self.limits.max_ratio:g}, applied from data.extract.ratio_min_bytes "
-            "= "
-            f"{self.limits.ratio_min_bytes} bytes on (a decompression bomb?); if the archive is genuine, "
-            "raise "
-            f"data.extract.max_ratio, else {_FIX}"
+            f"= {self.limits.ratio_min_bytes} bytes on (a decompression bomb?); if the archive is genuine, "
+            f"raise data.extract.max_ratio, else {_FIX}"
         )
 
     def _member_ratio(self, m: Member) -> None:

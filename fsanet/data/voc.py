@@ -200,8 +200,7 @@ class VOCDataset(SegmentationDataset):
     PALETTE = PALETTE
     SPLIT_SIZES = SPLIT_SIZES
     LAYOUT = (
-        "  JPEGImages/<id>.jpg\n"
-        "  SegmentationClass/<id>.png           (palette PNG)\n"
+        "  JPEGImages/<id>.jpg\n  SegmentationClass/<id>.png           (palette PNG)\n"
         "  SegmentationClassAug/<id>.png        (from prepare, for train_aug)\n"
         "  ImageSets/Segmentation/{train,val,trainval}.txt, aug.txt (from prepare)"
     )

@@ -104,8 +104,7 @@ class InterlacedSparseSelfAttention(AttentionModule):
         if len(factor) != 2 or not all(isinstance(f, int) and f >= 1 for f in factor):
             raise ValueError(
                 "InterlacedSparseSelfAttention: down_factor must be an integer ≥ 1 or a pair (lh, lw) of "
-                "them, "
-                f"got {down_factor!r}"
+                f"them, got {down_factor!r}"
             )
         self.key_channels = ck
         self.down_factor: tuple[int, int] = (factor[0], factor[1])
