@@ -83,6 +83,7 @@ from tqdm import tqdm
 
 from fsanet.band import band_label, normalize_band
 from fsanet.config import ConfigError, to_container
+from fsanet.engine.distributed import resolve_device
 from fsanet.io import write_json
 from fsanet.models import attention_modules, bench_modules
 from fsanet.nn import dct_ops
@@ -672,14 +673,6 @@ def pin_allocator() -> str:
     )
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("bench.device=cuda but no CUDA device is available; use bench.device=cpu or auto")
-    return torch.device(device)
-
-
 def check_config(cfg: DictConfig) -> None:
     """Refuse settings the protocol cannot run with, naming the key.
 
@@ -717,7 +710,7 @@ def run_attention_benchmark(cfg: DictConfig, out: str | Path) -> dict[str, Any]:
     check_config(cfg)
     if cfg.repeats < 20:
         log.warning("bench.repeats=%d: the protocol asks for at least 20 timed runs", cfg.repeats)
-    device = resolve_device(cfg.device.value if hasattr(cfg.device, "value") else str(cfg.device))
+    device = resolve_device(getattr(cfg.device, "value", str(cfg.device)), key="bench.device")
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     allocator = pin_allocator() if cfg.pin_allocator and device.type == "cpu" else "default"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -30,6 +30,7 @@ __all__ = [
     "ConfigError",
     "Device",
     "config_hash",
+    "flatten",
     "load_config",
     "to_container",
 ]
@@ -497,6 +498,21 @@ def _check_ranges(cfg: DictConfig, sources: list[tuple[str, set[str]]]) -> None:
                 where = _source_of(key, sources) or "the schema default"
                 shown = OmegaConf.to_container(value) if OmegaConf.is_list(value) else value
                 raise ConfigError(f"{where}: {key}={shown} is out of range: must be {bound} ({meaning})")
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted keys for a nested mapping: ``{"a": {"b": 1}}`` → ``{"a.b": 1}``.
+
+    Lists and empty mappings stay values (so an emptied section still shows up as a key).
+    """
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
 
 
 def load_config(

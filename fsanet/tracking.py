@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any, Optional, TypeVar
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
+from fsanet.config import flatten
 from fsanet.io import atomic_path, read_json, write_json
 
 __all__ = [
@@ -312,18 +313,6 @@ def _open_client(uri: str, display_uri: str) -> Any:
     if created:
         log.info("MLflow: created the store %s", display_uri)
     return client
-
-
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Dotted keys for a nested mapping: ``{"a": {"b": 1}}`` → ``{"a.b": 1}`` (lists stay values)."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            out.update(flatten(value, name + "."))
-        else:
-            out[name] = value
-    return out
 
 
 def sanitize_key(key: str) -> str:

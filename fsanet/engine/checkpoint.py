@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from fsanet.config import flatten
 from fsanet.io import atomic_path
 
 __all__ = [
@@ -128,20 +129,9 @@ def remove_stale_temporaries(
     return removed
 
 
-def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def config_diff(a: Mapping[str, Any], b: Mapping[str, Any], ignore: Iterable[str] = ()) -> list[str]:
     """Dotted keys whose values differ between two resolved configs, skipping keys under ``ignore``."""
-    fa, fb = _flatten(a), _flatten(b)
+    fa, fb = flatten(a), flatten(b)
     prefixes = tuple(ignore)
     keys = sorted(set(fa) | set(fb))
     return [

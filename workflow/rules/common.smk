@@ -1,14 +1,12 @@
 """Helpers shared by the rule files (kept apart from the rules, as `snakemake --lint` asks)."""
 
-import hashlib
-from pathlib import Path
-
 import jsonschema
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from fsanet.data import DATASETS
 from fsanet.models import MODELS, band_models
+from fsanet.provenance import source_hash
 
 
 def validate_profile():
@@ -49,17 +47,8 @@ if missing:
 BAND_MODELS = band_models()  # methods trained at a DCT band, from the heads' declarations
 
 
-def fsanet_source_hash():
-    """Hash of the package sources: passed as a param so that a code change under fsanet/ reruns jobs."""
-    digest = hashlib.sha256()
-    root = Path(workflow.basedir) / "fsanet"
-    for path in sorted(root.rglob("*.py")):
-        digest.update(str(path.relative_to(root)).encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-CODE_HASH = fsanet_source_hash()
+# Hash of the package's sources, passed as a param so that a code change under fsanet/ reruns jobs.
+CODE_HASH = source_hash()
 RUNS = "results/runs/{dataset}/{model}/band~{band}/mode~{mode}/seed~{seed}"
 
 
