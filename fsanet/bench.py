@@ -241,11 +241,6 @@ def time_once(fn: Callable[[], Any], device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
-def measure_latency(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> list[float]:
-    """Wall-clock ms of ``repeats`` calls after ``warmup`` untimed ones; GC is paused while timing."""
-    return measure_latency_paired(fn, None, device, warmup, repeats)[0]
-
-
 def measure_latency_paired(
     fn: Callable[[], Any], ref: Optional[Callable[[], Any]], device: torch.device, warmup: int, repeats: int
 ) -> tuple[list[float], list[float]]:

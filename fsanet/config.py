@@ -156,7 +156,7 @@ class ExtractConfig:
 
 @dataclass
 class DataConfig:
-    """Dataset and data pipeline (spec datasets §0).
+    """Dataset and data pipeline (mmseg 1.x conventions).
 
     Dataset-specific defaults are the synthetic study set's (``params/data/synthetic.yaml`` spells
     them out and also switches on ``cache`` and off ``photometric_distortion``); pipeline conventions

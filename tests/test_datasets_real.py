@@ -2,7 +2,7 @@
 
 Every expected label array here is written out by hand from the fake's documented block pattern
 (see ``tests/fakes.py``), not computed by the code under test. Table digests are sha256 over
-``json.dumps`` of the lists as printed in the spec (datasets.md §1.4, §2.4, §3.4, §4.4, §5.3).
+``json.dumps`` of the lists as printed by the reference implementations (cityscapesScripts, mmseg, mmdet).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The six peer attention modules: shapes, identity at init, gradients, independent references,
-analytic FLOPs vs ``FlopCounterMode`` and vs baselines.md §6.3, and evaluation-time band truncation."""
+analytic FLOPs vs ``FlopCounterMode`` and closed-form costs, and evaluation-time band truncation."""
 
 from __future__ import annotations
 
@@ -399,7 +399,8 @@ def test_flops_with_eval_band_match_flop_counter(name: str) -> None:
     assert m.flops(7, 6, batch=2) == counted_flops(m, x) == make(name).flops(7, 6, batch=2)
 
 
-# baselines.md §6.3, GMAC (= 1e9 MACs) at C=512, batch 1: (128×128, 97×97)
+# closed-form module costs (formula per module at its mmseg config; fvcore agreed),
+# GMAC (= 1e9 MACs) at C=512, batch 1: (128×128, 97×97)
 TABLE_GMAC = {
     "non_local": (146.0, 50.3),
     "pam": (160.0, 54.1),

@@ -1,4 +1,4 @@
-"""The dataset contract every segmentation dataset follows (mmseg 1.x conventions, spec datasets §0).
+"""The dataset contract every segmentation dataset follows (mmseg 1.x conventions).
 
 A subclass sets the class-level facts (``CLASSES``, ``PALETTE``, ``SPLIT_SIZES``, the expected on-disk
 ``LAYOUT``) and implements :meth:`SegmentationDataset.samples`, which lists ``(image, label)`` file

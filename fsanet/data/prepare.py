@@ -16,7 +16,7 @@ split lists are written after every file they name, and the marker ``.fsanet-pre
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -28,7 +28,6 @@ from fsanet.data.errors import DataError
 from fsanet.io import read_json, write_json
 
 __all__ = [
-    "BENCHMARKS",
     "PREPARED_MARKER",
     "check_count",
     "clear_prepared",
@@ -43,7 +42,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 PREPARED_MARKER = ".fsanet-prepared.json"
-BENCHMARKS = ("cityscapes", "ade20k", "voc", "coco_stuff", "coco")
 
 
 def dataset_module(name: str) -> ModuleType:
@@ -101,14 +99,6 @@ def prepare_dataset(
     mark_prepared(root, summary)
     log.info("%s prepared in %s: %s", name, root, summary)
     return summary
-
-
-def class_histogram(labels: Iterable[np.ndarray], num_classes: int, ignore_index: int = 255) -> np.ndarray:
-    """Pixel counts per class over label maps: ``(num_classes + 1,)``, the last entry = ignore."""
-    counts = np.zeros(256, dtype=np.int64)
-    for label in labels:
-        counts += np.bincount(label.ravel(), minlength=256)
-    return np.append(counts[:num_classes], counts[ignore_index])
 
 
 # --------------------------------------------------------------------------------------------

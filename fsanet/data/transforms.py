@@ -1,6 +1,6 @@
 """mmseg-standard data pipelines in plain numpy/torch: seeded, reproducible, no global RNG.
 
-Train (spec datasets §0)::
+Train (mmseg 1.x pipelines)::
 
     RandomResize(scale=(L, S), ratio 0.5-2.0, keep_ratio) -> RandomCrop(crop, cat_max_ratio=0.75)
     -> RandomFlip(0.5) -> PhotoMetricDistortion -> Normalize (ImageNet mean/std, RGB)
@@ -27,7 +27,6 @@ from the start, so there is no BGR->RGB swap.
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Sequence
 from typing import Any
 
@@ -52,7 +51,6 @@ __all__ = [
     "rgb_to_hsv",
     "rescale_size",
     "sample_rng",
-    "seed_worker",
     "to_tensor",
 ]
 
@@ -78,16 +76,6 @@ def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     if min(seed, epoch, index) < 0:
         raise ValueError(f"sample_rng needs non-negative seed/epoch/index, got {(seed, epoch, index)}")
     return np.random.default_rng(np.random.SeedSequence([int(seed), int(epoch), int(index)]))
-
-
-def seed_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: seed Python's and numpy's global RNGs from torch's worker seed.
-
-    The transforms here never use global RNGs; this only protects third-party code that does.
-    """
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Decode heads on ONE shared skeleton, so that the compared models differ only in their attention block.
 
 The skeleton is mmseg's ``NLHead``/``FCNHead(num_convs=2, concat_input=True)`` and FsaNet's
-``FSAHead1d`` (spec fsanet §3.1)::
+``FSAHead1d`` (the official FsaNet code's head)::
 
     x   (B, C_in, h, w)  stage-4 features
     y = ConvBNReLU_k(C_in → C)(x)                    # (B, C, h, w)
