@@ -1,0 +1,73 @@
+"""Study profiles: published train/test pairings of the paper profiles; every profile plans a dry run."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from test_pipeline import _copy_pipeline, _run
+
+from fsanet.config import load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+PROFILES = ROOT / "params" / "profiles"
+BIN = Path(sys.executable).parent
+
+
+def _profile(name: str) -> dict:
+    return yaml.safe_load((PROFILES / f"{name}.yaml").read_text())
+
+
+def _dataset_cfg(profile: str, dataset: str):
+    files = _profile(profile)["fsanet_configs"][dataset]
+    return load_config([ROOT / f for f in files], ["model.pretrained=null"])
+
+
+def test_paper_cityscapes_is_the_769_pairing():
+    """FsaNet and mmseg 769×769: scale (2049, 1025), crop 769, align_corners, slide 769 at stride 513."""
+    cfg = _dataset_cfg("paper", "cityscapes")
+    assert list(cfg.data.base_scale) == [2049, 1025] and list(cfg.data.crop_size) == [769, 769]
+    assert list(cfg.data.ratio_range) == [0.5, 2.0]
+    assert cfg.model.align_corners is True and cfg.eval.align_corners is True
+    assert cfg.eval.mode.value == "slide"
+    assert list(cfg.eval.crop_size) == [769, 769] and list(cfg.eval.stride) == [513, 513]
+    # the OS8 feature map of a training crop is the benchmark's paper size
+    bench = load_config([ROOT / "params" / "bench.yaml"]).bench
+    assert [math.ceil(s / 8) for s in cfg.data.crop_size] == list(bench.paper_size) == [97, 97]
+
+
+def test_cityscapes_512x1024_profile_is_mmseg_default_pairing():
+    """mmseg 512×1024: scale (2048, 1024), crop 512×1024, no align_corners, whole-image testing."""
+    cfg = _dataset_cfg("paper_cityscapes_512x1024", "cityscapes")
+    assert list(cfg.data.base_scale) == [2048, 1024] and list(cfg.data.crop_size) == [512, 1024]
+    assert cfg.model.align_corners is False and cfg.eval.align_corners is False
+    assert cfg.eval.mode.value == "whole"
+    assert _profile("paper_cityscapes_512x1024")["datasets"] == ["cityscapes"]
+
+
+@pytest.mark.parametrize("profile", ["paper", "paper_cityscapes_512x1024"])
+def test_paper_profiles_pair_training_and_testing(profile):
+    """A sliding window is the training crop; the model and the test resize agree on align_corners."""
+    for dataset in _profile(profile)["datasets"]:
+        cfg = _dataset_cfg(profile, dataset)
+        assert cfg.model.align_corners == cfg.eval.align_corners, dataset
+        if cfg.eval.mode.value == "slide":
+            assert list(cfg.eval.crop_size) == list(cfg.data.crop_size), dataset
+
+
+@pytest.mark.parametrize(
+    "profile", sorted(p.stem for p in PROFILES.glob("*.yaml") if p.stem != "smoke_overrides")
+)
+def test_every_profile_plans_a_dry_run(profile, tmp_path):
+    repo = _copy_pipeline(tmp_path)
+    res = _run(
+        [str(BIN / "snakemake"), "-n", "all_tables", "--configfile", f"params/profiles/{profile}.yaml"],
+        repo,
+        300,
+    )
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    assert "Job stats" in out or "Nothing to be done" in out, out[-3000:]
