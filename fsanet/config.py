@@ -336,9 +336,7 @@ class EvalConfig:
     mode: InferenceMode = InferenceMode.whole
     crop_size: List[int] = field(default_factory=lambda: [512, 512])  # slide window (h, w)
     stride: List[int] = field(default_factory=lambda: [341, 341])  # slide stride (h, w)
-    scales: List[float] = field(
-        default_factory=lambda: [1.0]
-    )  # multi-scale ratios (mmseg aug test: 0.5..1.75)
+    scales: List[float] = field(default_factory=lambda: [1.0])  # multi-scale ratios (aug test: 0.5..1.75)
     flip: bool = False
     align_corners: bool = False  # when resizing logits back to the label's size
     eval_band: Optional[List[int]] = None
@@ -346,9 +344,8 @@ class EvalConfig:
     threads: int = 1
     limit: int = 0  # evaluate only the first N images (0 = all)
     num_qualitative: int = 4  # rows of the image | truth | prediction grid
-    figures: bool = (
-        True  # draw confusion.png and qualitative.png (the CSV and markdown reports are always written)
-    )
+    # draw confusion.png and qualitative.png (the CSV and markdown reports are always written)
+    figures: bool = True
 
 
 @dataclass

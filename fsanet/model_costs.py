@@ -171,9 +171,8 @@ def _measure_all(
 ) -> list[dict[str, Any]]:
     from fsanet.models import MODELS, build_model
 
-    x = torch.randn(
-        1, 3, int(size[0]), int(size[1]), generator=torch.Generator().manual_seed(0)
-    )  # (1, 3, H, W)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 3, int(size[0]), int(size[1]), generator=gen)  # (1, 3, H, W)
     defaults = OmegaConf.structured(AttentionConfig)
     rows, models = [], []
     for name in names:

@@ -674,9 +674,8 @@ class Tracker:
                 self._adopt(earlier)
         self._call(lambda: self._start(resume_run_id), "start run")
         if self.run_id is None and resume_run_id:
-            self.run_id = (
-                resume_run_id  # offline: still the run this one continues (for the next try and sync)
-            )
+            # offline: still the run this one continues (for the next try and sync)
+            self.run_id = resume_run_id
         if earlier is not None and not earlier["synced"]:
             self._call(lambda: self._upload_earlier(earlier), "upload the earlier offline copy")
 
