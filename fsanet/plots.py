@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from fsanet.data.imageio import IGNORE_COLOUR, colorize
 from fsanet.io import atomic_path
 from fsanet.summary import ablation_points, band_model, load_summary, select_runs
 
@@ -241,13 +242,6 @@ def ablation_plot(
 # --------------------------------------------------------------------------------------------
 # Qualitative grid
 # --------------------------------------------------------------------------------------------
-def _colorize(label: np.ndarray, palette: np.ndarray, ignore_index: int) -> np.ndarray:
-    out = np.zeros((*label.shape, 3), dtype=np.uint8)  # ignored pixels stay black
-    valid = (label >= 0) & (label < len(palette)) & (label != ignore_index)
-    out[valid] = palette[label[valid]]
-    return out
-
-
 def _to_rgb(image: Any, size: tuple[int, int], mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     import torch.nn.functional as F
 
@@ -350,9 +344,9 @@ def qualitative_grid(
         label = item["label"].numpy()
         panels = [
             (_to_rgb(item["image"], label.shape, first.data.mean, first.data.std), str(item.get("name", r))),
-            (_colorize(label, palette, ignore), "truth"),
+            (colorize(label, palette, ignore), "truth"),
         ]
-        panels += [(_colorize(preds[name][r], palette, ignore), method_display(name)) for name in checkpoints]
+        panels += [(colorize(preds[name][r], palette, ignore), method_display(name)) for name in checkpoints]
         for c, (panel, title) in enumerate(panels):
             axes[r, c].imshow(panel, interpolation="nearest")
             axes[r, c].set_title(title, fontsize=8)
@@ -370,6 +364,9 @@ def qualitative_grid(
     handles = [
         Patch(facecolor=palette[k] / 255.0, edgecolor="black", linewidth=0.3, label=classes[k]) for k in shown
     ]
+    if any((item["label"].numpy() == ignore).any() for item in items):
+        white = np.asarray(IGNORE_COLOUR) / 255.0
+        handles.append(Patch(facecolor=white, edgecolor="black", linewidth=0.3, label="ignore"))
     ncol = min(len(handles), max(cols, 4))
     fig.tight_layout(rect=(0, 0.04 + 0.025 * math.ceil(len(handles) / ncol), 1, 1))
     fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=7, frameon=False)

@@ -12,7 +12,7 @@ from PIL import Image
 from fsanet.config import load_config
 from fsanet.data import DATASETS, build_dataset
 from fsanet.data.base import DataError, SegmentationDataset, read_split_list, scan_pairs
-from fsanet.data.imageio import read_image, read_label, write_image, write_label
+from fsanet.data.imageio import IGNORE_COLOUR, colorize, read_image, read_label, write_image, write_label
 from fsanet.data.transforms import Compose, Normalize, Pad, RandomCrop, RandomFlip, RandomResize, ToTensor
 
 PALETTE3 = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0]], dtype=np.uint8)
@@ -58,6 +58,16 @@ def test_label_roundtrip_palette_png_reads_indices(tmp_path: Path) -> None:
     with Image.open(tmp_path / "g.png") as img:
         assert img.mode == "L"
     np.testing.assert_array_equal(read_label(tmp_path / "g.png"), label)
+
+
+def test_colorize_draws_classes_in_palette_colours_and_ignore_black() -> None:
+    palette = np.array([[10, 20, 30], [40, 50, 60]], dtype=np.uint8)
+    label = np.array([[0, 1], [255, 7]])  # 7 lies outside the palette
+    out = colorize(label, palette, ignore_index=255)
+    assert out.shape == (2, 2, 3) and out.dtype == np.uint8
+    assert out[0, 0].tolist() == [10, 20, 30] and out[0, 1].tolist() == [40, 50, 60]
+    assert out[1, 0].tolist() == list(IGNORE_COLOUR) == out[1, 1].tolist()
+    assert colorize(np.array([[1]]), palette, ignore_index=1)[0, 0].tolist() == list(IGNORE_COLOUR)
 
 
 def test_image_roundtrip_and_grey_to_rgb(tmp_path: Path) -> None:

@@ -19,7 +19,16 @@ from PIL import Image, UnidentifiedImageError
 from fsanet.data.errors import DataError
 from fsanet.io import atomic_path
 
-__all__ = ["DataError", "read_image", "read_label", "write_image", "write_label", "palette_to_pil"]
+__all__ = [
+    "IGNORE_COLOUR",
+    "DataError",
+    "colorize",
+    "palette_to_pil",
+    "read_image",
+    "read_label",
+    "write_image",
+    "write_label",
+]
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +123,29 @@ def write_image(path: str | Path, arr: np.ndarray, **save_kwargs) -> Path:
     with atomic_path(path) as tmp:
         img.save(tmp, format=_format_of(path), **save_kwargs)
     return Path(path)
+
+
+# Ignored pixels (label ``ignore_index``) in every coloured label map: white, which no dataset palette
+# uses (VOC, COCO-Stuff and the synthetic set draw a class in black).
+IGNORE_COLOUR = (255, 255, 255)
+
+
+def colorize(label: np.ndarray, palette: np.ndarray, ignore_index: int = 255) -> np.ndarray:
+    """A label map ``(H, W)`` in its dataset's palette colours ``(H, W, 3)`` uint8.
+
+    Args:
+        label: class indices; ``ignore_index`` and values outside the palette are drawn in
+            :data:`IGNORE_COLOUR` (white).
+        palette: ``(K, 3)`` uint8 colours of classes ``0 … K-1``.
+        ignore_index: the ignore label.
+    """
+    label = np.asarray(label)
+    palette = np.asarray(palette, dtype=np.uint8)
+    out = np.empty((*label.shape, 3), dtype=np.uint8)
+    out[...] = IGNORE_COLOUR
+    valid = (label >= 0) & (label < len(palette)) & (label != ignore_index)
+    out[valid] = palette[label[valid]]
+    return out
 
 
 def palette_to_pil(palette: np.ndarray) -> list[int]:

@@ -25,6 +25,7 @@ import numpy as np
 
 from fsanet.data.convert import check_count, missing_summary, parallel_map
 from fsanet.data.errors import DataError
+from fsanet.data.imageio import colorize
 from fsanet.io import read_json, write_json
 
 __all__ = [
@@ -145,17 +146,10 @@ def dataset_stats(
     return out
 
 
-def _colour(label: np.ndarray, palette: np.ndarray, ignore_index: int = 255) -> np.ndarray:
-    lut = np.zeros((256, 3), dtype=np.uint8)
-    lut[: len(palette)] = palette
-    lut[ignore_index] = (255, 255, 255)
-    return lut[label]
-
-
 def show_samples(
     name: str, data_root: str | Path, out: str | Path, split: str = "val", n: int = 4, height: int = 256
 ) -> Path:
-    """Write a PNG grid, one row per sample: image | coloured label (palette colours, ignore = white).
+    """Write a PNG grid, one row per sample: image | coloured label (palette colours, ignore white).
 
     For COCO instances the right column is the image with each object's mask in its class colour.
 
@@ -186,7 +180,7 @@ def show_samples(
                 sel = mask.astype(bool)
                 right[sel] = (0.5 * right[sel] + 0.5 * cls.PALETTE[int(label)]).astype(np.uint8)
         else:
-            right = _colour(item["label"].numpy().astype(np.uint8), cls.PALETTE)
+            right = colorize(item["label"].numpy(), cls.PALETTE)
         pair = np.concatenate([image, right], axis=1)
         w = max(1, round(pair.shape[1] * height / pair.shape[0]))
         rows.append(np.asarray(Image.fromarray(pair).resize((w, height), Image.NEAREST)))

@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from fsanet.config import ConfigError, Device, InferenceMode, load_config, to_container
+from fsanet.data.imageio import colorize
 from fsanet.engine.checkpoint import load_checkpoint
 from fsanet.engine.distributed import resolve_device
 from fsanet.engine.inference import predict
@@ -514,13 +515,6 @@ def _write_confusion_png(out_dir: Path, classes: list[str], cm: torch.Tensor) ->
     plt.close(fig)
 
 
-def _colorize(label: np.ndarray, palette: np.ndarray, ignore_index: int) -> np.ndarray:
-    out = np.zeros((*label.shape, 3), dtype=np.uint8)  # ignored pixels stay black
-    valid = (label >= 0) & (label < len(palette)) & (label != ignore_index)
-    out[valid] = palette[label[valid]]
-    return out
-
-
 def _write_qualitative(
     out_dir: Path,
     samples: list,
@@ -545,8 +539,8 @@ def _write_qualitative(
         rgb = image.permute(1, 2, 0).numpy() * np.asarray(std) + np.asarray(mean)
         panels = (
             np.clip(rgb, 0, 255).astype(np.uint8),
-            _colorize(label.numpy(), palette, ignore_index),
-            _colorize(pred.numpy(), palette, ignore_index),
+            colorize(label.numpy(), palette, ignore_index),
+            colorize(pred.numpy(), palette, ignore_index),
         )
         for c, (panel, title) in enumerate(zip(panels, ("image", "truth", "prediction"))):
             axes[r, c].imshow(panel, interpolation="nearest")
