@@ -57,7 +57,7 @@ def _run_bench_attention(args: argparse.Namespace) -> None:
     from fsanet.config import load_config
 
     cfg = load_config(args.config, args.overrides)
-    from fsanet.bench import run_attention_benchmark
+    from fsanet.bench.attention import run_attention_benchmark
 
     run_attention_benchmark(cfg.bench, args.out)
 
@@ -97,8 +97,8 @@ def _add_bench_models(bench: argparse._SubParsersAction) -> None:
 
 
 def _run_bench_models(args: argparse.Namespace) -> None:
+    from fsanet.bench.models import parse_band, write_model_costs
     from fsanet.config import load_config
-    from fsanet.model_costs import parse_band, write_model_costs
 
     cfg = load_config(args.config, args.overrides)
     bands = [parse_band(b) for b in args.band] or None

@@ -69,7 +69,7 @@ class BenchConfig:
     repeats: int = 20
     # The timed runs of each case are split over this many interleaved rounds (>= 1): in every round each
     # case of a size gets its share in turn, the order rotating, and the spread of the per-round medians
-    # is recorded (see fsanet.bench).
+    # is recorded (see fsanet.bench.attention).
     rounds: int = 5
     # A single forward slower than this is recorded as a time-out; larger sizes of that module are skipped.
     timeout_s: float = 10.0
@@ -81,9 +81,9 @@ class BenchConfig:
     threads: int = 0  # 0 keeps torch's default
     device: Device = Device.auto
     seed: int = 0
-    pin_allocator: bool = True  # CPU: keep freed large buffers (see fsanet.bench)
+    pin_allocator: bool = True  # CPU: keep freed large buffers (see fsanet.bench.attention)
     # Time every module in alternation with the floor (module, floor, module, …) and record that paired
-    # floor and the ratio, so both see the same machine state (see fsanet.bench).
+    # floor and the ratio, so both see the same machine state (see fsanet.bench.attention).
     paired_floor: bool = True
 
 

@@ -199,7 +199,7 @@ def _knee_finding(
 
 
 def _cost_findings(bench: Mapping[str, Any]) -> list[Finding]:
-    from fsanet.bench import verdict
+    from fsanet.bench.timing import verdict
 
     rows = bench.get("results", [])  # run_attention_benchmark's report
     paper = [r for r in rows if r.get("setting") == "paper" and r.get("status") == "ok"]

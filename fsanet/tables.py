@@ -57,7 +57,7 @@ def _load_bench(path: str | Path) -> dict[str, Any]:
 
 def _module_display(module: str) -> str:
     """T1 name of a module, for reports written before rows carried their ``display``."""
-    from fsanet.bench import FLOOR_DISPLAY
+    from fsanet.bench.attention import FLOOR_DISPLAY
     from fsanet.models import attention_modules
 
     if module == "floor":
@@ -81,7 +81,7 @@ def _pct(value: float | None, ref: float | None) -> float | None:
 
 def _x_floor(row: dict[str, Any], floor: Optional[dict[str, Any]]) -> Optional[float]:
     """Latency over the floor: the floor timed in alternation with the row when the report has it
-    (``x_floor``, see :mod:`fsanet.bench`), else the size's separate floor row."""
+    (``x_floor``, see :mod:`fsanet.bench.attention`), else the size's separate floor row."""
     if row["module"] == "floor":
         return 1.0
     if row.get("x_floor") is not None:
@@ -89,7 +89,7 @@ def _x_floor(row: dict[str, Any], floor: Optional[dict[str, Any]]) -> Optional[f
     return row["latency_ms"] / floor["latency_ms"] if floor and row["latency_ms"] is not None else None
 
 
-# Row keys of fsanet.bench: a figure -> (its per-round medians, their [min, max]).
+# Row keys of fsanet.bench.attention: a figure -> (its per-round medians, their [min, max]).
 ROUND_KEYS = {
     "latency_ms": ("latency_round_ms", "latency_spread_ms"),
     "x_floor": ("x_floor_round", "x_floor_spread"),
@@ -119,7 +119,7 @@ def efficiency_frame(report: dict[str, Any], setting: str = "paper") -> pd.DataF
     columns beside them hold the lowest and highest per-round median (empty with one round).
 
     Args:
-        report: a benchmark report (see :func:`fsanet.bench.run_attention_benchmark`).
+        report: a benchmark report (see :func:`fsanet.bench.attention.run_attention_benchmark`).
         setting: ``"paper"`` or ``"sweep"``.
     """
     rows = [r for r in report["results"] if r.get("setting", "paper") == setting]

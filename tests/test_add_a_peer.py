@@ -59,7 +59,7 @@ def peer(monkeypatch):
 
 
 def test_a_peer_defined_in_a_test_runs_through_the_pipeline(tmp_path, peer):
-    from fsanet.bench import run_attention_benchmark
+    from fsanet.bench.attention import run_attention_benchmark
     from fsanet.engine.evaluate import eval_config, evaluate
     from fsanet.engine.train import train
     from fsanet.summary import write_summary

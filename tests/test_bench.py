@@ -8,19 +8,17 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-import fsanet.bench as bench
-from fsanet.bench import (
+import fsanet.bench.attention as bench
+from fsanet.bench.attention import build_cases, measure_case, measure_group, run_attention_benchmark
+from fsanet.bench.timing import (
     OutOfMemory,
     PeakMemoryTracker,
-    build_cases,
     count_flops,
-    measure_case,
-    measure_group,
     measure_latency_paired,
     measure_peak_memory,
     memory_limit,
     round_shares,
-    run_attention_benchmark,
+    time_interleaved,
     verdict,
 )
 from fsanet.config import BenchConfig, ConfigError, load_config
@@ -118,7 +116,6 @@ def test_timeout_is_recorded_not_raised():
 
 
 def test_a_slow_first_forward_alone_is_not_a_timeout(monkeypatch):
-    import fsanet.bench as bench
 
     class SlowOnce(torch.nn.Module):  # pays a one-time cost (as a lazy compile would) on its first call
         calls = 0
@@ -474,3 +471,17 @@ def test_tables_show_the_spread_beside_latency_and_x_floor(tmp_path):
     assert (nl["Latency round min (ms)"], nl["Latency round max (ms)"]) == (4.4, 5.3)
     assert (nl["× floor round min"], nl["× floor round max"]) == (8.8, 10.6)
     assert "Latency round max (ms)" in csv_path.read_text().splitlines()[0]
+
+
+def test_time_interleaved_rotates_the_order_and_splits_the_repeats():
+    """The model benchmark's timing: warm-up first, then each round visits every call, order rotated."""
+    seen: list[str] = []
+    calls = [lambda n=n: seen.append(n) for n in "abc"]
+    rows = time_interleaved(calls, CPU, warmup=1, repeats=4, rounds=2)
+    assert seen[:3] == ["a", "b", "c"]  # warm-up
+    # round 0: a a b b c c; round 1 (rotated by one): b b c c a a
+    assert "".join(seen[3:]) == "aabbcc" + "bbccaa"
+    assert [len(r["latency_round_ms"]) for r in rows] == [2, 2, 2]
+    for r in rows:
+        assert r["latency_ms_min"] <= r["latency_ms"] <= r["latency_ms_max"]
+        assert r["fps"] == pytest.approx(1000.0 / r["latency_ms"])

@@ -3,7 +3,7 @@ checks both halves."""
 
 import pytest
 
-from fsanet.bench import run_attention_benchmark
+from fsanet.bench.attention import run_attention_benchmark
 from fsanet.config import load_config
 from fsanet.findings import _cost_findings, _knee_finding
 

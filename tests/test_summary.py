@@ -265,7 +265,7 @@ def test_ablation_points_by_hand(tmp_path):
 
 @given(st.integers(1, 64), st.integers(1, 64), st.integers(0, 8), st.integers(0, 8))
 def test_band_label_and_size_identities(n, m, u0, v0):
-    from fsanet.model_costs import parse_band
+    from fsanet.bench.models import parse_band
 
     band = [u0, u0 + n, v0, v0 + m]
     assert band_size(band) == n * m
@@ -296,8 +296,8 @@ def test_band_models_match_the_model_heads():
 
 
 def test_model_costs_on_a_tiny_input():
+    from fsanet.bench.models import model_costs, parse_band
     from fsanet.config import load_config
-    from fsanet.model_costs import model_costs, parse_band
 
     cfg = load_config([], ["data.crop_size=[32,32]"])
     threads = torch.get_num_threads()

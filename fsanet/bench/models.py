@@ -14,19 +14,17 @@ measures on one ``(1, 3, H, W)`` input in eval mode:
 
 from __future__ import annotations
 
-import gc
 import logging
-import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.flop_counter import FlopCounterMode
 
 from fsanet.band import BandError, band_label
 from fsanet.band import parse_band as _parse_band
+from fsanet.bench.timing import count_flops, time_interleaved
 from fsanet.config import AttentionConfig, config_hash, to_container
 from fsanet.io import write_json
 from fsanet.provenance import environment
@@ -42,54 +40,6 @@ def parse_band(text: str) -> Optional[list[int]]:
         return _parse_band(text)
     except BandError as err:
         raise ValueError(f"--band: {err}") from None
-
-
-def _flops(model: torch.nn.Module, x: torch.Tensor) -> int:
-    model.eval()
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        model(x)
-    return int(counter.get_total_flops())
-
-
-def _time_interleaved(
-    models: Sequence[torch.nn.Module], x: torch.Tensor, warmup: int, repeats: int, rounds: int
-) -> list[dict[str, Any]]:
-    """Latency of each model, timed in ``rounds`` interleaved rounds as ``fsanet bench attention`` times
-    its cases (:func:`fsanet.bench.round_shares` forwards per round, the visiting order rotated each
-    round), so that a burst of load from other processes hits every model alike."""
-    from fsanet.bench import rotated, round_shares, time_once
-
-    cpu = torch.device("cpu")
-    calls = [lambda m=m: m(x) for m in models]
-    times: list[list[float]] = [[] for _ in models]
-    round_medians: list[list[float]] = [[] for _ in models]
-    with torch.inference_mode():
-        for call in calls:
-            for _ in range(warmup):
-                call()
-        for r, share in enumerate(round_shares(repeats, rounds)):
-            gc.collect()
-            gc.disable()  # no collector pauses inside a round
-            try:
-                for i in rotated(list(range(len(models))), r):
-                    this_round = [time_once(calls[i], cpu) * 1e3 for _ in range(share)]
-                    times[i] += this_round
-                    round_medians[i].append(statistics.median(this_round))
-            finally:
-                gc.enable()
-    out = []
-    for ts, rm in zip(times, round_medians):
-        median = statistics.median(ts)
-        out.append(
-            {
-                "latency_ms": median,
-                "latency_ms_min": min(ts),
-                "latency_ms_max": max(ts),
-                "latency_round_ms": rm,
-                "fps": 1000.0 / median if median > 0 else None,
-            }
-        )
-    return out
 
 
 def model_costs(
@@ -186,17 +136,22 @@ def _measure_all(
                 model_cfg.attention.band = None if band is None else list(band)
             torch.manual_seed(0)
             model = build_model(model_cfg, int(cfg.data.num_classes), pretrained=False).eval()
+            with torch.inference_mode():
+                flops = count_flops(lambda model=model: model(x))
             rows.append(
                 {
                     "model": name,
                     "band": None if not head.has_band() or band is None else list(band),
                     "band_label": band_label(band if head.has_band() else None),
                     "params": int(sum(p.numel() for p in model.parameters())),
-                    "flops": _flops(model, x),
+                    "flops": flops,
                 }
             )
             models.append(model)
-    for row, timing in zip(rows, _time_interleaved(models, x, warmup, repeats, rounds)):
+    with torch.inference_mode():
+        calls = [lambda m=m: m(x) for m in models]
+        timings = time_interleaved(calls, torch.device("cpu"), warmup, repeats, rounds)
+    for row, timing in zip(rows, timings):
         row.update(timing)
         log.info(
             "%-12s %-6s %8.3f M params %8.3f GFLOPs %8.2f fps",
