@@ -227,14 +227,14 @@ def _add_tables(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_tables_efficiency(args: argparse.Namespace) -> None:
-    from fsanet.tables import efficiency_plot, efficiency_tables
+    from fsanet.report.efficiency import efficiency_plot, efficiency_tables
 
     efficiency_tables(args.bench, args.out_dir)
     efficiency_plot(args.bench, args.plot)
 
 
 def _run_tables_summary(args: argparse.Namespace) -> None:
-    from fsanet.summary import write_summary
+    from fsanet.report.summary import write_summary
 
     summary = write_summary(args.metrics, args.out)
     print(
@@ -244,7 +244,7 @@ def _run_tables_summary(args: argparse.Namespace) -> None:
 
 
 def _run_tables_ablation(args: argparse.Namespace) -> None:
-    from fsanet.tables import ablation_tables
+    from fsanet.report.study_tables import ablation_tables
 
     paths = ablation_tables(
         args.summary, args.out_dir, args.dataset, args.setting, args.retrained_model, args.truncated_model
@@ -253,14 +253,14 @@ def _run_tables_ablation(args: argparse.Namespace) -> None:
 
 
 def _run_tables_methods(args: argparse.Namespace) -> None:
-    from fsanet.tables import methods_tables
+    from fsanet.report.study_tables import methods_tables
 
     paths = methods_tables(args.summary, args.out_dir, args.costs, args.dataset, args.setting, args.band)
     print("tables methods: wrote " + ", ".join(map(str, paths)))
 
 
 def _run_tables_findings(args: argparse.Namespace) -> None:
-    from fsanet.findings import write_findings
+    from fsanet.report.findings import write_findings
 
     items = write_findings(args.summary, args.out, args.bench, args.dataset, args.default_band, args.json)
     counts = {v: sum(f["verdict"] == v for f in items) for v in ("pass", "fail", "unstable", "untestable")}
@@ -272,7 +272,7 @@ def _run_tables_findings(args: argparse.Namespace) -> None:
 
 def _run_tables_metrics(args: argparse.Namespace) -> None:
     from fsanet.io import read_json, write_json
-    from fsanet.summary import headline_metrics, load_summary
+    from fsanet.report.summary import headline_metrics, load_summary
 
     tree = headline_metrics(load_summary(args.summary), read_json(args.findings) if args.findings else None)
     write_json(args.out, tree)
@@ -281,7 +281,7 @@ def _run_tables_metrics(args: argparse.Namespace) -> None:
 
 
 def _run_tables_per_class(args: argparse.Namespace) -> None:
-    from fsanet.tables import per_class_tables
+    from fsanet.report.study_tables import per_class_tables
 
     paths = per_class_tables(args.summary, args.out_dir, args.dataset, args.setting, args.band)
     print("tables per-class: wrote " + ", ".join(map(str, paths)))
@@ -355,7 +355,7 @@ def _add_plots(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_plots_ablation(args: argparse.Namespace) -> None:
-    from fsanet.plots import ablation_plot
+    from fsanet.report.plots import ablation_plot
 
     paths = ablation_plot(
         args.summary,
@@ -371,7 +371,7 @@ def _run_plots_ablation(args: argparse.Namespace) -> None:
 
 def _run_plots_dvc_template(args: argparse.Namespace) -> None:
     from fsanet.data.errors import DownloadError
-    from fsanet.dvc_plots import NPM_REGISTRY, write_offline_template
+    from fsanet.report.dvc_plots import NPM_REGISTRY, write_offline_template
 
     try:
         out = write_offline_template(
@@ -383,7 +383,7 @@ def _run_plots_dvc_template(args: argparse.Namespace) -> None:
 
 
 def _run_plots_qualitative(args: argparse.Namespace) -> None:
-    from fsanet.plots import qualitative_grid
+    from fsanet.report.plots import qualitative_grid
 
     checkpoints: dict[str, Path] = {}
     for item in args.checkpoint:

@@ -62,8 +62,8 @@ def test_a_peer_defined_in_a_test_runs_through_the_pipeline(tmp_path, peer):
     from fsanet.bench.attention import run_attention_benchmark
     from fsanet.engine.evaluate import eval_config, evaluate
     from fsanet.engine.train import train
-    from fsanet.summary import write_summary
-    from fsanet.tables import methods_tables
+    from fsanet.report.study_tables import methods_tables
+    from fsanet.report.summary import write_summary
 
     # the registries follow the declaration
     assert attention_modules()["global_mix"] is GlobalMix and "global_mix" in bench_modules()

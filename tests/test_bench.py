@@ -22,7 +22,7 @@ from fsanet.bench.timing import (
     verdict,
 )
 from fsanet.config import BenchConfig, ConfigError, load_config
-from fsanet.tables import efficiency_frame, efficiency_plot, efficiency_tables
+from fsanet.report.efficiency import efficiency_frame, efficiency_plot, efficiency_tables
 
 MiB = 2**20
 CPU = torch.device("cpu")
@@ -464,7 +464,7 @@ def test_tables_show_the_spread_beside_latency_and_x_floor(tmp_path):
     assert "0.5 (0.45–0.6)" in md  # the floor row's latency spread; its × floor is 1 by definition
     assert "3 interleaved rounds" in md
     assert "| 1.50 " in md and "(1.50–" not in md  # one round: no spread shown
-    assert "4.70 (4.40–5.30)" in tex_path.read_text()
+    assert "4.70 (4.40--5.30)" in tex_path.read_text()  # the en dash in LaTeX
     frame = efficiency_frame(report).set_index("Module")
     nl = frame.loc["Non-local (emb. Gaussian)"]
     assert nl["Latency (ms)"] == 4.7 and nl["× floor"] == 9.4  # the medians stay numbers

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from fsanet.data.errors import ChecksumError
-from fsanet.dvc_plots import VEGA_PACKAGES, VegaPackage, read_package_script, write_offline_template
+from fsanet.report.dvc_plots import VEGA_PACKAGES, VegaPackage, read_package_script, write_offline_template
 
 
 def _tarball(member: str, text: str) -> bytes:

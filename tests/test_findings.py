@@ -5,7 +5,7 @@ import pytest
 
 from fsanet.bench.attention import run_attention_benchmark
 from fsanet.config import load_config
-from fsanet.findings import _cost_findings, _knee_finding
+from fsanet.report.findings import _cost_findings, _knee_finding
 
 
 def test_cost_claims_read_the_written_report(tmp_path):
@@ -58,7 +58,7 @@ def test_knee_claim_says_when_no_band_lies_below_the_knee():
 
 
 def test_truncated_band_rows_get_a_spread_claim_at_or_above_the_knee():
-    from fsanet.findings import _truncated_spread_findings
+    from fsanet.report.findings import _truncated_spread_findings
 
     pts = [
         {"series": "truncated", "label": "1x1", "K": 1, "std": 4.0, "n": 3, "min": 70.0, "max": 78.0},

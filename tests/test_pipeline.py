@@ -447,7 +447,7 @@ def test_dvc_exp_run_trains_only_the_new_band(tmp_path):
     assert res.returncode == 0 and "mIoU_mean" in res.stdout, res.stderr[-2000:]
 
     # dvc plots show with the offline page: the page's own scripts, no CDN tag (`make plots`)
-    from fsanet.dvc_plots import _PAGE
+    from fsanet.report.dvc_plots import _PAGE
 
     template = tmp_path / "page.html"
     template.write_text(_PAGE.format(versions="test", scripts="<script>function vegaEmbed(){}</script>"))

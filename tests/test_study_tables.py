@@ -12,9 +12,9 @@ from torch import nn
 from fsanet.cli import main
 from fsanet.config import load_config, to_container
 from fsanet.engine.checkpoint import save_checkpoint
-from fsanet.plots import ablation_plot, qualitative_grid
-from fsanet.summary import write_summary
-from fsanet.tables import ablation_tables, methods_tables, per_class_tables
+from fsanet.report.plots import ablation_plot, qualitative_grid
+from fsanet.report.study_tables import ablation_tables, methods_tables, per_class_tables
+from fsanet.report.summary import write_summary
 
 SYNTH = "synthetic (built-in procedural set, not a benchmark)"
 

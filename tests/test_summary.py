@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fsanet.cli import main
-from fsanet.summary import (
+from fsanet.report.summary import (
     SummaryError,
     ablation_points,
     band_label,

@@ -20,7 +20,8 @@ import numpy as np
 
 from fsanet.data.imageio import IGNORE_COLOUR, colorize
 from fsanet.io import atomic_path
-from fsanet.summary import ablation_points, band_model, load_summary, select_runs
+from fsanet.report.names import dataset_display, method_display
+from fsanet.report.summary import ablation_points, band_model, load_summary, select_runs
 
 __all__ = ["ablation_plot", "qualitative_grid"]
 
@@ -71,7 +72,7 @@ def ablation_plot(
         out_png: the figure.
         out_csv: the plotted points (finite K only; the full-band mean is a column), or None.
         dataset: which dataset; default the only one with ablation runs.
-        setting: evaluation setting (default: single-scale, see :func:`fsanet.summary.select_runs`).
+        setting: evaluation setting (default: single-scale, see :func:`fsanet.report.summary.select_runs`).
         retrained_model, truncated_model: the two series' model names (default: the band model, and
             non-local).
 
@@ -98,9 +99,6 @@ def ablation_plot(
         )
     name, points = next(iter(per_dataset.items()))
     model_of = {"retrained": retrained_model, "truncated": truncated_model}
-    from fsanet.summary import method_display
-    from fsanet.tables import DATASET_NAMES
-
     ret_name, tr_name = method_display(retrained_model), method_display(truncated_model)
     styles = {
         "retrained": {"label": f"{ret_name}, retrained per band", "color": "tab:blue", "marker": "o"},
@@ -207,7 +205,7 @@ def ablation_plot(
         ax.minorticks_off()
     ax.set_xlabel("K = kept DCT coefficients (log scale)")
     ax.set_ylabel("mIoU (%)")
-    ax.set_title(f"Band ablation: {DATASET_NAMES.get(name, name)}", fontsize=9)
+    ax.set_title(f"Band ablation: {dataset_display(name)}", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
     if oracle_ax is not None:
@@ -280,7 +278,6 @@ def qualitative_grid(
     from fsanet.engine.evaluate import apply_eval_band, eval_config
     from fsanet.engine.inference import predict
     from fsanet.models import load_trained_weights
-    from fsanet.summary import method_display
 
     if not checkpoints:
         raise ValueError("no checkpoints given: pass at least one --checkpoint LABEL=PATH")

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from fsanet.io import read_json, write_json, write_text
-from fsanet.summary import (
+from fsanet.report.summary import (
     ablation_points,
     band_label,
     band_model,

@@ -39,9 +39,7 @@ __all__ = [
     "band_model",
     "band_models",
     "baseline_models",
-    "method_display",
     "method_module",
-    "method_order",
     "headline_metrics",
     "SummaryError",
     "ablation_points",
@@ -116,22 +114,10 @@ def band_model() -> str:
     return names[0]
 
 
-def method_display(model: str) -> str:
-    """The model's name in tables and plots (its key if it is not a known model)."""
-    head = _heads().get(model)
-    return head.display if head is not None and head.display else model
-
-
 def method_module(model: str) -> Optional[str]:
     """Name of the model's (first) attention module in the benchmark, or None without attention."""
     head = _heads().get(model)
     return head.attention_classes[0].name if head is not None and head.attention_classes else None
-
-
-def method_order(model: str) -> int:
-    """The model's position in the tables (declaration order; unknown models last)."""
-    order = list(_heads())
-    return order.index(model) if model in order else len(order)
 
 
 # --------------------------------------------------------------------------------------------
