@@ -30,8 +30,6 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 
-from fsanet.io import atomic_path
-
 __all__ = [
     "OPENMMLAB_URLS",
     "LoadReport",
@@ -83,25 +81,18 @@ def _check_hash(path: Path, sha256: Optional[str], what: str) -> None:
         )
 
 
-def _download(url: str, dest: Path, timeout: float) -> None:
-    import requests
-    from tqdm import tqdm
+def _download(url: str, dest: Path, checksum: Optional[str], timeout: float) -> None:
+    """Fetch ``url`` to ``dest`` with the one downloader (:func:`fsanet.data.download.fetch`: resumable,
+    HTML answers refused, the file published under its name only once complete and, given
+    ``checksum``, verified)."""
+    from fsanet.data.download import fetch
+    from fsanet.data.errors import ChecksumError, DownloadError
 
     try:
-        with requests.get(url, stream=True, timeout=timeout) as resp:
-            resp.raise_for_status()
-            total = int(resp.headers.get("content-length") or 0) or None
-            with (
-                atomic_path(dest) as tmp,
-                open(tmp, "wb") as f,
-                tqdm(
-                    total=total, unit="B", unit_scale=True, desc=f"download {dest.name}", leave=False
-                ) as bar,
-            ):
-                for block in resp.iter_content(chunk_size=1 << 20):
-                    f.write(block)
-                    bar.update(len(block))
-    except requests.RequestException as err:
+        fetch(url, dest, checksum, timeout=timeout, refuse_html=True)
+    except ChecksumError as err:
+        raise PretrainedError(f"model.pretrained: {err}") from None
+    except (DownloadError, OSError) as err:
         raise PretrainedError(f"model.pretrained: could not download {url}: {err}") from None
 
 
@@ -161,7 +152,7 @@ def fetch_checkpoint(
     dest = Path(cache_dir).expanduser() / hashlib.sha256(spec.encode()).hexdigest()[:12] / name
     if not dest.is_file():
         log.info("downloading %s to %s", spec, dest)
-        _download(spec, dest, timeout)
+        _download(spec, dest, f"sha256:{sha256.lower()}" if sha256 else None, timeout)
     try:
         _check_hash(dest, expected, "model.pretrained")
     except PretrainedError:
