@@ -88,7 +88,7 @@ class BenchConfig:
 
 
 # --------------------------------------------------------------------------------------------
-# Data (datasets work): `fsanet data ...`, and the `data` section of train/eval.
+# Data: `fsanet data ...`, and the `data` section of train/eval.
 # --------------------------------------------------------------------------------------------
 @dataclass
 class SyntheticConfig:
@@ -190,7 +190,7 @@ class DataConfig:
 
 
 # --------------------------------------------------------------------------------------------
-# Model (models work)
+# Model
 # --------------------------------------------------------------------------------------------
 class Backbone(str, Enum):
     resnet50_v1c = "resnet50_v1c"
@@ -261,7 +261,7 @@ class ModelConfig:
 
 
 # --------------------------------------------------------------------------------------------
-# Training, evaluation, tracking (engine work)
+# Training, evaluation, tracking
 # --------------------------------------------------------------------------------------------
 class LossKind(str, Enum):
     ce = "ce"

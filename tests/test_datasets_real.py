@@ -36,7 +36,7 @@ def hexes(palette: np.ndarray) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------
-# tables against the spec
+# tables against the reference implementations
 # --------------------------------------------------------------------------------------------
 SPEC_CITYSCAPES_LUT = [
     255,
@@ -192,7 +192,7 @@ def test_cityscapes_tables():
     assert (cityscapes.ID_TO_TRAINID[34:] == 255).all()
     assert list(cityscapes.CLASSES) == SPEC_CITYSCAPES_CLASSES
     assert hexes(cityscapes.PALETTE) == SPEC_CITYSCAPES_PALETTE
-    assert digest(SPEC_CITYSCAPES_PALETTE) == "bb8ebe0caa46a65e"  # the list above is the spec's
+    assert digest(SPEC_CITYSCAPES_PALETTE) == "bb8ebe0caa46a65e"  # the list above is cityscapesScripts'
     assert len(cityscapes.LABELS) == 35 and cityscapes.NAME_TO_LABEL["license plate"].id == -1
     assert sum(cityscapes.TRAIN_CITY_SIZES.values()) == cityscapes.SPLIT_SIZES["train"] == 2975
     assert cityscapes.SPLIT_SIZES == {"train": 2975, "val": 500, "test": 1525}

@@ -42,7 +42,7 @@ Protocol (``fsanet bench attention``):
   alternation evicts the module's data from the caches between its runs, which can only make the module
   slower, so the ratio is not flattered. The separate ``floor`` rows are still timed on their own.
 * **Allocator.** glibc returns every buffer of 32 MiB or more to the OS on free and page-faults it in
-  again on the next allocation (~0.4 ms per MiB here), so at 128² and above *every* module, the floor
+  again on the next allocation (one page fault per 4 KiB page), so at 128² and above *every* module, the floor
   included, would mostly measure page faults, and the result would swing with glibc's dynamic
   threshold. With ``pin_allocator`` (default) the benchmark process raises glibc's mmap and trim
   thresholds so freed buffers are reused, as CUDA's caching allocator does; this is recorded in

@@ -99,8 +99,7 @@ def _kernels() -> Optional[tuple]:
 
     # Both kernels walk a map four rows at a time, rows p, p + q, p + 2q and p + 3q (q = H // 4), so
     # every thread keeps four ascending memory streams in flight (fewer streams per thread leave much
-    # of this CPU's bandwidth idle: at 512×97², 2 threads, two streams took the forward to 0.60 ms and
-    # four to 0.45 ms, against 0.35 ms for ``x.sum()``); the last H − 4q rows go one at a time. The
+    # of the memory bandwidth idle; the README gives the timings); the last H − 4q rows go one at a time. The
     # unrolled axis is zero-padded to a multiple of GROUP basis rows and handled GROUP rows at a time,
     # with the 4 × GROUP weights of a pass held in registers. A further group (bands over GROUP along the
     # unrolled axis) sweeps the map again, mostly from cache (one 97² map is 37 KB). Parallel over the
@@ -121,8 +120,8 @@ def _kernels() -> Optional[tuple]:
             r = np.zeros((khg, w_size + 24), y.dtype)
             base = m * h_size
             for g in range(0, khg, GROUP):  # GROUP accumulator rows per sweep over the map
-                # 2-D indexing (r[g, w], x[row, w]), not row views: with nine 1-D views in the inner
-                # loop the forward was 1.2-1.9x slower at 512×64²…256² (2 threads, AMD EPYC)
+                # 2-D indexing (r[g, w], x[row, w]), not row views: numba compiles nine 1-D views in
+                # the inner loop into a slower forward (the README gives the timings)
                 for p in range(q):
                     ha, hb, hc, hd = p, p + q, p + 2 * q, p + 3 * q
                     xa, xb, xc, xd = base + ha, base + hb, base + hc, base + hd  # rows of x

@@ -27,7 +27,7 @@ class LinearAttention(AttentionModule):
     ``ε`` is added to every component of ``Σ_j k̂_j`` as in the reference code.
 
     Cost in MACs (N = H·W): ``N·C·(2d + C) + 2·N·d·C + N·d`` per image (projections, ``K·Vᵀ``,
-    its product with ``Q``, and the denominator ``Qᵀ·ΣK``). The spec's formula omits the last
+    its product with ``Q``, and the denominator ``Qᵀ·ΣK``). The usual closed form omits the last
     ``N·d`` term (< 0.02 % at C=512).
 
     With ``eval_band`` set, ``flops`` adds the low-pass of the attention input (2-D DCT + inverse,
