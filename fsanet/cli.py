@@ -66,53 +66,24 @@ def _add_bench_models(bench: argparse._SubParsersAction) -> None:
     p = bench.add_parser(
         "models",
         help="params, GFLOPs and CPU fps of every segmentation model (for table T3)",
-        description="Builds each model of fsanet.models.MODELS from the config's model section (FsaNet once "
-        "per --band) and measures params, FlopCounterMode GFLOPs and CPU fps on one (1, 3, H, W) input.",
+        description="Builds each model of bench.models.names (default: all of fsanet.models.MODELS) from the "
+        "config's model section, FsaNet once per band of bench.models.bands (default: "
+        "model.attention.band), and measures params, FlopCounterMode GFLOPs and CPU fps on one "
+        "(1, 3, H, W) input (bench.models.input_size, default data.crop_size), timed in "
+        "bench.models.rounds interleaved rounds. E.g. `fsanet bench models -c params/model/cpu.yaml "
+        "--out m.json 'bench.models.names=[fcn,fsanet]' 'bench.models.bands=[2,full]'`.",
     )
     _config_args(p)
     p.add_argument("--out", required=True, type=Path, metavar="PATH.json", help="where to write the JSON")
-    p.add_argument("--models", nargs="+", metavar="NAME", help="model names (default: all)")
-    p.add_argument(
-        "--band",
-        action="append",
-        default=[],
-        metavar="BAND",
-        help="FsaNet band: full, N, NxM or u0,u1,v0,v1 (repeatable; default: model.attention.band)",
-    )
-    p.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"), help="default: data.crop_size")
-    p.add_argument("--warmup", type=int, default=2, help="untimed forwards (default 2)")
-    p.add_argument(
-        "--repeats", type=int, default=10, help="timed forwards; the median is reported (default 10)"
-    )
-    p.add_argument(
-        "--rounds",
-        type=int,
-        default=5,
-        help="interleaved timing rounds; every model is timed in each, so load hits all alike (default 5)",
-    )
-    p.add_argument(
-        "--threads", type=int, default=1, help="torch threads while timing (default 1; 0 = torch's)"
-    )
     p.set_defaults(handler=_run_bench_models)
 
 
 def _run_bench_models(args: argparse.Namespace) -> None:
-    from fsanet.bench.models import parse_band, write_model_costs
+    from fsanet.bench.models import write_model_costs
     from fsanet.config import load_config
 
     cfg = load_config(args.config, args.overrides)
-    bands = [parse_band(b) for b in args.band] or None
-    report = write_model_costs(
-        cfg,
-        args.out,
-        input_size=args.input_size,
-        models=args.models,
-        bands=bands,
-        warmup=args.warmup,
-        repeats=args.repeats,
-        threads=args.threads,
-        rounds=args.rounds,
-    )
+    report = write_model_costs(cfg, args.out)
     print(f"bench models: {len(report['rows'])} models at {report['input_size']}; wrote {args.out}")
 
 

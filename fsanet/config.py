@@ -49,8 +49,28 @@ class Device(str, Enum):
 
 
 # --------------------------------------------------------------------------------------------
-# Efficiency benchmark (`fsanet bench attention`)
+# Efficiency benchmarks (`fsanet bench attention`, `fsanet bench models`)
 # --------------------------------------------------------------------------------------------
+@dataclass
+class ModelBenchConfig:
+    """``fsanet bench models``: params, GFLOPs and CPU fps of whole segmentation models (T3's costs).
+
+    Each model of ``names`` is built from the config's ``model`` section (FsaNet once per band of
+    ``bands``) and measured on one ``(1, 3, H, W)`` input in eval mode.
+    """
+
+    names: Optional[List[str]] = None  # models of fsanet.models.MODELS; null = all of them
+    # FsaNet bands: full, N, NxM or u0,u1,v0,v1; null = model.attention.band
+    bands: Optional[List[str]] = None
+    input_size: Optional[List[int]] = None  # (H, W); null = data.crop_size
+    warmup: int = 2  # untimed forwards of each model
+    repeats: int = 10  # timed forwards of each model; the median is reported
+    rounds: int = 5  # interleaved rounds: every model is timed in each, so load hits all alike
+    # torch threads while timing (0 = torch's default). One: on a busy shared CPU, OpenMP threads that
+    # spin-wait for a core make multi-thread timings swing by two orders of magnitude.
+    threads: int = 1
+
+
 @dataclass
 class BenchConfig:
     """Settings of the module-level efficiency benchmark.
@@ -85,6 +105,7 @@ class BenchConfig:
     # Time every module in alternation with the floor (module, floor, module, …) and record that paired
     # floor and the ratio, so both see the same machine state (see fsanet.bench.attention).
     paired_floor: bool = True
+    models: ModelBenchConfig = field(default_factory=ModelBenchConfig)  # `fsanet bench models`
 
 
 # --------------------------------------------------------------------------------------------
@@ -420,6 +441,11 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "bench.sweep_timeout_s": (0.0, _INF, "seconds"),
     "bench.memory_budget_gb": (1e-3, _INF, "GiB"),
     "bench.threads": (0, _INF, "torch threads; 0 keeps torch's default"),
+    "bench.models.input_size": (1, _INF, "pixels"),
+    "bench.models.warmup": (0, _INF, "untimed forwards"),
+    "bench.models.repeats": (1, _INF, "timed forwards"),
+    "bench.models.rounds": (1, _INF, "interleaved rounds"),
+    "bench.models.threads": (0, _INF, "torch threads; 0 keeps torch's default"),
     "data.num_classes": (1, _INF, "classes"),
     "data.base_scale": (1, _INF, "pixels"),
     "data.crop_size": (1, _INF, "pixels"),

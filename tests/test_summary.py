@@ -299,11 +299,10 @@ def test_model_costs_on_a_tiny_input():
     from fsanet.bench.models import model_costs, parse_band
     from fsanet.config import load_config
 
-    cfg = load_config([], ["data.crop_size=[32,32]"])
+    tiny = ["data.crop_size=[32,32]", "bench.models.names=[fcn,fsanet]", "bench.models.bands=[1,full]"]
+    cfg = load_config([], [*tiny, "bench.models.warmup=0", "bench.models.repeats=1"])
     threads = torch.get_num_threads()
-    report = model_costs(
-        cfg, models=["fcn", "fsanet"], bands=[parse_band("1"), parse_band("full")], warmup=0, repeats=1
-    )
+    report = model_costs(cfg)
     assert torch.get_num_threads() == threads  # restored
     rows = {(r["model"], r["band_label"]): r for r in report["rows"]}
     assert set(rows) == {("fcn", "full"), ("fsanet", "1x1"), ("fsanet", "full")}
@@ -317,8 +316,10 @@ def test_model_costs_on_a_tiny_input():
         rows[("fcn", "full")]["flops"] < rows[("fsanet", "1x1")]["flops"] < rows[("fsanet", "full")]["flops"]
     )
     assert all(r["fps"] > 0 for r in rows.values())
-    with pytest.raises(ValueError, match="unknown model"):
-        model_costs(cfg, models=["resnet"])
+    with pytest.raises(ValueError, match="bench.models.names: unknown model"):
+        model_costs(load_config([], ["bench.models.names=[resnet]"]))
+    with pytest.raises(ValueError, match="bench.models.bands: .*expected 'full'"):
+        model_costs(load_config([], ["bench.models.bands=[wide]"]))
     with pytest.raises(ValueError, match="expected 'full'"):
         parse_band("wide")
 
@@ -346,17 +347,11 @@ def test_cli_bench_models(tmp_path, capsys):
                 "models",
                 "--out",
                 str(out),
-                "--models",
-                "fcn",
-                "--band",
-                "full",
-                "--input-size",
-                "32",
-                "32",
-                "--warmup",
-                "0",
-                "--repeats",
-                "1",
+                "bench.models.names=[fcn]",
+                "bench.models.bands=[full]",
+                "bench.models.input_size=[32,32]",
+                "bench.models.warmup=0",
+                "bench.models.repeats=1",
                 "data.num_classes=3",
             ]
         )
@@ -364,5 +359,8 @@ def test_cli_bench_models(tmp_path, capsys):
     )
     report = json.loads(out.read_text())
     assert [r["model"] for r in report["rows"]] == ["fcn"] and report["num_classes"] == 3
-    assert main(["bench", "models", "--out", str(out), "--band", "wide"]) == 2
-    assert "band 'wide'" in capsys.readouterr().err
+    assert main(["bench", "models", "--out", str(out), "bench.models.bands=[wide]"]) == 2
+    err = capsys.readouterr().err
+    assert "bench.models.bands" in err and "band 'wide'" in err
+    assert main(["bench", "models", "--out", str(out), "bench.models.repeats=0"]) == 2
+    assert "bench.models.repeats" in capsys.readouterr().err

@@ -1,21 +1,20 @@
 """Whole-model costs for the method table (T3): parameters, GFLOPs and CPU frames per second.
 
 ``fsanet bench models --config params/model/cpu.yaml --out results/bench/models.json`` builds every
-model of :data:`fsanet.models.MODELS` (and every FsaNet band asked for) with the given config, then
-measures on one ``(1, 3, H, W)`` input in eval mode:
+model of ``bench.models.names`` (default: all of :data:`fsanet.models.MODELS`; FsaNet once per band of
+``bench.models.bands``) with the given config, then measures on one ``(1, 3, H, W)`` input in eval mode:
 
 * ``params``: all parameters, auxiliary head included (it is part of the trained model);
 * ``flops``: one forward under ``torch.utils.flop_counter.FlopCounterMode`` (2 per multiply-accumulate;
   ops it does not count, such as FFTs or SDPA on CPU, contribute 0);
 * ``latency_ms``: median wall-clock time of ``repeats`` forwards after ``warmup`` (inference mode,
-  batch 1, one torch thread unless ``--threads`` says otherwise), and ``fps = 1000 / latency_ms``.
+  batch 1, ``bench.models.threads`` torch threads, one by default), and ``fps = 1000 / latency_ms``.
   On a shared CPU these are rough; the report records the threads and the min/max latency.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -39,55 +38,43 @@ def parse_band(text: str) -> Optional[list[int]]:
     try:
         return _parse_band(text)
     except BandError as err:
-        raise ValueError(f"--band: {err}") from None
+        raise ValueError(f"bench.models.bands: {err}") from None
 
 
-def model_costs(
-    cfg: DictConfig,
-    input_size: Optional[Sequence[int]] = None,
-    models: Optional[Sequence[str]] = None,
-    bands: Optional[Sequence[Optional[Sequence[int]]]] = None,
-    warmup: int = 2,
-    repeats: int = 10,
-    threads: int = 1,
-    rounds: int = 5,
-) -> dict[str, Any]:
+def model_costs(cfg: DictConfig) -> dict[str, Any]:
     """Params, FLOPs and CPU fps of each model built from ``cfg.model`` with its name replaced.
 
     Args:
-        cfg: a loaded config (``model`` and ``data.num_classes``/``data.crop_size`` are read).
-        input_size: ``(H, W)`` of the input; default ``cfg.data.crop_size``.
-        models: names from :data:`fsanet.models.MODELS`; default all of them.
-        bands: the FsaNet bands to measure (None = full spectrum); default ``[cfg.model.attention.band]``.
-        warmup: untimed forwards before timing.
-        repeats: timed forwards per model (the median is reported), split over ``rounds``.
-        rounds: interleaved timing rounds: every model is timed once per round, so load from other
-            processes hits all of them alike (``latency_round_ms`` holds each round's median).
-        threads: torch intra-op threads while measuring (0 keeps torch's default). One thread is the
-            default: on a busy shared CPU, OpenMP threads that spin-wait for a core make multi-thread
-            timings swing by two orders of magnitude.
+        cfg: a loaded config: ``bench.models`` (:class:`fsanet.config.ModelBenchConfig`: which models
+            and bands, the input size, warm-up, repeats, interleaved rounds and threads), ``model``, and
+            ``data.num_classes`` / ``data.crop_size``.
 
     Returns:
-        ``{"env", "input_size", "num_classes", "config_hash", "warmup", "repeats", "rows": [...]}``; each row
-        has
-        ``model``, ``band``, ``band_label``, ``params``, ``flops``, ``latency_ms`` (+ min/max) and ``fps``.
+        ``{"env", "input_size", "num_classes", "config_hash", "warmup", "repeats", "rounds", "rows"}``;
+        each row has ``model``, ``band``, ``band_label``, ``params``, ``flops``, ``latency_ms`` (+ min/max,
+        per-round medians) and ``fps``.
+
+    Raises:
+        ValueError: an unknown model or band, named with its key.
     """
     from fsanet.models import MODELS
 
-    size = [int(s) for s in (input_size or cfg.data.crop_size)]
-    if len(size) != 2 or min(size) < 1:
-        raise ValueError(f"input size must be two positive integers (H W), got {size}")
-    if repeats < 1 or warmup < 0 or rounds < 1:
-        raise ValueError(
-            f"need repeats >= 1, warmup >= 0 and rounds >= 1, got repeats={repeats}, warmup={warmup}, "
-            f"rounds={rounds}"
-        )
-    names = list(models) if models else list(MODELS)
+    mc = cfg.bench.models
+    size = [int(s) for s in (mc.input_size or cfg.data.crop_size)]
+    if len(size) != 2:
+        raise ValueError(f"bench.models.input_size must be two integers (H, W), got {size}")
+    warmup, repeats, rounds, threads = int(mc.warmup), int(mc.repeats), int(mc.rounds), int(mc.threads)
+    names = list(mc.names) if mc.names else list(MODELS)
     unknown = [n for n in names if n not in MODELS]
     if unknown:
-        raise ValueError(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}")
+        raise ValueError(
+            f"bench.models.names: unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}"
+        )
     default_band = cfg.model.attention.band
-    band_list = list(bands) if bands else [None if default_band is None else list(default_band)]
+    if mc.bands:
+        band_list = [parse_band(str(b)) for b in mc.bands]
+    else:
+        band_list = [None if default_band is None else list(default_band)]
     base = to_container(cfg.model)
     threads_before = torch.get_num_threads()
     if threads > 0:
@@ -164,9 +151,9 @@ def _measure_all(
     return rows
 
 
-def write_model_costs(cfg: DictConfig, out: str | Path, **kwargs: Any) -> dict[str, Any]:
+def write_model_costs(cfg: DictConfig, out: str | Path) -> dict[str, Any]:
     """:func:`model_costs` written atomically to ``out`` as JSON."""
-    report = model_costs(cfg, **kwargs)
+    report = model_costs(cfg)
     write_json(out, report)
     log.info("wrote %s (%d models)", out, len(report["rows"]))
     return report

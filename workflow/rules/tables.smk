@@ -91,11 +91,15 @@ rule bench_models:
     params:
         code=CODE_HASH,
         configs=fsanet_configs,
-        bands=" ".join(f"--band {b}" for b in config["fsanet_bands"]),
-        models=" ".join(config["methods"]),
+        overrides=lambda wc, threads: quoted(
+            [
+                f"bench.models.names=[{','.join(config['methods'])}]",
+                f"bench.models.bands=[{','.join(config['fsanet_bands'])}]",
+                f"bench.models.threads={threads}",
+            ]
+        ),
     shell:
-        "fsanet -q bench models {params.configs} --models {params.models} {params.bands} "
-        "--threads {threads} --out {output} > {log} 2>&1"
+        "fsanet -q bench models {params.configs} {params.overrides} --out {output} > {log} 2>&1"
 
 
 rule plot_ablation:
