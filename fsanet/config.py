@@ -115,9 +115,22 @@ class BenchConfig:
 class SyntheticConfig:
     """The built-in synthetic study set (``fsanet/data/synthetic.py``; the design is in its docstring).
 
-    ``min_cue_distance``: least Chebyshev distance (px) between the cue marker and any object whose
-    class it decides; it must exceed the FCN's reach (30 px for the small backbone with 1×1 head convs).
-    ``processes``: worker processes for ``prepare`` (0 = all cores).
+    The one declaration of its settings: the generator reads them as they are and checks them
+    (``fsanet.data.synthetic.check_settings``); all but ``processes`` are recorded in READY.json.
+
+    Args:
+        image_size: side of the square images (px, at least 48).
+        num_train, num_val: images per split.
+        seed, val_seed: the splits' seeds (different).
+        min_cue_distance: least Chebyshev distance (px) between a cue and any disc whose class it
+            decides; it must exceed the FCN's reach (30 px for the small backbone with 1×1 head convs).
+        layout: ``"band"`` (one cue for the whole image: the rule needs only the DC coefficient) or
+            ``"cells"`` (``cells`` vertical stripes, each with its own cue: the rule needs ``cells``
+            DCT frequencies along the width).
+        cells: stripes of the ``cells`` layout (``image_size`` must be a multiple of it).
+        position_hint: amplitude (grey levels, 0..128) of a fixed left-to-right ramp added to the green
+            channel, so that local features can tell a pixel's column; 0 = none.
+        processes: worker processes for ``prepare`` (0 = all cores).
     """
 
     image_size: int = 96
@@ -126,9 +139,9 @@ class SyntheticConfig:
     seed: int = 0
     val_seed: int = 1
     min_cue_distance: int = 36
-    layout: str = "band"  # "band" (one cue: DC suffices) or "cells" (one cue per vertical stripe)
-    cells: int = 4  # stripes of the "cells" layout
-    position_hint: int = 0  # grey levels of a fixed left-to-right green ramp (0 = none)
+    layout: str = "band"
+    cells: int = 4
+    position_hint: int = 0
     processes: int = 0
 
 

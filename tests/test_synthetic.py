@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import fsanet.data.synthetic as syn
-from fsanet.config import load_config
+from fsanet.config import SyntheticConfig, load_config
 from fsanet.data import build_dataset
 from fsanet.data.base import DataError
 from fsanet.data.imageio import read_image, read_label
@@ -18,7 +18,6 @@ from fsanet.data.synthetic import (
     CLASSES,
     READY_FILE,
     SyntheticDataset,
-    SyntheticSettings,
     context_stats,
     generate_sample,
     prepare_synthetic,
@@ -26,6 +25,11 @@ from fsanet.data.synthetic import (
 
 PARAMS = Path(__file__).resolve().parents[1] / "params" / "data" / "synthetic.yaml"
 SMALL = {"image_size": 64, "num_train": 5, "num_val": 3, "seed": 0, "val_seed": 1, "min_cue_distance": 30}
+
+
+def _settings(**kw) -> SyntheticConfig:
+    """Checked generator settings (the defaults with ``kw`` replaced)."""
+    return syn.check_settings(SyntheticConfig(**kw))
 
 
 def _files(root: Path) -> dict[str, str]:
@@ -71,7 +75,7 @@ def test_different_seed_different_images(small_set: Path, tmp_path: Path) -> Non
     assert a["images/val/val_00000.png"] == b["images/val/val_00000.png"]  # val has its own seed
     # the val split is drawn with val_seed, not seed
     assert a["images/val/val_00000.png"] != a["images/train/train_00000.png"]
-    img_val, _, _ = generate_sample(SyntheticSettings(**SMALL), SMALL["val_seed"], 0)
+    img_val, _, _ = generate_sample(_settings(**SMALL), SMALL["val_seed"], 0)
     np.testing.assert_array_equal(read_image(small_set / "images/val/val_00000.png"), img_val)
 
 
@@ -201,15 +205,15 @@ def test_existing_set_with_other_settings(small_set: Path, tmp_path: Path) -> No
 
 def test_settings_validation() -> None:
     with pytest.raises(ValueError, match="seed=3, val_seed=3"):
-        SyntheticSettings(seed=3, val_seed=3)
+        _settings(seed=3, val_seed=3)
     with pytest.raises(ValueError, match="min_cue_distance=70 does not fit a 96px image"):
-        SyntheticSettings(min_cue_distance=70)
+        _settings(min_cue_distance=70)
     cfg = load_config([PARAMS], ["data.synthetic.num_train=7"])
     assert syn.settings_from_config(cfg.data).num_train == 7
 
 
 # ---------------------------------------------------------------------------------------- the rule
-def _samples(n: int, settings: SyntheticSettings, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray, dict]]:
+def _samples(n: int, settings: SyntheticConfig, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray, dict]]:
     return [generate_sample(settings, seed, i) for i in range(n)]
 
 
@@ -229,7 +233,7 @@ def test_context_rule_holds_on_disk(small_set: Path) -> None:
 
 
 def test_context_rule_at_default_size() -> None:
-    settings = SyntheticSettings()
+    settings = _settings()
     samples = _samples(60, settings)
     cues = []
     for image, label, info in samples:
@@ -248,7 +252,7 @@ def test_context_rule_at_default_size() -> None:
 
 def test_discs_look_the_same_whatever_the_cue() -> None:
     # the disc appearance does not depend on the cue colour: compare mean disc colour and radius by cue
-    samples = _samples(300, SyntheticSettings(), seed=5)
+    samples = _samples(300, _settings(), seed=5)
     by_cue: dict[bool, list[np.ndarray]] = {True: [], False: []}
     for image, label, info in samples:
         mask = np.isin(label, (syn.DISC_RED, syn.DISC_BLUE))
@@ -260,7 +264,7 @@ def test_discs_look_the_same_whatever_the_cue() -> None:
 
 # ---------------------------------------------------------------------------------------- cells layout
 def test_cells_layout_each_disc_follows_the_cue_of_its_stripe() -> None:
-    settings = SyntheticSettings(layout="cells", cells=4)
+    settings = _settings(layout="cells", cells=4)
     width = settings.image_size // settings.cells
     for _image, label, info in _samples(40, settings):
         assert len(info["cells"]) == 4 and info["cue_side"] in ("top", "bottom")
@@ -277,24 +281,24 @@ def test_cells_layout_each_disc_follows_the_cue_of_its_stripe() -> None:
 
 def test_cells_layout_validation() -> None:
     with pytest.raises(ValueError, match="data.synthetic.cells=5"):
-        SyntheticSettings(layout="cells", cells=5)  # 96 is not a multiple of 5
+        _settings(layout="cells", cells=5)  # 96 is not a multiple of 5
     with pytest.raises(ValueError, match="data.synthetic.layout='grid'"):
-        SyntheticSettings(layout="grid")
+        _settings(layout="grid")
 
 
 def test_band_layout_files_do_not_depend_on_the_cells_options() -> None:
-    a = generate_sample(SyntheticSettings(), 0, 3)
-    b = generate_sample(SyntheticSettings(cells=2, position_hint=0), 0, 3)
+    a = generate_sample(_settings(), 0, 3)
+    b = generate_sample(_settings(cells=2, position_hint=0), 0, 3)
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
 
 
 def test_oracle_knee_band_layout_is_dc_and_cells_layout_is_c() -> None:
-    band = syn.context_oracle(SyntheticSettings(num_val=40), "val")
+    band = syn.context_oracle(_settings(num_val=40), "val")
     assert band["knee"] == [1, 1] and band["accuracy"]["1"] == 1.0
-    cells = syn.context_oracle(SyntheticSettings(layout="cells", cells=4, num_val=150), "val")
+    cells = syn.context_oracle(_settings(layout="cells", cells=4, num_val=150), "val")
     acc = {int(k): v for k, v in cells["accuracy"].items()}
     assert cells["knee"] == [4, 4]
     assert acc[1] < 0.7 and acc[2] < 0.9 and acc[3] < 0.98 <= acc[4]  # below the knee the cue is lost
     assert acc[12] == 1.0  # the full band keeps the whole cue map
-    two = syn.context_oracle(SyntheticSettings(layout="cells", cells=2, num_val=40), "val")
+    two = syn.context_oracle(_settings(layout="cells", cells=2, num_val=40), "val")
     assert two["knee"] == [2, 2]

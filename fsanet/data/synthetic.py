@@ -130,7 +130,7 @@ import os
 import shutil
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Optional
 
@@ -138,6 +138,7 @@ import numpy as np
 from skimage.draw import disk, polygon
 from tqdm import tqdm
 
+from fsanet.config import SyntheticConfig
 from fsanet.data.base import SegmentationDataset, read_split_list
 from fsanet.data.errors import DataError
 from fsanet.data.imageio import read_image, read_label, write_image, write_label
@@ -149,13 +150,16 @@ __all__ = [
     "PALETTE",
     "SPLITS",
     "READY_FILE",
-    "SyntheticSettings",
+    "GENERATOR_KEYS",
     "SyntheticDataset",
+    "check_settings",
     "context_oracle",
     "context_stats",
     "generate_sample",
     "prepare_synthetic",
     "settings_from_config",
+    "split_count",
+    "split_seed",
 ]
 
 log = logging.getLogger(__name__)
@@ -194,83 +198,73 @@ _CUE_HUE = {"red": 0.0, "blue": 228.0}  # degrees
 _GAP = 2  # least free pixels between any two shapes
 
 
-@dataclass(frozen=True)
-class SyntheticSettings:
-    """Everything that determines the generated files (recorded in READY.json).
+#: the settings keys that decide the generated files (all of :class:`SyntheticConfig` but ``processes``)
+GENERATOR_KEYS = tuple(f.name for f in fields(SyntheticConfig) if f.name != "processes")
+
+
+def check_settings(settings: SyntheticConfig) -> SyntheticConfig:
+    """``settings`` if the generator can make a set with them, else a ValueError naming the key.
 
     Args:
-        image_size: side of the square images (px).
-        num_train: training images.
-        num_val: validation images.
-        seed: seed of the train split.
-        val_seed: seed of the val split (must differ from ``seed``).
-        min_cue_distance: least Chebyshev distance (px) from any cue pixel to any disc pixel.
-        layout: ``"band"`` (one cue for the whole image: the rule needs only the DC coefficient) or
-            ``"cells"`` (``cells`` vertical stripes, each with its own cue: the rule needs ``cells``
-            DCT frequencies along the width; see the module docstring).
-        cells: stripes of the ``cells`` layout (``image_size`` must be a multiple of it).
-        position_hint: amplitude (grey levels) of a fixed left-to-right ramp added to the green channel
-            of every image, so that local features can tell a pixel's column; 0 = none.
+        settings: ``data.synthetic`` (:class:`fsanet.config.SyntheticConfig`, whose docstring says what
+            each key means).
+
+    Raises:
+        ValueError: e.g. an image under 48 px, equal train and val seeds, a cue distance that leaves no
+            room for a disc, or a ``cells`` count that does not divide the image into wide-enough stripes.
     """
-
-    image_size: int = 96
-    num_train: int = 2000
-    num_val: int = 500
-    seed: int = 0
-    val_seed: int = 1
-    min_cue_distance: int = 36
-    layout: str = "band"
-    cells: int = 4
-    position_hint: int = 0
-
-    def __post_init__(self) -> None:
-        s = self.image_size
-        if s < 48:
-            raise ValueError(f"data.synthetic.image_size={s}: must be at least 48 px")
-        if self.num_train < 1 or self.num_val < 1:
+    s = settings.image_size
+    if s < 48:
+        raise ValueError(f"data.synthetic.image_size={s}: must be at least 48 px")
+    if settings.num_train < 1 or settings.num_val < 1:
+        raise ValueError(
+            f"data.synthetic.num_train={settings.num_train}, num_val={settings.num_val}: both must be >= 1"
+        )
+    if settings.seed < 0 or settings.val_seed < 0 or settings.seed == settings.val_seed:
+        raise ValueError(
+            f"data.synthetic.seed={settings.seed}, val_seed={settings.val_seed}: must be non-negative and "
+            "different"
+        )
+    if settings.layout not in LAYOUTS:
+        raise ValueError(f"data.synthetic.layout={settings.layout!r}: choose one of {list(LAYOUTS)}")
+    if settings.layout == "cells":
+        width = s // max(settings.cells, 1)
+        if settings.cells < 1 or s % settings.cells or width < 2 * _cell_disc_radius(s)[1] + 3:
             raise ValueError(
-                f"data.synthetic.num_train={self.num_train}, num_val={self.num_val}: both must be >= 1"
+                f"data.synthetic.cells={settings.cells}: must divide image_size={s} into stripes at least "
+                f"{2 * _cell_disc_radius(s)[1] + 3} px wide (the largest disc plus a margin)"
             )
-        if self.seed < 0 or self.val_seed < 0 or self.seed == self.val_seed:
-            raise ValueError(
-                f"data.synthetic.seed={self.seed}, val_seed={self.val_seed}: must be non-negative and "
-                "different"
-            )
-        if self.layout not in LAYOUTS:
-            raise ValueError(f"data.synthetic.layout={self.layout!r}: choose one of {list(LAYOUTS)}")
-        if self.layout == "cells":
-            width = s // max(self.cells, 1)
-            if self.cells < 1 or s % self.cells or width < 2 * _cell_disc_radius(s)[1] + 3:
-                raise ValueError(
-                    f"data.synthetic.cells={self.cells}: must divide image_size={s} into stripes at least "
-                    f"{2 * _cell_disc_radius(s)[1] + 3} px wide (the largest disc plus a margin)"
-                )
-        if not 0 <= self.position_hint <= 128:
-            raise ValueError(
-                f"data.synthetic.position_hint={self.position_hint}: must be in 0..128 grey levels"
-            )
-        # the cue band may cover a whole side, so the far side must hold a disc: band + distance + disc
-        need = self.min_cue_distance + _sizes(s)["cue_thickness"][1] + 2 * _sizes(s)["disc"][1] + 3
-        if self.min_cue_distance < 1 or need > s:
-            raise ValueError(
-                f"data.synthetic.min_cue_distance={self.min_cue_distance} does not fit a {s}px image "
-                f"(needs band + distance + disc <= {s}; the largest possible is "
-                f"{s - need + self.min_cue_distance})"
-            )
-
-    def count(self, split: str) -> int:
-        return {"train": self.num_train, "val": self.num_val}[split]
-
-    def split_seed(self, split: str) -> int:
-        return {"train": self.seed, "val": self.val_seed}[split]
+    if not 0 <= settings.position_hint <= 128:
+        raise ValueError(
+            f"data.synthetic.position_hint={settings.position_hint}: must be in 0..128 grey levels"
+        )
+    # the cue band may cover a whole side, so the far side must hold a disc: band + distance + disc
+    need = settings.min_cue_distance + _sizes(s)["cue_thickness"][1] + 2 * _sizes(s)["disc"][1] + 3
+    if settings.min_cue_distance < 1 or need > s:
+        raise ValueError(
+            f"data.synthetic.min_cue_distance={settings.min_cue_distance} does not fit a {s}px image "
+            f"(needs band + distance + disc <= {s}; the largest possible is "
+            f"{s - need + settings.min_cue_distance})"
+        )
+    return settings
 
 
-def settings_from_config(cfg: Any) -> SyntheticSettings:
-    """:class:`SyntheticSettings` from ``cfg.data``, ``cfg.data.synthetic`` or a mapping of the same keys."""
+def split_count(settings: SyntheticConfig, split: str) -> int:
+    """Images in ``split`` (train or val)."""
+    return {"train": settings.num_train, "val": settings.num_val}[split]
+
+
+def split_seed(settings: SyntheticConfig, split: str) -> int:
+    """The seed of ``split`` (train or val)."""
+    return {"train": settings.seed, "val": settings.val_seed}[split]
+
+
+def settings_from_config(cfg: Any) -> SyntheticConfig:
+    """Checked settings from ``cfg.data``, ``cfg.data.synthetic`` or a mapping of the same keys."""
     section = getattr(cfg, "synthetic", cfg)
-    keys = SyntheticSettings.__dataclass_fields__
+    keys = [f.name for f in fields(SyntheticConfig)]
     values = {k: (str(section[k]) if k == "layout" else int(section[k])) for k in keys if k in section}
-    return SyntheticSettings(**values)
+    return check_settings(SyntheticConfig(**values))
 
 
 def _sizes(s: int) -> dict[str, tuple[int, int]]:
@@ -350,9 +344,7 @@ def _background(rng: np.random.Generator, s: int) -> np.ndarray:
     return base[None, None, :] + shade[..., None]
 
 
-def generate_sample(
-    settings: SyntheticSettings, seed: int, index: int
-) -> tuple[np.ndarray, np.ndarray, dict]:
+def generate_sample(settings: SyntheticConfig, seed: int, index: int) -> tuple[np.ndarray, np.ndarray, dict]:
     """Generate one image/label pair; a pure function of the settings' geometry, ``seed`` and ``index``.
 
     Returns:
@@ -400,7 +392,7 @@ def generate_sample(
                 boxes.append((spot[0] - r, spot[1] - r, spot[0] + r + 1, spot[1] + r + 1))
         if discs:
             break
-    else:  # pragma: no cover - SyntheticSettings rejects geometries where this can happen
+    else:  # pragma: no cover - check_settings rejects geometries where this can happen
         raise RuntimeError(f"could not place a disc (seed {seed}, index {index}, settings {settings})")
 
     # cue pixels
@@ -490,9 +482,7 @@ def _distractors(
     return placed
 
 
-def _generate_cells(
-    settings: SyntheticSettings, seed: int, index: int
-) -> tuple[np.ndarray, np.ndarray, dict]:
+def _generate_cells(settings: SyntheticConfig, seed: int, index: int) -> tuple[np.ndarray, np.ndarray, dict]:
     """The ``cells`` layout: ``c`` vertical stripes, each with its own cue segment along the top (or
     bottom) border; a disc takes the cue colour of the stripe it lies in."""
     s, c = settings.image_size, settings.cells
@@ -551,10 +541,10 @@ def _name(split: str, index: int) -> str:
     return f"{split}_{index:05d}"
 
 
-def _write_chunk(folder: str, settings: SyntheticSettings, split: str, indices: Sequence[int]) -> int:
+def _write_chunk(folder: str, settings: SyntheticConfig, split: str, indices: Sequence[int]) -> int:
     """Worker: write the images/labels of ``indices`` (skipping files already there); returns the count."""
     root = Path(folder)
-    seed = settings.split_seed(split)
+    seed = split_seed(settings, split)
     for i in indices:
         img_path = root / "images" / split / f"{_name(split, i)}.png"
         lbl_path = root / "labels" / split / f"{_name(split, i)}.png"
@@ -566,9 +556,9 @@ def _write_chunk(folder: str, settings: SyntheticSettings, split: str, indices: 
     return len(indices)
 
 
-def _oracle_chunk(settings: SyntheticSettings, split: str, indices: Sequence[int]) -> tuple[np.ndarray, int]:
+def _oracle_chunk(settings: SyntheticConfig, split: str, indices: Sequence[int]) -> tuple[np.ndarray, int]:
     """Worker: the context oracle's counts (:func:`fsanet.data.oracle.oracle_counts`) over ``indices``."""
-    seed = settings.split_seed(split)
+    seed = split_seed(settings, split)
     samples = []
     for i in indices:
         _, label, info = generate_sample(settings, seed, i)
@@ -576,9 +566,12 @@ def _oracle_chunk(settings: SyntheticSettings, split: str, indices: Sequence[int
     return oracle_counts(samples, CONTEXT_CLASSES)
 
 
-def context_oracle(settings: SyntheticSettings, split: str = "val", processes: int = 1) -> dict[str, Any]:
+def context_oracle(settings: SyntheticConfig, split: str = "val", processes: int = 1) -> dict[str, Any]:
     """The oracle curve and predicted knee of ``split`` (see :mod:`fsanet.data.oracle`)."""
-    chunks = [list(range(a, min(a + 64, settings.count(split)))) for a in range(0, settings.count(split), 64)]
+    chunks = [
+        list(range(a, min(a + 64, split_count(settings, split))))
+        for a in range(0, split_count(settings, split), 64)
+    ]
     if processes == 1:
         parts = [_oracle_chunk(settings, split, c) for c in chunks]
     else:
@@ -590,12 +583,12 @@ def context_oracle(settings: SyntheticSettings, split: str = "val", processes: i
     return {"split": split, **oracle_curve(hits, total)}
 
 
-def _digest(root: Path, settings: SyntheticSettings) -> str:
+def _digest(root: Path, settings: SyntheticConfig) -> str:
     """sha256 over every file of the set in a fixed order (names and contents)."""
     h = hashlib.sha256()
     for split in SPLITS:
         paths = [root / "splits" / f"{split}.txt"]
-        for i in range(settings.count(split)):
+        for i in range(split_count(settings, split)):
             paths += [
                 root / "images" / split / f"{_name(split, i)}.png",
                 root / "labels" / split / f"{_name(split, i)}.png",
@@ -639,11 +632,11 @@ def _write_pack(root: Path, split: str, count: int) -> dict[str, str]:
     return out
 
 
-def _settings_record(settings: SyntheticSettings) -> dict[str, Any]:
-    return {"format_version": FORMAT_VERSION, **asdict(settings)}
+def _settings_record(settings: SyntheticConfig) -> dict[str, Any]:
+    return {"format_version": FORMAT_VERSION, **{k: getattr(settings, k) for k in GENERATOR_KEYS}}
 
 
-def _ready_ok(root: Path, settings: SyntheticSettings, verify: bool) -> bool:
+def _ready_ok(root: Path, settings: SyntheticConfig, verify: bool) -> bool:
     ready_file = root / READY_FILE
     if not ready_file.is_file():
         return False
@@ -673,8 +666,8 @@ def prepare_synthetic(
 
     Args:
         root: destination folder (``data/synthetic``).
-        cfg: ``cfg.data``, ``cfg.data.synthetic`` or a mapping with :class:`SyntheticSettings` keys;
-            None = defaults.
+        cfg: ``cfg.data``, ``cfg.data.synthetic`` or a mapping with the keys of
+            :class:`fsanet.config.SyntheticConfig`; None = defaults.
         processes: worker processes; None = ``cfg.processes`` (0 = all cores); 1 = in this process.
         force: regenerate even if ``root`` holds a complete set with other settings (it is replaced).
         progress: show a tqdm bar.
@@ -688,7 +681,7 @@ def prepare_synthetic(
             ``force`` is off), or generation failed verification.
     """
     root = Path(root)
-    settings = SyntheticSettings() if cfg is None else settings_from_config(cfg)
+    settings = check_settings(SyntheticConfig()) if cfg is None else settings_from_config(cfg)
     if processes is None:
         section = getattr(cfg, "synthetic", cfg) if cfg is not None else {}
         processes = int(section.get("processes", 0)) if hasattr(section, "get") else 0
@@ -720,9 +713,9 @@ def prepare_synthetic(
     write_json(settings_file, record)
 
     jobs = [
-        (split, list(range(start, min(start + 64, settings.count(split)))))
+        (split, list(range(start, min(start + 64, split_count(settings, split)))))
         for split in SPLITS
-        for start in range(0, settings.count(split), 64)
+        for start in range(0, split_count(settings, split), 64)
     ]
     total = settings.num_train + settings.num_val
     with tqdm(total=total, desc=f"synthetic -> {root}", unit="img", disable=not progress) as bar:
@@ -739,13 +732,13 @@ def prepare_synthetic(
                     bar.update(fut.result())
 
     for split in SPLITS:
-        names = "".join(f"{_name(split, i)}\n" for i in range(settings.count(split)))
+        names = "".join(f"{_name(split, i)}\n" for i in range(split_count(settings, split)))
         write_text(partial / "splits" / f"{split}.txt", names)
     settings_file.unlink()
     digest = _digest(partial, settings)  # also checks that every file exists
-    counts = {split: settings.count(split) for split in SPLITS}
+    counts = {split: split_count(settings, split) for split in SPLITS}
     context = context_oracle(settings, "val", processes)
-    packed = {split: _write_pack(partial, split, settings.count(split)) for split in SPLITS}
+    packed = {split: _write_pack(partial, split, split_count(settings, split)) for split in SPLITS}
     write_json(
         partial / READY_FILE,
         {
