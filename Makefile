@@ -58,7 +58,7 @@ tables: $(STAMP)
 
 ## make bench: the full efficiency sweep (32² … 256², ~17 min on 2 cores), apart from the study
 bench: $(STAMP)
-	$(BIN)/fsanet bench attention --config params/bench.yaml --out results/bench/attention_full.json
+	$(BIN)/fsanet bench attention --out results/bench/attention_full.json
 	$(BIN)/fsanet tables efficiency --bench results/bench/attention_full.json \
 		--out-dir results/tables/full --plot results/plots/efficiency_scaling_full.png
 

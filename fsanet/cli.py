@@ -70,7 +70,7 @@ def _add_bench_models(bench: argparse._SubParsersAction) -> None:
         "config's model section, FsaNet once per band of bench.models.bands (default: "
         "model.attention.band), and measures params, FlopCounterMode GFLOPs and CPU fps on one "
         "(1, 3, H, W) input (bench.models.input_size, default data.crop_size), timed in "
-        "bench.models.rounds interleaved rounds. E.g. `fsanet bench models -c params/model/cpu.yaml "
+        "bench.models.rounds interleaved rounds. E.g. `fsanet bench models -c params/data/synthetic.yaml "
         "--out m.json 'bench.models.names=[fcn,fsanet]' 'bench.models.bands=[2,full]'`.",
     )
     _config_args(p)

@@ -96,7 +96,7 @@ class BenchConfig:
     # Allocations beyond this (CPU: address-space limit; CUDA: caught OOM) are recorded as out-of-memory.
     memory_budget_gb: float = 8.0
     # A forward of a sweep case slower than this is a time-out (null: same as timeout_s). The default
-    # study uses a lower value to fit its time budget; params/bench.yaml measures everything it can.
+    # study uses a lower value to fit its time budget; `make bench` measures everything it can.
     sweep_timeout_s: Optional[float] = None
     threads: int = 0  # 0 keeps torch's default
     device: Device = Device.auto
@@ -192,12 +192,12 @@ class ExtractConfig:
 class DataConfig:
     """Dataset and data pipeline (mmseg 1.x conventions).
 
-    Dataset-specific defaults are the synthetic study set's (``params/data/synthetic.yaml`` spells
-    them out and also switches on ``cache`` and off ``photometric_distortion``); pipeline conventions
-    default to mmseg's. Scales are mmseg's: ``base_scale`` = ``[L, S]`` (a keep-ratio resize bounds
-    the long edge by L and the short edge by S; train draws ``ratio_range`` times it); ``crop_size`` =
-    ``[h, w]``. ``num_classes`` must match the dataset's class list (checked by ``build_dataset``).
-    ``cache`` keeps decoded images in memory (per process): only for small sets.
+    Dataset-specific defaults are the synthetic study set's (``params/data/synthetic.yaml`` switches
+    on ``cache`` and off ``photometric_distortion`` for it); pipeline conventions default to mmseg's.
+    Scales are mmseg's: ``base_scale`` = ``[L, S]`` (a keep-ratio resize bounds the long edge by L and
+    the short edge by S; train draws ``ratio_range`` times it); ``crop_size`` = ``[h, w]``.
+    ``num_classes`` must match the dataset's class list (checked by ``build_dataset``). ``cache`` keeps
+    decoded images in memory (per process): only for small sets.
     """
 
     name: str = "synthetic"  # a key of fsanet.data.DATASETS
@@ -273,8 +273,9 @@ class AttentionConfig:
 class ModelConfig:
     """Segmentation model: backbone + decode head (``name``) + optional auxiliary FCN head.
 
-    The defaults are the CPU profile (small backbone, 64-wide head with 1×1 skeleton convs so the
-    FCN head's receptive field is the backbone's); ``params/model/paper_r101.yaml`` holds the paper
+    The defaults are the CPU study model: the small OS8 backbone (39 px receptive field) and a 64-wide
+    head whose skeleton convs are 1×1, so a plain FCN head cannot see beyond 39 px and long-range
+    context can only come from the attention block. ``params/model/paper_r101.yaml`` holds the paper
     setting (ResNet-101-V1c-D8, 512-wide head with 3×3 convs, ImageNet weights).
     """
 
@@ -329,7 +330,7 @@ class TrainConfig:
     ``warmup_ratio`` × the poly rate to the poly rate over the first iterations (mmseg ``LinearLR``).
     """
 
-    max_iters: int = 300  # CPU profile: 60–95 ms/it at batch 8 on one core (synthetic 96×96) → ≤ 35 s a model
+    max_iters: int = 300
     batch_size: int = 8
     optimizer: OptimizerKind = OptimizerKind.sgd
     lr: float = 0.01

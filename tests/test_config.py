@@ -204,4 +204,3 @@ def test_every_shipped_params_file_loads():
     for path in sorted(Path("params").glob("*/*.yaml")):
         if path.parent.name != "profiles":
             load_config([path])
-    load_config(["params/bench.yaml"])

@@ -220,8 +220,6 @@ def test_bench_attention_measures_cuda_peak_memory(tmp_path):
     _cli(
         "bench",
         "attention",
-        "-c",
-        "params/bench.yaml",
         "bench.device=cuda",
         "bench.modules=[fsa,nonlocal]",
         "bench.paper_size=[64,64]",

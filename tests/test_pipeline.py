@@ -250,12 +250,10 @@ datasets: [synthetic, cityscapes]
 fsanet_configs:
   synthetic:
     - params/data/synthetic.yaml
-    - params/model/cpu.yaml
     - params/train/cpu.yaml
     - params/profiles/smoke_overrides.yaml
   cityscapes:
     - params/data/cityscapes.yaml
-    - params/model/cpu.yaml
     - params/train/cpu.yaml
     - params/profiles/tiny_r50.yaml
 train_overrides: []
@@ -272,7 +270,7 @@ fsanet_bands: ["1", "2"]
 band_seeds: [0]
 truncation_model: nonlocal
 truncation_bands: ["1"]
-bench_params: params/bench.yaml
+bench_params: null
 bench_overrides: ["bench.modules=[fsa,nonlocal]", "bench.channels=16", "bench.paper_size=[16,16]",
                   "bench.paper_bands=[[0,2,0,2]]", "bench.sweep_sizes=[8,16]", "bench.repeats=4",
                   "bench.warmup=1", "bench.rounds=2"]

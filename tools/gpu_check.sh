@@ -37,7 +37,7 @@ timeout 240 "$py" -m pytest -q -m cuda -p no:cacheprovider tests/test_cuda.py > 
 step "pytest -m cuda" $?; tail -n 15 "$out/test_cuda.log"
 
 echo "== 2. module benchmark on the GPU (T1)"
-timeout 150 fsanet -q bench attention -c params/bench.yaml bench.device=cuda bench.memory_budget_gb=100 \
+timeout 150 fsanet -q bench attention bench.device=cuda bench.memory_budget_gb=100 \
   --out "$out/bench_attention_cuda.json" > "$out/bench.log" 2>&1
 step "bench attention" $?
 fsanet -q tables efficiency --bench "$out/bench_attention_cuda.json" --out-dir "$out/tables" \
@@ -51,7 +51,7 @@ step "train step" $?; tail -n 25 "$out/train_step.log"
 data=$(mktemp -d)/data
 timeout 120 fsanet -q data prepare synthetic --root "$data" --workers 0 > "$out/prepare.log" 2>&1
 step "prepare synthetic" $?
-common=(-c params/data/synthetic.yaml -c params/model/cpu.yaml -c params/train/cpu.yaml "data.root=$data/synthetic"
+common=(-c params/data/synthetic.yaml -c params/train/cpu.yaml "data.root=$data/synthetic"
         train.device=cuda eval.device=cuda train.progress=false tracking.enabled=false eval.figures=false)
 
 echo "== 4. two-process DDP (NCCL)"

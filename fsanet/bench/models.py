@@ -1,6 +1,6 @@
 """Whole-model costs for the method table (T3): parameters, GFLOPs and CPU frames per second.
 
-``fsanet bench models --config params/model/cpu.yaml --out results/bench/models.json`` builds every
+``fsanet bench models -c params/data/synthetic.yaml --out results/bench/models.json`` builds every
 model of ``bench.models.names`` (default: all of :data:`fsanet.models.MODELS`; FsaNet once per band of
 ``bench.models.bands``) with the given config, then measures on one ``(1, 3, H, W)`` input in eval mode:
 

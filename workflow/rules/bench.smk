@@ -1,6 +1,6 @@
 rule bench_attention:
     input:
-        params=config["bench_params"],
+        params=[config["bench_params"]] if config.get("bench_params") else [],
     output:
         "results/bench/attention.json",
     log:
@@ -12,6 +12,7 @@ rule bench_attention:
     threads: workflow.cores
     params:
         code=CODE_HASH,
+        configs=lambda wc, input: " ".join(f"--config {f}" for f in input.params),
         overrides=quoted(config.get("bench_overrides", [])),
     shell:
-        "fsanet bench attention --config {input.params} --out {output} {params.overrides} > {log} 2>&1"
+        "fsanet bench attention {params.configs} --out {output} {params.overrides} > {log} 2>&1"
