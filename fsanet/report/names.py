@@ -51,8 +51,9 @@ def dataset_display(dataset: str) -> str:
 
 def method_display(model: str) -> str:
     """The model's name in tables and plots (its key if it is not a known model)."""
-    head = _heads().get(model)
-    return head.display if head is not None and head.display else model
+    from fsanet.models import display_name
+
+    return display_name(model)
 
 
 def method_order(model: str) -> int:

@@ -92,7 +92,9 @@ def _heads() -> Mapping[str, Any]:
 
 def band_models() -> frozenset[str]:
     """Models trained at a DCT band (their heads read ``model.attention.band``)."""
-    return frozenset(name for name, head in _heads().items() if head.has_band())
+    from fsanet.models import band_models as declared
+
+    return declared()
 
 
 def baseline_models() -> frozenset[str]:
