@@ -190,6 +190,29 @@ def _add_tables(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", type=Path, default=Path("metrics/study.json"), help="the metrics file")
     p.set_defaults(handler=_run_tables_metrics)
+    p = what.add_parser(
+        "cost",
+        help="estimated GPU-hours of a study profile's trainings (cost.{md,tex,csv})",
+        description="Scales mmseg's published training speed (docs/en/model_zoo.md) by each dataset's "
+        "iterations, batch and crop; see fsanet/report/cost.py. Snakemake's `cost_table` rule passes "
+        "the study's training counts.",
+    )
+    p.add_argument(
+        "--trainings", required=True, action="append", metavar="NAME=N", help="trainings on a dataset"
+    )
+    p.add_argument(
+        "--dataset-config",
+        required=True,
+        action="append",
+        metavar="NAME=FILE[,FILE…]",
+        help="the config files a dataset's trainings are built from (the profile's fsanet_configs)",
+    )
+    p.add_argument("--gpus-per-job", type=int, default=1, help="GPUs one training uses")
+    p.add_argument("--profile", default="study", help="the study profile's name, for the caption")
+    p.add_argument(
+        "--out-dir", type=Path, default=Path("results/tables"), help="folder for cost.{md,tex,csv}"
+    )
+    p.set_defaults(handler=_run_tables_cost)
     p = study("per-class", "T4: per-class IoU per method", "per_class_DATASET")
     p.add_argument(
         "--band", action="append", metavar="LABEL", help="FsaNet bands to list, e.g. 5x5 (default: all)"
@@ -228,6 +251,35 @@ def _run_tables_methods(args: argparse.Namespace) -> None:
 
     paths = methods_tables(args.summary, args.out_dir, args.costs, args.dataset, args.setting, args.band)
     print("tables methods: wrote " + ", ".join(map(str, paths)))
+
+
+def _named(items: list[str], flag: str) -> dict[str, str]:
+    """``NAME=VALUE`` options as a dict, refusing a malformed or repeated name."""
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            raise ValueError(f"{flag} {item!r}: expected NAME=VALUE")
+        if name in out:
+            raise ValueError(f"{flag}: {name} is given twice; give each name once")
+        out[name] = value
+    return out
+
+
+def _run_tables_cost(args: argparse.Namespace) -> None:
+    from fsanet.config import load_config
+    from fsanet.report.cost import cost_tables, studies_from_configs
+
+    counts = {}
+    for name, text in _named(args.trainings, "--trainings").items():
+        if not text.isdigit():
+            raise ValueError(f"--trainings {name}={text}: N must be a whole number")
+        counts[name] = int(text)
+    files = _named(args.dataset_config, "--dataset-config")
+    configs = {name: load_config(paths.split(",")) for name, paths in files.items()}
+    studies = studies_from_configs(counts, configs, args.gpus_per_job)
+    paths = cost_tables(studies, args.out_dir, args.profile)
+    print(f"tables cost: {sum(counts.values())} trainings over {len(counts)} dataset(s); wrote {paths[0]}")
 
 
 def _run_tables_findings(args: argparse.Namespace) -> None:

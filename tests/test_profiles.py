@@ -71,3 +71,25 @@ def test_every_profile_plans_a_dry_run(profile, tmp_path):
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-3000:]
     assert "Job stats" in out or "Nothing to be done" in out, out[-3000:]
+
+
+def test_paper_cost_table_counts_the_profiles_trainings(tmp_path):
+    """`snakemake cost_table` renders one --trainings per dataset, counted from the study's own matrix."""
+    repo = _copy_pipeline(tmp_path)
+    res = _run(
+        [str(BIN / "snakemake"), "-n", "-p", "cost_table", "--configfile", "params/profiles/paper.yaml"],
+        repo,
+        300,
+    )
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    prof = _profile("paper")
+    extra_bands = set(prof["fsanet_bands"]) - {prof["fsanet_default_band"]}
+    fsanet_band_runs = len(extra_bands) * len(prof["band_seeds"])
+    method_runs = (len(prof["methods"]) - 1) * len(prof["method_seeds"]) + len(prof["fsanet_modes"]) * len(
+        prof["method_seeds"]
+    )
+    expected = method_runs + fsanet_band_runs
+    for ds in prof["datasets"]:
+        assert f"--trainings {ds}={expected}" in out, out[-3000:]
+    assert "--gpus-per-job 4" in out

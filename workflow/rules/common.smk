@@ -1,5 +1,7 @@
 """Helpers shared by the rule files (kept apart from the rules, as `snakemake --lint` asks)."""
 
+import shlex
+
 import jsonschema
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
@@ -160,6 +162,24 @@ def study_evaluations():
                 for s in config["band_seeds"]:
                     out.add(f"{run_dir(ds, t, 'none', 'none', s)}/eval/{b}/metrics.json")
     return sorted(out)
+
+
+def training_counts():
+    """Trainings per dataset: the study evaluations that come from a train job (`eval/none`)."""
+    counts = {ds: 0 for ds in config["datasets"]}
+    for path in study_evaluations():
+        if path.endswith("/eval/none/metrics.json"):
+            counts[path.split("/")[2]] += 1
+    return counts
+
+
+def cost_args():
+    """`fsanet tables cost` options: each dataset's training count and config files."""
+    items = []
+    for ds, n in training_counts().items():
+        items += ["--trainings", f"{ds}={n}"]
+        items += ["--dataset-config", f"{ds}=" + ",".join(config["fsanet_configs"][ds])]
+    return " ".join(shlex.quote(item) for item in items)
 
 
 def qualitative_checkpoints(wildcards):

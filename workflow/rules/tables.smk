@@ -192,3 +192,25 @@ rule mlflow_publish:
     shell:
         "fsanet -q mlflow publish --marker {input.marker} --summary {input.summary} "
         "--findings {input.findings} {params.files} --out {output} > {log} 2>&1"
+
+
+rule cost_table:
+    """Estimated GPU-hours of the study's trainings (not part of all_tables):
+    `snakemake cost_table --configfile params/profiles/paper.yaml`."""
+    output:
+        md="results/tables/cost.md",
+        tex="results/tables/cost.tex",
+        csv="results/tables/cost.csv",
+    log:
+        "logs/tables/cost.log",
+    conda:
+        "../../environment.yml"
+    params:
+        code=CODE_HASH,
+        args=cost_args(),
+        gpus=config["gpus_per_job"],
+        profile=config["profile"],
+        out_dir=subpath(output.md, parent=True),
+    shell:
+        "fsanet -q tables cost {params.args} --gpus-per-job {params.gpus} --profile {params.profile} "
+        "--out-dir {params.out_dir} > {log} 2>&1"
