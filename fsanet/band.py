@@ -27,6 +27,7 @@ __all__ = [
     "BandLike",
     "band_label",
     "band_size",
+    "fit_band",
     "band_slug",
     "is_full",
     "normalize_band",
@@ -172,3 +173,16 @@ def band_size(band: Optional[Sequence[int]]) -> float:
     if band is None or band[1] == -1 or band[3] == -1:
         return math.inf
     return float((band[1] - band[0]) * (band[3] - band[2]))
+
+
+def fit_band(band: BandLike, h: int, w: int) -> Band:
+    """``band`` cut to an ``h``×``w`` map: an upper bound past the map becomes the map's size, so a band
+    larger than the map keeps the whole map. For modules that run at several scales with one band.
+
+    Raises:
+        BandError: the band is malformed, or its lower bounds lie outside the map.
+    """
+    u0, u1, v0, v1 = normalize_band(band)
+    u1 = h if u1 == -1 else min(u1, h)
+    v1 = w if v1 == -1 else min(v1, w)
+    return normalize_band((u0, u1, v0, v1), h, w)

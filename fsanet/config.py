@@ -280,6 +280,12 @@ class ModelConfig:
     """
 
     name: str = "fsanet"  # one of fsanet.models.MODELS
+    # size of a whole-network model (segformer: b0…b5, afformer: tiny/small/base); null = its smallest.
+    # The decode-head models on the shared skeleton take their size from backbone/head_* instead.
+    variant: Optional[str] = None
+    # stochastic depth of a whole network's transformer blocks; null = its official configs' rate
+    # (segformer 0.1, afformer 0.0)
+    drop_path: Optional[float] = None
     backbone: Backbone = Backbone.small
     small_channels: List[int] = field(default_factory=lambda: [16, 32, 64, 128])
     pretrained: Optional[str] = None  # local file or http(s) URL of backbone weights
@@ -484,6 +490,7 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "model.head_channels": (1, _INF, "channels"),
     "model.head_kernel": (1, _INF, "kernel size"),
     "model.dropout": (0.0, 0.999, "a dropout probability below 1"),
+    "model.drop_path": (0.0, 0.999, "a stochastic depth rate below 1"),
     "model.aux_channels": (1, _INF, "channels"),
     "model.aux_weight": (0.0, _INF, "loss weight"),
     "model.attention.reduction": (1, _INF, "channel reduction factor"),

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from fsanet.config import ConfigError, ModelConfig, load_config
-from fsanet.models import MODELS, SegmentationModel, build_model
+from fsanet.models import MODELS, Network, SegmentationModel, build_model
 from fsanet.models.heads import DualAttention
 from fsanet.models.pretrained import (
     PretrainedError,
@@ -26,7 +26,9 @@ from fsanet.models.resnet import ResNetV1c
 from fsanet.models.small import SMALL_RECEPTIVE_FIELD, SmallBackbone
 from fsanet.nn.base import AttentionModule
 
-ATTENTION_MODELS = [name for name in MODELS if name != "fcn"]
+# the decode heads on the shared skeleton that have an attention block; the whole networks apart
+ATTENTION_MODELS = [name for name, m in MODELS.items() if name != "fcn" and not issubclass(m, Network)]
+NETWORK_MODELS = [name for name, m in MODELS.items() if issubclass(m, Network) and m.attention_classes]
 PARAMS_DIR = Path(__file__).resolve().parents[1] / "params" / "model"
 
 
@@ -71,16 +73,17 @@ def test_every_method_declares_itself_and_the_registries_follow() -> None:
             issubclass(cls, AttentionModule) and cls.name and cls.display for cls in head.attention_classes
         )
         assert display_name(name) == head.display
-        # the model builds the attention it declares (the identity for the FCN)
-        built = build_model({"name": name}, num_classes=3, pretrained=False).decode_head.attention
-        kinds = {type(m) for m in built.modules()} if head.attention_classes else set()
-        assert set(head.attention_classes) <= kinds
-    assert band_models() == {"fsanet"}  # the only head that reads model.attention.band
-    assert not MODELS["fcn"].attention_classes and all(
-        MODELS[m].attention_classes for m in MODELS if m != "fcn"
-    )
+        # the model builds the attention it declares (none for the FCN)
+        built = build_model({"name": name}, num_classes=3, pretrained=False)
+        kinds = {type(m) for m in built.attention_modules()}
+        assert kinds == set(head.attention_classes) or name == "danet"  # DANet: PAM and CAM in a wrapper
+    # the methods that read model.attention.band
+    assert band_models() == {"fsanet", "segformer_fsa", "afformer_fsa"}
+    # FCN has no attention; AFFormer's filter is not an fsanet.nn AttentionModule (see AFFormerNet)
+    assert all(bool(MODELS[m].attention_classes) == (m not in ("fcn", "afformer")) for m in MODELS)
     modules = attention_modules()
-    assert set(bench_modules()) <= set(modules) and len(bench_modules()) == len(MODELS) - 1
+    firsts = {m.attention_classes[0].name for m in MODELS.values() if m.attention_classes}
+    assert set(bench_modules()) == firsts and len(bench_modules()) == len(firsts)
     assert {"danet_pam", "danet_cam"} <= set(modules) and "danet_cam" not in bench_modules()
     assert display_name("not_a_method") == "not_a_method"
 
@@ -112,10 +115,14 @@ def test_every_model_trains_and_predicts(name: str) -> None:
     assert isinstance(model, SegmentationModel) and model.num_classes == 5 and model.name == name
     randomize_(model)
     out = model(torch.randn(2, 3, 64, 64))
-    assert set(out) == {"out", "aux"}
-    assert out["out"].shape == (2, 5, 64, 64) and out["aux"].shape == (2, 5, 64, 64)
-    (out["out"].square().mean() + 0.4 * out["aux"].square().mean()).backward()
-    grads = {n: p.grad for n, p in model.named_parameters()}
+    # the skeleton's heads have the auxiliary FCN head; the whole networks (Segformer) have none
+    aux = not issubclass(MODELS[name], Network)
+    assert set(out) == ({"out", "aux"} if aux else {"out"})
+    assert out["out"].shape == (2, 5, 64, 64) and (not aux or out["aux"].shape == (2, 5, 64, 64))
+    loss = out["out"].square().mean() + (0.4 * out["aux"].square().mean() if aux else 0.0)
+    loss.backward()
+    # AFFormer's head builds the official `align` conv but never calls it (kept for strict loading)
+    grads = {n: p.grad for n, p in model.named_parameters() if not n.startswith("decode_head.align.")}
     assert all(g is not None and torch.isfinite(g).all() for g in grads.values())
     # the attention block receives gradient (its parameters are on the path to the loss)
     for m in model.attention_modules():
@@ -242,6 +249,23 @@ def test_undeclared_attention_options_are_refused(name: str) -> None:
             ValueError, match=rf"model.attention.{option}=.* is not read by model.name={name}"
         ):
             run([f"model.attention.{option}={value(other)}"])  # an undeclared one cannot change the model
+
+
+@pytest.mark.parametrize("name", NETWORK_MODELS)
+def test_network_eval_band_truncates_and_the_full_band_is_the_model(name: str) -> None:
+    """Every stage's attention takes one eval_band; a band at least the largest map changes nothing."""
+    model = randomize_(build_model({"name": name}, num_classes=4)).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        full = model(x)["out"]
+        for m in model.attention_modules():
+            m.eval_band = (0, 16, 0, 16)  # the largest attention map at 64 px: stride 4
+        whole = model(x)["out"]
+        for m in model.attention_modules():
+            m.eval_band = (0, 2, 0, 2)
+        low = model(x)["out"]
+    torch.testing.assert_close(whole, full, rtol=0, atol=1e-5)
+    assert (low - full).abs().max() > 1e-6  # far above rounding (CPU runs are exact); small for FSA
 
 
 def test_head_skeleton_is_shared() -> None:

@@ -290,9 +290,11 @@ def test_band_helpers_edge_cases():
 
 def test_band_models_match_the_model_heads():
     from fsanet.models import MODELS
-    from fsanet.models.heads import FSAHead
+    from fsanet.nn.fsa import FrequencySelfAttention
 
-    assert {name for name, head in MODELS.items() if issubclass(head, FSAHead)} == set(band_models())
+    # the band models are the methods with an FSA block (FsaNet, Segformer + FSA, AFFormer + FSA)
+    with_fsa = {name for name, m in MODELS.items() if FrequencySelfAttention in m.attention_classes}
+    assert with_fsa == set(band_models()) == {"fsanet", "segformer_fsa", "afformer_fsa"}
 
 
 def test_model_costs_on_a_tiny_input():

@@ -1,4 +1,9 @@
-"""Segmentation models: ``MODELS`` (name → decode head) and ``build_model(cfg.model, num_classes)``.
+"""Segmentation models: ``MODELS`` (name → method) and ``build_model(cfg.model, num_classes)``.
+
+A method is either a decode head on the shared skeleton (:data:`HEADS`: the backbone is
+``model.backbone``, the head differs only in its attention block) or a whole network with its own
+encoder and decoder (:data:`NETWORKS`: Segformer, AFFormer; ``model.variant`` picks the size). Both
+declare themselves through :class:`~fsanet.models.segmentor.Method`.
 
 The names are used verbatim in configs, result paths and ``summary.json``::
 
@@ -20,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from fsanet.config import AttentionConfig, Backbone, ModelConfig
+from fsanet.models.afformer import AFFormerFSANet, AFFormerNet
 from fsanet.models.heads import (
     AFFHead,
     AuxHead,
@@ -32,15 +38,19 @@ from fsanet.models.heads import (
     LinearHead,
     NLHead,
 )
-from fsanet.models.pretrained import fetch_checkpoint, load_pretrained
+from fsanet.models.pretrained import fetch_checkpoint, load_pretrained, read_state_dict
 from fsanet.models.resnet import ResNetV1c
-from fsanet.models.segmentor import SegmentationModel
+from fsanet.models.segformer import SegformerFSANet, SegformerNet
+from fsanet.models.segmentor import Method, Network, SegmentationModel
 from fsanet.models.small import SmallBackbone
 from fsanet.nn.base import AttentionModule
 
 __all__ = [
     "HEADS",
     "MODELS",
+    "NETWORKS",
+    "Method",
+    "Network",
     "SegmentationModel",
     "attention_modules",
     "band_models",
@@ -56,9 +66,12 @@ log = logging.getLogger(__name__)
 #: the decode heads, in table order; each declares its name, display name, attention and options
 HEADS: tuple[type[DecodeHead], ...] = (FCNHead, NLHead, DAHead, CCHead, ISAHead, LinearHead, AFFHead, FSAHead)
 
-#: model name → decode head class (all on the same skeleton; only the attention block differs).
-#: A plain dict: a new method is one head class added here (or inserted at run time, as a test does).
-MODELS: dict[str, type[DecodeHead]] = {head.name: head for head in HEADS}
+#: the whole networks, in table order
+NETWORKS: tuple[type[Network], ...] = (SegformerNet, SegformerFSANet, AFFormerNet, AFFormerFSANet)
+
+#: model name → method (a decode head on the shared skeleton, or a whole network). A plain dict: a
+#: new method is one class added here (or inserted at run time, as a test does).
+MODELS: dict[str, type[Method]] = {method.name: method for method in (*HEADS, *NETWORKS)}
 
 
 def attention_modules() -> dict[str, type[AttentionModule]]:
@@ -154,6 +167,15 @@ def build_model(
             raise ValueError(f"model.{key} must be ≥ 1, got {getattr(cfg, key)}")
 
     _check_attention_options(cfg)
+    method = MODELS[cfg.name]
+    if issubclass(method, Network):
+        return _build_network(method, cfg, num_classes, pretrained)
+    if cfg.variant is not None:
+        networks = ", ".join(n for n, m in MODELS.items() if issubclass(m, Network)) or "none"
+        raise ValueError(
+            f"model.variant={cfg.variant} is not read by model.name={cfg.name} (its size comes from "
+            f"model.backbone and model.head_*); only whole networks have variants ({networks})"
+        )
     backbone = build_backbone(cfg)
     if not pretrained:
         pass  # the caller loads a full trained state dict
@@ -186,6 +208,23 @@ def build_model(
     if cfg.aux:
         aux = AuxHead(in3, cfg.aux_channels, num_classes, kernel_size=cfg.head_kernel, dropout=cfg.dropout)
     return SegmentationModel(backbone, head, num_classes, aux, align_corners=cfg.align_corners, name=cfg.name)
+
+
+def _build_network(
+    method: type[Network], cfg: ModelConfig, num_classes: int, pretrained: bool
+) -> SegmentationModel:
+    """A whole network of size ``model.variant``, with ``model.pretrained`` loaded through its key mapping."""
+    method.variant(cfg)  # refuses an unknown size, naming the choices
+    try:
+        model = method.build(cfg, num_classes)
+    except ValueError as err:
+        raise ValueError(f"model.name={cfg.name}: bad model option (model.*): {err}") from None
+    if pretrained and cfg.pretrained:
+        path = fetch_checkpoint(cfg.pretrained, cfg.cache_dir, cfg.pretrained_sha256)
+        method.load_checkpoint(model, read_state_dict(path), str(path))
+    elif pretrained:
+        log.info("model.pretrained is not set: %s starts from random initialisation", cfg.name)
+    return model
 
 
 def load_trained_weights(model: nn.Module, state: Mapping[str, Any], source: Union[str, Path]) -> None:

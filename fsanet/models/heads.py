@@ -38,8 +38,8 @@ import torch
 from torch import Tensor, nn
 
 from fsanet.config import AttentionConfig
+from fsanet.models.segmentor import Method
 from fsanet.nn.aff import FrequencyFilter
-from fsanet.nn.base import AttentionModule
 from fsanet.nn.criss_cross import CrissCrossAttention
 from fsanet.nn.danet import ChannelAttention, PositionAttention
 from fsanet.nn.fsa import FrequencySelfAttention
@@ -88,7 +88,7 @@ def _init_classifier(conv: nn.Conv2d) -> None:
     nn.init.zeros_(conv.bias)
 
 
-class DecodeHead(nn.Module):
+class DecodeHead(Method, nn.Module):
     """The shared skeleton; subclasses only implement :meth:`build_attention`.
 
     Args:
@@ -100,25 +100,10 @@ class DecodeHead(nn.Module):
         dropout: Dropout2d probability before the classifier.
     """
 
-    # What a method declares about itself, once. Everything else (fsanet.models.MODELS and ATTENTION,
-    # the display names in the tables, which models have a band, the benchmark's module list, the CLI
-    # and profile choices) is derived from these.
-    #: ``model.name``, and the method's key in paths, summary.json and study profiles
-    name: ClassVar[str] = ""
-    #: the method's name in the tables and plots
-    display: ClassVar[str] = ""
-    #: the attention modules the head builds; the first one is the method's row in the benchmark
-    attention_classes: ClassVar[tuple[type[AttentionModule], ...]] = ()
-    #: the ``model.attention`` options this head reads; build_model refuses others that were set,
-    #: and only these are logged as the run's params. A head that reads ``band`` is a band model.
+    #: the skeleton's heads all read ``recurrence`` (how often the block is applied)
     attention_options: ClassVar[tuple[str, ...]] = ("recurrence",)
     #: applications of the attention block when ``attention.recurrence`` is None
     default_recurrence: ClassVar[int] = 1
-
-    @classmethod
-    def has_band(cls) -> bool:
-        """Whether the method is trained at a DCT band (``model.attention.band``)."""
-        return "band" in cls.attention_options
 
     def __init__(
         self,

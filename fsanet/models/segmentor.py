@@ -12,18 +12,83 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fsanet.nn.base import AttentionModule
 
-__all__ = ["SegmentationModel"]
+if TYPE_CHECKING:
+    from fsanet.config import ModelConfig
+
+
+class Method:
+    """What a method declares about itself, once. Everything else (:data:`fsanet.models.MODELS`, the
+    display names in the tables, which models have a band, the benchmark's module list, the CLI and
+    profile choices) is derived from these. Two kinds of method share it: a decode head on the shared
+    skeleton (:class:`fsanet.models.heads.DecodeHead`) and a whole network (:class:`Network`).
+    """
+
+    #: ``model.name``, and the method's key in paths, summary.json and study profiles
+    name: ClassVar[str] = ""
+    #: the method's name in the tables and plots
+    display: ClassVar[str] = ""
+    #: the attention modules the method builds; the first one is the method's row in the benchmark
+    attention_classes: ClassVar[tuple[type[AttentionModule], ...]] = ()
+    #: the ``model.attention`` options the method reads; build_model refuses others that were set,
+    #: and only these are logged as the run's params. A method that reads ``band`` is a band model.
+    attention_options: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def has_band(cls) -> bool:
+        """Whether the method is trained at a DCT band (``model.attention.band``)."""
+        return "band" in cls.attention_options
+
+
+class Network(Method):
+    """A method that is a whole network with its own encoder and decoder (Segformer, AFFormer), not a
+    head on the shared skeleton. It ignores ``model.backbone``, ``model.small_channels`` and
+    ``model.head_*``; ``model.variant`` picks its size.
+    """
+
+    #: the sizes ``model.variant`` may name; the first is the default
+    variants: ClassVar[tuple[str, ...]] = ()
+    #: stochastic depth when ``model.drop_path`` is null: the rate of the network's official configs
+    default_drop_path: ClassVar[float] = 0.0
+
+    @classmethod
+    def drop_path(cls, cfg: ModelConfig) -> float:
+        return cls.default_drop_path if cfg.drop_path is None else float(cfg.drop_path)
+
+    @classmethod
+    def variant(cls, cfg: ModelConfig) -> str:
+        """The size asked for by ``model.variant`` (default: the first), checked against :attr:`variants`."""
+        name = cfg.variant or cls.variants[0]
+        if name not in cls.variants:
+            raise ValueError(
+                f"model.variant={name} is not a size of model.name={cls.name}; "
+                f"choose one of: {', '.join(cls.variants)}"
+            )
+        return name
+
+    @classmethod
+    def build(cls, cfg: ModelConfig, num_classes: int) -> SegmentationModel:
+        """The network for ``cfg`` (random initialisation)."""
+        raise NotImplementedError
+
+    @classmethod
+    def load_checkpoint(cls, model: SegmentationModel, state: dict[str, Any], source: str) -> None:
+        """Load released weights (the network's own key names, mapped where they differ), strictly."""
+        raise NotImplementedError
+
+
+__all__ = ["Method", "Network", "SegmentationModel"]
 
 
 class SegmentationModel(nn.Module):
-    """Backbone (4 stage features) → decode head on stage 4 (+ auxiliary head on stage 3).
+    """Backbone (4 stage features) → decode head on stage 4, or on all four stages when the head has
+    ``takes_all_stages = True`` (+ auxiliary head on stage 3).
 
     Args:
         backbone: returns a list of 4 feature maps; has ``out_channels`` and ``output_stride``.
@@ -52,6 +117,8 @@ class SegmentationModel(nn.Module):
         self.align_corners = align_corners
         self.name = name
         self.output_stride: int = getattr(backbone, "output_stride", 8)
+        # a head that fuses every stage (Segformer's all-MLP decoder) says so; others read stage 4
+        self.head_takes_all_stages: bool = bool(getattr(decode_head, "takes_all_stages", False))
 
     def _resize(self, logits: Tensor, size: tuple[int, int]) -> Tensor:
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=self.align_corners)
@@ -64,7 +131,8 @@ class SegmentationModel(nn.Module):
             )
         size = (images.shape[-2], images.shape[-1])
         feats = self.backbone(images)  # 4 × (B, C_i, h_i, w_i)
-        out = {"out": self._resize(self.decode_head(feats[3]), size)}  # (B, classes, H, W)
+        head_in = feats if self.head_takes_all_stages else feats[3]
+        out = {"out": self._resize(self.decode_head(head_in), size)}  # (B, classes, H, W)
         if self.training and self.aux_head is not None:
             out["aux"] = self._resize(self.aux_head(feats[2]), size)
         return out

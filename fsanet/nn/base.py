@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Optional
 
 from torch import Tensor, nn
 
+from fsanet.band import fit_band
 from fsanet.nn.dct import Band, BandLike, lowpass, normalize_band
 
 __all__ = ["AttentionModule"]
@@ -37,6 +38,8 @@ class AttentionModule(nn.Module):
     name: ClassVar[str] = ""
     #: the module's name in table T1
     display: ClassVar[str] = ""
+    #: ``eval_band`` larger than the map keeps the whole map (see :meth:`band_on`) instead of failing
+    clamp_eval_band: ClassVar[bool] = False
 
     @classmethod
     def bench_variants(cls, setting: str, bands: Sequence[Band]) -> list[dict[str, Any]]:
@@ -63,17 +66,27 @@ class AttentionModule(nn.Module):
     def eval_band(self, band: BandLike) -> None:
         self._eval_band = None if band is None else normalize_band(band)
 
+    def band_on(self, h: int, w: int) -> Optional[Band]:
+        """``eval_band`` on an ``h``×``w`` map. A module that sits at several scales (every stage of a
+        transformer encoder: ``clamp_eval_band = True``) keeps the whole map where the band is larger
+        than the map; elsewhere a band larger than the map is an error (:class:`fsanet.band.BandError`)."""
+        if self._eval_band is None:
+            return None
+        if self.clamp_eval_band:
+            return fit_band(self._eval_band, h, w)
+        return normalize_band(self._eval_band, h, w)
+
     def attention_input(self, x: Tensor) -> Tensor:
         """What the attention branch attends over: ``x``, or its low-passed copy if ``eval_band`` is set."""
-        if self._eval_band is None:
-            return x
-        return lowpass(x, self._eval_band)
+        band = self.band_on(*x.shape[-2:])
+        return x if band is None else lowpass(x, band)
 
     def eval_band_macs(self, h: int, w: int) -> int:
         """MACs of ``lowpass(x, eval_band)`` on one (C, H, W) input (DCT and inverse); 0 if unset or full."""
-        if self._eval_band is None:
+        band = self.band_on(h, w)
+        if band is None:
             return 0
-        u0, u1, v0, v1 = normalize_band(self._eval_band, h, w)
+        u0, u1, v0, v1 = band
         if (u0, u1, v0, v1) == (0, h, 0, w):
             return 0
         kh, kw = u1 - u0, v1 - v0

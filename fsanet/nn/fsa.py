@@ -66,6 +66,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from fsanet.band import fit_band
 from fsanet.nn.base import AttentionModule
 from fsanet.nn.dct import Band, BandLike, band_bases, dense_basis, normalize_band
 from fsanet.nn.dct_ops import band_dct2, band_idct2
@@ -120,6 +121,9 @@ class FrequencySelfAttention(AttentionModule):
         eps: added to the q/k norms and to the denominator in ``linsoftmax``.
         sync_stats: in training mode under ``torch.distributed`` with world size > 1, the fused
             path all-reduces the BN batch statistics across processes (as ``SyncBatchNorm``).
+        clamp_band: a band (and an ``eval_band``) larger than the map keeps the whole map (for a block
+            that runs at several map sizes with one band, as in AFFormer's stages); by default that is
+            an error.
     """
 
     name = "fsa"
@@ -145,6 +149,7 @@ class FrequencySelfAttention(AttentionModule):
         impl: str = "fused",
         eps: float = 1e-12,
         sync_stats: bool = True,
+        clamp_band: bool = False,
     ) -> None:
         super().__init__(channels)
         if not isinstance(reduction, int) or reduction < 1:
@@ -166,6 +171,8 @@ class FrequencySelfAttention(AttentionModule):
         self.inner = channels // reduction
         self.eps = float(eps)
         self.sync_stats = bool(sync_stats)
+        self.clamp_band = bool(clamp_band)
+        self.clamp_eval_band = self.clamp_band  # the same rule for the evaluation-time truncation
 
         c, ci = channels, self.inner
         self.theta = nn.Conv1d(c, ci, 1, bias=False)
@@ -212,7 +219,7 @@ class FrequencySelfAttention(AttentionModule):
     def resolve_band(self, h: int, w: int) -> Band:
         """The band as ``(u0, u1, v0, v1)`` for an ``h``×``w`` map; ValueError if it does not fit."""
         try:
-            return normalize_band(self.band, h, w)
+            return fit_band(self.band, h, w) if self.clamp_band else normalize_band(self.band, h, w)
         except ValueError as e:
             raise ValueError(
                 f"FrequencySelfAttention: band {self.band} does not fit the {h}×{w} feature map: {e}"

@@ -79,9 +79,9 @@ def ablation_plot(
     Returns:
         The paths written.
     """
-    retrained_model = retrained_model or band_model()
     summary = load_summary(summary_json)
     runs = select_runs(summary, dataset=dataset, setting=setting)
+    retrained_model = retrained_model or band_model(runs)
     per_dataset = {}
     for name in sorted({r["dataset"] for r in runs}):
         points = ablation_points([r for r in runs if r["dataset"] == name], retrained_model, truncated_model)

@@ -105,7 +105,7 @@ def ablation_frame(
     """
     from fsanet.report.summary import ablation_points, band_model
 
-    retrained_model = retrained_model or band_model()
+    retrained_model = retrained_model or band_model(runs)
     points = ablation_points(runs, retrained_model, truncated_model)
     if not points:
         raise ValueError(
@@ -176,9 +176,9 @@ def ablation_tables(
     """Write ``ablation.{md,tex,csv}`` (table T2): one table per dataset that has ablation runs."""
     from fsanet.report.summary import band_model, load_summary, select_runs
 
-    retrained_model = retrained_model or band_model()
     summary = load_summary(summary_json)
     runs = select_runs(summary, setting=setting)
+    retrained_model = retrained_model or band_model(runs)
     blocks, numeric, used = [], [], []
     for dataset in _datasets(runs, datasets):
         ds_runs = [r for r in runs if r["dataset"] == dataset]

@@ -102,13 +102,27 @@ def baseline_models() -> frozenset[str]:
     return frozenset(name for name, head in _heads().items() if not head.attention_classes)
 
 
-def band_model() -> str:
-    """The one model trained at a band: the default retrained series of the band ablation.
+def band_model(runs: Optional[Iterable[Mapping[str, Any]]] = None) -> str:
+    """The model trained at a band: the default retrained series of the band ablation.
+
+    Args:
+        runs: the summary's runs; if given, the band model among them that was trained at the most
+            bands (the study's band sweep), so that other band models in the same study (Segformer
+            + FSA at its default band, say) do not make the choice ambiguous.
 
     Raises:
-        SummaryError: there is none, or there are several (then name one with ``--retrained-model``).
+        SummaryError: there is none, or several tie (then name one with ``--retrained-model``).
     """
     names = sorted(band_models())
+    if runs is not None:
+        bands_of: dict[str, set[str]] = {}
+        for r in runs:
+            if r["model"] in names and r.get("eval_band") is None:
+                bands_of.setdefault(r["model"], set()).add(band_label(r["band"]))
+        ranked = sorted(bands_of.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+        if len(ranked) == 1 or (len(ranked) > 1 and len(ranked[0][1]) > len(ranked[1][1])):
+            return ranked[0][0]
+        names = [name for name, _ in ranked] or names
     if len(names) != 1:
         raise SummaryError(
             f"expected one model with a band, found {names or 'none'}; name one with --retrained-model"
@@ -466,7 +480,7 @@ def ablation_points(
     ``K`` (coefficients; inf = full), ``mean``, ``std``, ``n``, ``seeds``, ``run_ids``, ``delta`` (mean minus
     the series' full-band mean; None without a full point).
     """
-    retrained_model = retrained_model or band_model()
+    retrained_model = retrained_model or band_model(runs)
     banded = band_models()
     groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     bands: dict[tuple[str, str], Optional[list[int]]] = {}

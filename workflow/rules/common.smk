@@ -168,8 +168,9 @@ def training_counts():
     """Trainings per dataset: the study evaluations that come from a train job (`eval/none`)."""
     counts = {ds: 0 for ds in config["datasets"]}
     for path in study_evaluations():
-        if path.endswith("/eval/none/metrics.json"):
-            counts[path.split("/")[2]] += 1
+        parts = path.split("/")  # results/runs/DATASET/…/eval/BAND/metrics.json
+        if parts[-2:] == ["none", "metrics.json"]:
+            counts[parts[2]] += 1
     return counts
 
 
