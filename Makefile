@@ -15,7 +15,7 @@ export DO_NOT_TRACK := true
 export MPLBACKEND := Agg
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: venv test test-slow test-all test-cuda gpu-check tables bench dvc-repro plots lint clean-results
+.PHONY: venv test test-slow test-all test-cuda gpu-check tables tables-transformers bench dvc-repro plots lint clean-results
 
 venv: $(STAMP)
 
@@ -55,6 +55,10 @@ gpu-check: $(STAMP)
 ## make tables: the whole study on the default profile
 tables: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) all_tables
+
+## make tables-transformers: Segformer-B0 and AFFormer-tiny, each ± FSA, beside the FCN (its own profile)
+tables-transformers: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES) all_tables --configfile params/profiles/transformers.yaml
 
 ## make bench: the full efficiency sweep (32² … 256², ~17 min on 2 cores), apart from the study
 bench: $(STAMP)
