@@ -175,6 +175,12 @@ def _add_tables(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--dataset", default=None, metavar="NAME", help="only this dataset (default: all)")
     p.add_argument("--default-band", default="5x5", metavar="LABEL", help="FsaNet's band in the method rows")
+    p.add_argument(
+        "--retrained-model", default=None, help="model trained per band (default: the one with a band sweep)"
+    )
+    p.add_argument(
+        "--truncated-model", default="nonlocal", help="full-band model truncated at eval (default nonlocal)"
+    )
     p.set_defaults(handler=_run_tables_findings)
     p = what.add_parser(
         "metrics", help="metrics/study.json: the study's headline numbers (dvc metrics, dvc exp show)"
@@ -285,7 +291,16 @@ def _run_tables_cost(args: argparse.Namespace) -> None:
 def _run_tables_findings(args: argparse.Namespace) -> None:
     from fsanet.report.findings import write_findings
 
-    items = write_findings(args.summary, args.out, args.bench, args.dataset, args.default_band, args.json)
+    items = write_findings(
+        args.summary,
+        args.out,
+        args.bench,
+        args.dataset,
+        args.default_band,
+        args.json,
+        truncated_model=args.truncated_model,
+        retrained_model=args.retrained_model,
+    )
     counts = {v: sum(f["verdict"] == v for f in items) for v in ("pass", "fail", "unstable", "untestable")}
     print(
         f"tables findings: {len(items)} claims ({', '.join(f'{k} {v}' for k, v in counts.items())}); wrote "

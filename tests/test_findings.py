@@ -69,3 +69,17 @@ def test_truncated_band_rows_get_a_spread_claim_at_or_above_the_knee():
     assert [f["verdict"] for f in found] == ["fail", "pass"]
     assert "truncated to 1x1" in found[0]["claim"] and "std 4.00" in found[0]["detail"]
     assert [f["verdict"] for f in _truncated_spread_findings(pts, [2, 2], "nonlocal")] == ["pass"]
+
+
+def test_only_the_declared_baseline_is_the_fcn_reference():
+    """AFFormer has no fsanet.nn attention module, but it is not the attention-free baseline."""
+    from fsanet.report.findings import _method_findings
+
+    runs = [
+        {"model": m, "mode": None, "band": None, "eval_band": None, "seed": s, "mIoU": v}
+        for m, vals in (("fcn", (72.0, 72.5, 73.0)), ("afformer", (20.0, 80.0, 81.0)))
+        for s, v in enumerate(vals)
+    ]
+    found = {f["claim"]: f for f in _method_findings(runs, "5x5")}
+    claim = next(c for c in found if c.startswith("afformer ≥ FCN mean + 10 = 82.50"))
+    assert found[claim]["verdict"] == "fail" and "n=3" in found[claim]["detail"]

@@ -93,3 +93,25 @@ def test_paper_cost_table_counts_the_profiles_trainings(tmp_path):
     for ds in prof["datasets"]:
         assert f"--trainings {ds}={expected}" in out, out[-3000:]
     assert "--gpus-per-job 4" in out
+
+
+def test_transformers_profile_names_its_ablation_series(tmp_path):
+    """The profile's retrained and truncated models reach the ablation table, its plot and findings."""
+    repo = _copy_pipeline(tmp_path)
+    res = _run(
+        [
+            str(BIN / "snakemake"),
+            "-n",
+            "-p",
+            "all_tables",
+            "--configfile",
+            "params/profiles/transformers.yaml",
+        ],
+        repo,
+        300,
+    )
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    for command in ("tables ablation", "plots ablation", "tables findings"):
+        line = next(line for line in out.splitlines() if f"fsanet -q {command}" in line)
+        assert "--truncated-model segformer" in line and "--retrained-model segformer_fsa" in line, line

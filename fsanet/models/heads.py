@@ -151,6 +151,7 @@ class FCNHead(DecodeHead):
 
     name = "fcn"
     display = "FCN (no attention)"
+    baseline = True
     attention_classes = ()
     attention_options = ()
 

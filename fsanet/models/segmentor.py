@@ -36,6 +36,8 @@ class Method:
     display: ClassVar[str] = ""
     #: the attention modules the method builds; the first one is the method's row in the benchmark
     attention_classes: ClassVar[tuple[type[AttentionModule], ...]] = ()
+    #: the attention-free baseline that the study's "above the FCN" claims compare against
+    baseline: ClassVar[bool] = False
     #: the ``model.attention`` options the method reads; build_model refuses others that were set,
     #: and only these are logged as the run's params. A method that reads ``band`` is a band model.
     attention_options: ClassVar[tuple[str, ...]] = ()

@@ -29,9 +29,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 from fsanet.io import read_json, write_json, write_text
+from fsanet.report.names import method_display
 from fsanet.report.summary import (
     ablation_points,
     band_label,
+    band_model,
     band_models,
     band_size,
     baseline_models,
@@ -282,15 +284,18 @@ def findings(
     dataset: str,
     default_band: str = "5x5",
     truncated_model: str = "nonlocal",
+    retrained_model: Optional[str] = None,
 ) -> list[Finding]:
-    """The study's claims on ``dataset`` (see the module docstring)."""
+    """The study's claims on ``dataset`` (see the module docstring). ``retrained_model`` defaults to
+    the band model with the band sweep (:func:`fsanet.report.summary.band_model`)."""
     runs = select_runs(summary, dataset=dataset)
     knee = (summary.get("context") or {}).get(dataset, {}).get("knee")
     out = _method_findings(runs, default_band)
     out += _spread_findings(runs, default_band, knee)
-    points = ablation_points(runs, truncated_model=truncated_model)
+    points = ablation_points(runs, retrained_model=retrained_model, truncated_model=truncated_model)
     out += _truncated_spread_findings(points, knee, truncated_model)
-    out.append(_knee_finding(points, "retrained", knee, "retrained FsaNet (dot) band curve"))
+    retrained = method_display(retrained_model or band_model(runs))
+    out.append(_knee_finding(points, "retrained", knee, f"retrained {retrained} (dot) band curve"))
     out.append(_knee_finding(points, "truncated", knee, f"truncated {truncated_model} band curve"))
     if bench is not None:
         out += _cost_findings(bench)
@@ -304,6 +309,8 @@ def write_findings(
     dataset: Optional[str] = None,
     default_band: str = "5x5",
     json_out: Optional[str | Path] = None,
+    truncated_model: str = "nonlocal",
+    retrained_model: Optional[str] = None,
 ) -> list[Finding]:
     """Write ``findings.md`` for every dataset of the summary (or ``dataset``), and the same claims as a
     JSON list (``dataset``, ``claim``, ``verdict``, ``detail``) to ``json_out`` when given."""
@@ -324,7 +331,14 @@ def write_findings(
     for ds in datasets:
         items = [
             {"dataset": ds, **f}
-            for f in findings(summary, bench if ds == datasets[0] else None, ds, default_band)
+            for f in findings(
+                summary,
+                bench if ds == datasets[0] else None,
+                ds,
+                default_band,
+                truncated_model,
+                retrained_model,
+            )
         ]
         ctx = (summary.get("context") or {}).get(ds)
         lines += [f"## {ds}", ""]

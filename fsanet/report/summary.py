@@ -98,8 +98,8 @@ def band_models() -> frozenset[str]:
 
 
 def baseline_models() -> frozenset[str]:
-    """Models without an attention block (the attention-free baseline)."""
-    return frozenset(name for name, head in _heads().items() if not head.attention_classes)
+    """The attention-free baseline models (``Method.baseline``: the FCN)."""
+    return frozenset(name for name, head in _heads().items() if head.baseline)
 
 
 def band_model(runs: Optional[Iterable[Mapping[str, Any]]] = None) -> str:

@@ -42,6 +42,8 @@ check_names("methods", config["methods"], MODELS)
 check_names("datasets", config["datasets"], DATASETS)
 if config.get("truncation_model"):
     check_names("truncation_model", [config["truncation_model"]], config["methods"])
+if config.get("retrained_model"):
+    check_names("retrained_model", [config["retrained_model"]], config["methods"])
 missing = [d for d in config["datasets"] if d not in config["fsanet_configs"]]
 if missing:
     raise ValueError(f"profile key 'fsanet_configs': no params files for dataset {missing[0]!r}")
@@ -162,6 +164,16 @@ def study_evaluations():
                 for s in config["band_seeds"]:
                     out.add(f"{run_dir(ds, t, 'none', 'none', s)}/eval/{b}/metrics.json")
     return sorted(out)
+
+
+def ablation_args():
+    """The band ablation's two series for `fsanet tables ablation|findings` and `plots ablation`."""
+    items = []
+    if config.get("truncation_model"):
+        items += ["--truncated-model", config["truncation_model"]]
+    if config.get("retrained_model"):
+        items += ["--retrained-model", config["retrained_model"]]
+    return " ".join(shlex.quote(item) for item in items)
 
 
 def training_counts():

@@ -47,10 +47,10 @@ rule table_ablation:
     params:
         code=CODE_HASH,
         out_dir=subpath(output.md, parent=True),
-        truncated=config["truncation_model"],
+        series=ablation_args(),
     shell:
         "fsanet -q tables ablation --summary {input.summary} --out-dir {params.out_dir} "
-        "--truncated-model {params.truncated} > {log} 2>&1"
+        "{params.series} > {log} 2>&1"
 
 
 rule table_methods:
@@ -114,10 +114,10 @@ rule plot_ablation:
         "../../environment.yml"
     params:
         code=CODE_HASH,
-        truncated=config["truncation_model"],
+        series=ablation_args(),
     shell:
         "fsanet -q plots ablation --summary {input.summary} --dataset {wildcards.dataset} "
-        "--truncated-model {params.truncated} --out {output.png} --csv {output.csv} > {log} 2>&1"
+        "{params.series} --out {output.png} --csv {output.csv} > {log} 2>&1"
 
 
 rule plot_qualitative:
@@ -151,10 +151,10 @@ rule findings:
     params:
         code=CODE_HASH,
         band=lambda wc: band_text(config["fsanet_default_band"]),
+        series=ablation_args(),
     shell:
         "fsanet -q tables findings --summary {input.summary} --bench {input.bench} --out {output.md} "
-        "--json {output.json} "
-        "--default-band {params.band} > {log} 2>&1"
+        "--json {output.json} --default-band {params.band} {params.series} > {log} 2>&1"
 
 
 rule study_metrics:
