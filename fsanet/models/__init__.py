@@ -25,7 +25,6 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from fsanet.config import AttentionConfig, Backbone, ModelConfig
-from fsanet.models.afformer import AFFormerFSANet, AFFormerNet
 from fsanet.models.heads import (
     AFFHead,
     AuxHead,
@@ -38,9 +37,9 @@ from fsanet.models.heads import (
     LinearHead,
     NLHead,
 )
+from fsanet.models.networks import AFFormerFSANet, AFFormerNet, SegformerFSANet, SegformerNet
 from fsanet.models.pretrained import fetch_checkpoint, load_pretrained, read_state_dict
 from fsanet.models.resnet import ResNetV1c
-from fsanet.models.segformer import SegformerFSANet, SegformerNet
 from fsanet.models.segmentor import Method, Network, SegmentationModel
 from fsanet.models.small import SmallBackbone
 from fsanet.nn.base import AttentionModule

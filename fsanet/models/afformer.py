@@ -56,24 +56,19 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from enum import Enum
-from typing import Any, Optional, Union
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fsanet.config import ModelConfig
-from fsanet.models.segmentor import Network, SegmentationModel
-from fsanet.nn.fsa import FrequencySelfAttention
+from fsanet.models.segmentor import SegmentationModel
 
 __all__ = [
     "AFFORMER_SETTINGS",
     "AFFormer",
     "AFFormerEncoder",
-    "AFFormerFSANet",
     "AFFormerHead",
-    "AFFormerNet",
     "AFFormerSetting",
     "AdaptiveFrequencyFilter",
     "DropPath",
@@ -751,73 +746,3 @@ class AFFormer(SegmentationModel):
     def logits(self, images: Tensor) -> Tensor:
         """``(B, 3, H, W)`` → logits ``(B, classes, H/8, W/8)`` (not resized)."""
         return self.decode_head(self.backbone(images)[3])
-
-
-class AFFormerNet(Network):
-    """AFFormer (``model.name=afformer``, ``model.variant=tiny|small|base``) with its official adaptive
-    frequency filters. The filter runs on prototype tokens inside the encoder's transformer blocks and
-    is not an :class:`~fsanet.nn.base.AttentionModule`: no ``eval_band`` truncation, no T1 row (the
-    shared-skeleton ``aff`` head's :class:`~fsanet.nn.aff.FrequencyFilter` computes the same maths).
-    ``model.pretrained`` takes the released checkpoints (:mod:`fsanet.models.afformer_keys`)."""
-
-    name = "afformer"
-    display = "AFFormer"
-    attention_classes = ()
-    attention_options = ()
-    variants = tuple(AFFORMER_SETTINGS)
-    default_drop_path = 0.0  # the official ADE20K configs keep the backbone's default, 0.0
-
-    @classmethod
-    def filter_factory(cls, cfg: ModelConfig) -> Optional[FilterFactory]:
-        """What replaces each adaptive frequency filter (None: the official AFF)."""
-        return None
-
-    @classmethod
-    def build(cls, cfg: ModelConfig, num_classes: int) -> SegmentationModel:
-        return AFFormer(
-            cls.variant(cfg),
-            num_classes,
-            cls.filter_factory(cfg),
-            cls.drop_path(cfg),
-            cfg.dropout,
-            align_corners=cfg.align_corners,
-            name=cls.name,
-        )
-
-    @classmethod
-    def load_checkpoint(cls, model: SegmentationModel, state: dict[str, Any], source: str) -> None:
-        from fsanet.models.afformer_keys import load_afformer_checkpoint
-
-        try:
-            kind = load_afformer_checkpoint(model, state)
-        except ValueError as err:
-            raise ValueError(f"{source}: {err}") from None
-        log.info("loaded %s (%s) into %s", source, kind, cls.name)
-
-
-class AFFormerFSANet(AFFormerNet):
-    """AFFormer with an FSA block in place of every adaptive frequency filter (``model.attention``:
-    band, mode, impl, reduction). One band serves every stage; on a prototype map smaller than the band
-    the block attends over the whole map (``clamp_band``)."""
-
-    name = "afformer_fsa"
-    display = "AFFormer + FSA"
-    attention_classes = (FrequencySelfAttention,)
-    attention_options = ("band", "mode", "impl", "reduction")
-
-    @classmethod
-    def filter_factory(cls, cfg: ModelConfig) -> Optional[FilterFactory]:
-        opts = cfg.attention
-        band = None if opts.band is None else tuple(opts.band)
-        mode, impl = _value(opts.mode), _value(opts.impl)
-
-        def make(channels: int) -> nn.Module:
-            return FrequencySelfAttention(
-                channels, reduction=opts.reduction, band=band, mode=mode, impl=impl, clamp_band=True
-            )
-
-        return make
-
-
-def _value(x: Any) -> Any:
-    return x.value if isinstance(x, Enum) else x

@@ -60,6 +60,7 @@ __all__ = [
     "ISAHead",
     "LinearHead",
     "NLHead",
+    "build_fsa",
 ]
 
 
@@ -70,6 +71,19 @@ def _value(x: Any) -> Any:
 def _given(**kwargs: Any) -> dict[str, Any]:
     """Keyword options that were set (None = keep the module's own default)."""
     return {k: v for k, v in kwargs.items() if v is not None}
+
+
+def build_fsa(channels: int, opts: AttentionConfig, *, clamp_band: bool = False) -> FrequencySelfAttention:
+    """The FSA block that ``model.attention`` (band, mode, impl, reduction) describes, on ``channels``."""
+    band = None if opts.band is None else tuple(opts.band)
+    return FrequencySelfAttention(
+        channels,
+        reduction=opts.reduction,
+        band=band,
+        mode=_value(opts.mode),
+        impl=_value(opts.impl),
+        clamp_band=clamp_band,
+    )
 
 
 class ConvBNReLU(nn.Sequential):
@@ -168,10 +182,7 @@ class FSAHead(DecodeHead):
     attention_options = ("band", "mode", "impl", "reduction", "recurrence")
 
     def build_attention(self, channels: int, opts: AttentionConfig) -> nn.Module:
-        band = None if opts.band is None else tuple(opts.band)
-        return FrequencySelfAttention(
-            channels, reduction=opts.reduction, band=band, mode=_value(opts.mode), impl=_value(opts.impl)
-        )
+        return build_fsa(channels, opts)
 
 
 class NLHead(DecodeHead):

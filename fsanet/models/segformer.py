@@ -31,17 +31,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from enum import Enum
 from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fsanet.config import ModelConfig
-from fsanet.models.segmentor import Network, SegmentationModel
+from fsanet.models.segmentor import SegmentationModel
 from fsanet.nn.efficient_attention import EfficientSelfAttention, drop_path, init_segformer_weights
-from fsanet.nn.fsa import FrequencySelfAttention
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +50,7 @@ __all__ = [
     "MixFFN",
     "MixVisionTransformer",
     "OverlapPatchEmbed",
-    "SegformerFSANet",
     "SegformerHead",
-    "SegformerNet",
     "build_segformer",
 ]
 
@@ -419,73 +414,3 @@ def build_segformer(
         stage_act=stage_act,
     )
     return SegmentationModel(backbone, head, num_classes, None, align_corners=align_corners, name=name)
-
-
-class SegformerNet(Network):
-    """Segformer (MiT-B0…B5 + all-MLP decoder): ``model.name=segformer``, ``model.variant=b0``…``b5``.
-
-    Its attention is the encoder's efficient self-attention; ``eval_band`` on those modules is the band
-    truncation without retraining (keys and values from the low-passed map, every stage).
-    ``model.pretrained`` takes mmseg or NVlabs checkpoints (ImageNet ``mit_b*`` encoders, or whole
-    segmentors of the same classes) through :func:`~fsanet.models.segformer_keys.load_segformer_checkpoint`.
-    """
-
-    name = "segformer"
-    display = "Segformer"
-    attention_classes = (EfficientSelfAttention,)
-    attention_options = ()
-    variants = tuple(MIT_SETTINGS)
-    default_drop_path = 0.1  # mmseg's and NVlabs' Segformer configs
-
-    @classmethod
-    def head_attention(cls, channels: int, cfg: ModelConfig) -> Optional[nn.Module]:
-        """The block on the decoder's fused map (none for plain Segformer)."""
-        return None
-
-    @classmethod
-    def build(cls, cfg: ModelConfig, num_classes: int) -> SegmentationModel:
-        size = cls.variant(cfg)
-        return build_segformer(
-            size,
-            num_classes,
-            attention=cls.head_attention(DECODER_CHANNELS[size], cfg),
-            drop_path_rate=cls.drop_path(cfg),
-            dropout=cfg.dropout,
-            align_corners=cfg.align_corners,
-            name=cls.name,
-        )
-
-    @classmethod
-    def load_checkpoint(cls, model: SegmentationModel, state: dict[str, Any], source: str) -> None:
-        from fsanet.models.segformer_keys import load_segformer_checkpoint
-
-        try:
-            fmt = load_segformer_checkpoint(model, state)
-        except ValueError as err:
-            raise ValueError(f"{source}: {err}") from None
-        log.info("loaded %s weights (%s key names) into %s", source, fmt, cls.name)
-
-
-class SegformerFSANet(SegformerNet):
-    """Segformer with an FSA block on the decoder's fused map (``model.attention``: band, mode, impl,
-    reduction, as for the FsaNet head); trained with it (FSA with retraining)."""
-
-    name = "segformer_fsa"
-    display = "Segformer + FSA"
-    attention_classes = (EfficientSelfAttention, FrequencySelfAttention)
-    attention_options = ("band", "mode", "impl", "reduction")
-
-    @classmethod
-    def head_attention(cls, channels: int, cfg: ModelConfig) -> Optional[nn.Module]:
-        opts = cfg.attention
-        return FrequencySelfAttention(
-            channels,
-            reduction=opts.reduction,
-            band=None if opts.band is None else tuple(opts.band),
-            mode=_value(opts.mode),
-            impl=_value(opts.impl),
-        )
-
-
-def _value(x: Any) -> Any:
-    return x.value if isinstance(x, Enum) else x
