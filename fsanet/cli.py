@@ -219,6 +219,20 @@ def _add_tables(sub: argparse._SubParsersAction) -> None:
         "--out-dir", type=Path, default=Path("results/tables"), help="folder for cost.{md,tex,csv}"
     )
     p.set_defaults(handler=_run_tables_cost)
+    p = what.add_parser(
+        "coco",
+        help="Mask R-CNN study: COCO AP table per dataset, coco_findings.md and coco.json",
+        description="Groups detector evaluations (metrics.json with task=instances) by method and "
+        "writes box AP, mask AP and the context classes' mask AP as mean ± std over seeds, and checks "
+        "that each attention variant beats plain Mask R-CNN on the context classes in every seed.",
+    )
+    p.add_argument("--metrics", required=True, nargs="+", metavar="FILE", help="detector metrics.json files")
+    p.add_argument(
+        "--out-dir", type=Path, default=Path("results/tables"), help="folder for coco_DATASET.{md,tex,csv}"
+    )
+    p.add_argument("--summary", type=Path, default=None, metavar="JSON", help="every run and claim (JSON)")
+    p.add_argument("--margin", type=float, default=5.0, help="context-class AP gain claimed (default 5)")
+    p.set_defaults(handler=_run_tables_coco)
     p = study("per-class", "T4: per-class IoU per method", "per_class_DATASET")
     p.add_argument(
         "--band", action="append", metavar="LABEL", help="FsaNet bands to list, e.g. 5x5 (default: all)"
@@ -286,6 +300,14 @@ def _run_tables_cost(args: argparse.Namespace) -> None:
     studies = studies_from_configs(counts, configs, args.gpus_per_job)
     paths = cost_tables(studies, args.out_dir, args.profile)
     print(f"tables cost: {sum(counts.values())} trainings over {len(counts)} dataset(s); wrote {paths[0]}")
+
+
+def _run_tables_coco(args: argparse.Namespace) -> None:
+    from fsanet.report.coco_tables import coco_tables
+    from fsanet.report.summary import expand_inputs
+
+    paths = coco_tables(expand_inputs(args.metrics), args.out_dir, args.summary, args.margin)
+    print(f"tables coco: wrote {', '.join(str(p) for p in paths)}")
 
 
 def _run_tables_findings(args: argparse.Namespace) -> None:
@@ -881,6 +903,12 @@ def _band_arg(text: str) -> list[int] | None:
 
 def _print_eval(m: dict, out_dir: Path | str) -> None:
     fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
+    if m.get("task") == "instances":
+        print(
+            f"eval: box AP {fmt(m['box_AP'])}  mask AP {fmt(m['mask_AP'])}  context mask AP "
+            f"{fmt(m['context_mask_AP'])} ({m['num_images']} images); reports in {out_dir}"
+        )
+        return
     print(
         f"eval: mIoU {fmt(m['mIoU'])}  mAcc {fmt(m['mAcc'])}  aAcc {fmt(m['aAcc'])} "
         f"({m['num_images']} images); reports in {out_dir}"

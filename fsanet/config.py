@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -299,6 +299,10 @@ class ModelConfig:
     aux_channels: int = 32
     aux_weight: float = 0.4
     attention: AttentionConfig = field(default_factory=AttentionConfig)
+    # Mask R-CNN settings (model.name=mask_rcnn…) that differ from its defaults: keys of
+    # fsanet.models.mask_rcnn.MaskRCNNSettings, checked when the model is built. The defaults are
+    # mmdet's mask_rcnn_r50_fpn_1x; on the small CPU backbone the CPU-scale ones (see MaskRCNNNet).
+    mask_rcnn: Dict[str, Any] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------
@@ -312,6 +316,11 @@ class LossKind(str, Enum):
 class OptimizerKind(str, Enum):
     sgd = "sgd"
     adamw = "adamw"
+
+
+class Schedule(str, Enum):
+    poly = "poly"
+    step = "step"
 
 
 class AmpDtype(str, Enum):
@@ -348,6 +357,10 @@ class TrainConfig:
     head_lr_mult: float = 1.0  # lr multiplier of the decode and auxiliary heads
     lr_power: float = 0.9
     min_lr: float = 1e-4
+    # poly (mmseg) or step (mmdet's 1x: the lr drops by step_gamma at each iteration in `steps`)
+    schedule: Schedule = Schedule.poly
+    steps: List[int] = field(default_factory=list)
+    step_gamma: float = 0.1
     loss: LossKind = LossKind.ce
     ohem_thresh: float = 0.7
     ohem_min_kept: int = 100000

@@ -28,7 +28,11 @@ from fsanet.nn.base import AttentionModule
 
 # the decode heads on the shared skeleton that have an attention block; the whole networks apart
 ATTENTION_MODELS = [name for name, m in MODELS.items() if name != "fcn" and not issubclass(m, Network)]
-NETWORK_MODELS = [name for name, m in MODELS.items() if issubclass(m, Network) and m.attention_classes]
+NETWORK_MODELS = [
+    name
+    for name, m in MODELS.items()
+    if issubclass(m, Network) and m.attention_classes and m.task == "semantic"
+]
 PARAMS_DIR = Path(__file__).resolve().parents[1] / "params" / "model"
 
 
@@ -78,9 +82,11 @@ def test_every_method_declares_itself_and_the_registries_follow() -> None:
         kinds = {type(m) for m in built.attention_modules()}
         assert kinds == set(head.attention_classes) or name == "danet"  # DANet: PAM and CAM in a wrapper
     # the methods that read model.attention.band
-    assert band_models() == {"fsanet", "segformer_fsa", "afformer_fsa"}
-    # FCN has no attention; AFFormer's filter is not an fsanet.nn AttentionModule (see AFFormerNet)
-    assert all(bool(MODELS[m].attention_classes) == (m not in ("fcn", "afformer")) for m in MODELS)
+    assert band_models() == {"fsanet", "segformer_fsa", "afformer_fsa", "mask_rcnn_fsa"}
+    # FCN and plain Mask R-CNN have no attention; AFFormer's filter is not an fsanet.nn AttentionModule
+    # (see AFFormerNet)
+    no_attention = ("fcn", "afformer", "mask_rcnn")
+    assert all(bool(MODELS[m].attention_classes) == (m not in no_attention) for m in MODELS)
     modules = attention_modules()
     firsts = {m.attention_classes[0].name for m in MODELS.values() if m.attention_classes}
     assert set(bench_modules()) == firsts and len(bench_modules()) == len(firsts)
@@ -109,7 +115,7 @@ def test_an_attention_option_the_head_does_not_read_is_refused() -> None:
     )
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", [n for n, m in MODELS.items() if m.task == "semantic"])
 def test_every_model_trains_and_predicts(name: str) -> None:
     model = build_model({"name": name}, num_classes=5)
     assert isinstance(model, SegmentationModel) and model.num_classes == 5 and model.name == name
@@ -235,7 +241,9 @@ def test_undeclared_attention_options_are_refused(name: str) -> None:
         with torch.no_grad():
             for p in model.parameters():  # no zero-initialised gate can hide a difference
                 p.add_(0.1 * torch.randn_like(p))
-            return {k: v.shape for k, v in model.state_dict().items()}, model(x)["out"]
+            # a detector's attention sits in its backbone: compare the backbone's last features
+            out = model.backbone(x)[-1] if MODELS[name].task == "instances" else model(x)["out"]
+            return {k: v.shape for k, v in model.state_dict().items()}, out
 
     def value(v) -> str:
         return "null" if v is None else str(v).replace(" ", "").replace("False", "false")

@@ -292,9 +292,9 @@ def test_band_models_match_the_model_heads():
     from fsanet.models import MODELS
     from fsanet.nn.fsa import FrequencySelfAttention
 
-    # the band models are the methods with an FSA block (FsaNet, Segformer + FSA, AFFormer + FSA)
+    # the band models are the methods with an FSA block (FsaNet, Segformer, AFFormer, Mask R-CNN + FSA)
     with_fsa = {name for name, m in MODELS.items() if FrequencySelfAttention in m.attention_classes}
-    assert with_fsa == set(band_models()) == {"fsanet", "segformer_fsa", "afformer_fsa"}
+    assert with_fsa == set(band_models()) == {"fsanet", "segformer_fsa", "afformer_fsa", "mask_rcnn_fsa"}
 
 
 def test_model_costs_on_a_tiny_input():
@@ -318,8 +318,10 @@ def test_model_costs_on_a_tiny_input():
         rows[("fcn", "full")]["flops"] < rows[("fsanet", "1x1")]["flops"] < rows[("fsanet", "full")]["flops"]
     )
     assert all(r["fps"] > 0 for r in rows.values())
-    with pytest.raises(ValueError, match="bench.models.names: unknown model"):
+    with pytest.raises(ValueError, match="bench.models.names: unknown or non-segmentation model"):
         model_costs(load_config([], ["bench.models.names=[resnet]"]))
+    with pytest.raises(ValueError, match=r"model\(s\) mask_rcnn; choose from fcn"):
+        model_costs(load_config([], ["bench.models.names=[mask_rcnn]"]))
     with pytest.raises(ValueError, match="bench.models.bands: .*expected 'full'"):
         model_costs(load_config([], ["bench.models.bands=[wide]"]))
     with pytest.raises(ValueError, match="expected 'full'"):

@@ -64,11 +64,14 @@ def model_costs(cfg: DictConfig) -> dict[str, Any]:
     if len(size) != 2:
         raise ValueError(f"bench.models.input_size must be two integers (H, W), got {size}")
     warmup, repeats, rounds, threads = int(mc.warmup), int(mc.repeats), int(mc.rounds), int(mc.threads)
-    names = list(mc.names) if mc.names else list(MODELS)
-    unknown = [n for n in names if n not in MODELS]
+    # the segmentation models (a detector's cost depends on its detections, not on the input alone)
+    semantic = [n for n, m in MODELS.items() if m.task == "semantic"]
+    names = list(mc.names) if mc.names else semantic
+    unknown = [n for n in names if n not in semantic]
     if unknown:
         raise ValueError(
-            f"bench.models.names: unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}"
+            f"bench.models.names: unknown or non-segmentation model(s) {', '.join(unknown)}; choose from "
+            f"{', '.join(semantic)}"
         )
     default_band = cfg.model.attention.band
     if mc.bands:

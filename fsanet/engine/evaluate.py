@@ -34,9 +34,19 @@ from fsanet.config import ConfigError, Device, InferenceMode, load_config, to_co
 from fsanet.data.imageio import colorize
 from fsanet.engine.checkpoint import load_checkpoint
 from fsanet.engine.distributed import resolve_device
+from fsanet.engine.evaluate_instances import instance_inference, instance_metrics, write_instance_tables
 from fsanet.engine.inference import predict
 from fsanet.engine.metrics import SegmentationMetric
-from fsanet.engine.train import BuildDataset, BuildModel, default_run_name, describe, run_params, run_tags
+from fsanet.engine.train import (
+    BuildDataset,
+    BuildModel,
+    dataset_builder,
+    default_run_name,
+    describe,
+    model_task,
+    run_params,
+    run_tags,
+)
 from fsanet.io import atomic_path, read_json, write_json, write_text
 from fsanet.models import load_trained_weights
 from fsanet.repro import deterministic_mode, seed_everything
@@ -159,7 +169,7 @@ def evaluate(
     if build_model is None:
         from fsanet.models import build_model
     if build_dataset is None:
-        from fsanet.data import build_dataset
+        build_dataset = dataset_builder(cfg.model.name)
     ec, out_dir, checkpoint = cfg.eval, Path(out_dir), Path(checkpoint)
     state = load_checkpoint(checkpoint)
     threads_before = torch.get_num_threads()
@@ -205,7 +215,7 @@ def evaluate_bands(
         The ``metrics.json`` content of each run, in order.
     """
     if build_dataset is None:
-        from fsanet.data import build_dataset
+        build_dataset = dataset_builder(cfg.model.name)
     cache: dict[tuple[str, bool], Any] = {}
     base = build_dataset
 
@@ -280,6 +290,12 @@ def _evaluate(
         require_store=require_store,
     )
     try:
+        if model_task(cfg.model.name) == "instances":
+            metrics = _evaluate_instances(
+                cfg, state, checkpoint, model, dataset, device, out_dir, band, tracker
+            )
+            tracker.finish("FINISHED")
+            return metrics
         result = _run_inference(cfg, model, dataset, device, classes, out_dir)
         cost = _inference_cost(cfg, model, dataset, device, result.pop("seconds"))
         info = describe(cfg)
@@ -359,6 +375,76 @@ def _evaluate(
         result["mAcc"],
         result["aAcc"],
         result["num_images"],
+    )
+    return metrics
+
+
+def _evaluate_instances(
+    cfg: DictConfig,
+    state: dict[str, Any],
+    checkpoint: Path,
+    model: torch.nn.Module,
+    dataset: Any,
+    device: torch.device,
+    out_dir: Path,
+    band: Optional[list[int]],
+    tracker: Tracker,
+) -> dict[str, Any]:
+    """A detector's evaluation (COCO box and mask AP): metrics.json, per_class.*, config.yaml, MLflow."""
+    result = instance_inference(cfg, model, dataset, device)
+    scores = instance_metrics(cfg, dataset, result)
+    cost = _inference_cost(cfg, model, dataset, device, result["seconds"])
+    info = describe(cfg)
+    metrics = _nan_to_none(
+        {
+            "task": "instances",
+            **scores,
+            "units": "percent",
+            "dataset": info["dataset"],
+            "split": cfg.data.val_split,
+            "model": info["model"],
+            "band": info["band"],
+            "eval_band": band,
+            "seed": info["seed"],
+            "checkpoint": str(checkpoint),
+            "iteration": state.get("iteration"),
+            "num_images": result["num_images"],
+            "num_detections": len(result["detections"]),
+            "mlflow_run_id": tracker.run_id,
+            "train_mlflow_run_id": state.get("mlflow_run_id"),
+            "attention_mode": _value(cfg.model.attention.mode),
+            "backbone": _value(cfg.model.backbone),
+            "pretrained": cfg.model.pretrained,
+            "cost": cost,
+        }
+    )
+    write_json(out_dir / "metrics.json", metrics)
+    write_instance_tables(out_dir, [str(c) for c in dataset.CLASSES], metrics)
+    resolved = redact_config(to_container(cfg))
+    write_text(out_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
+    tracker.log_params({**run_params(resolved), "checkpoint": str(checkpoint)})
+    scalars: dict[str, float] = {}
+    for kind in ("box", "mask"):
+        for key, value in metrics[kind].items():
+            if key == "per_class":
+                scalars.update(
+                    {f"test/{kind}_AP/{sanitize_key(c)}": v for c, v in value.items() if v is not None}
+                )
+            elif value is not None:
+                scalars[f"test/{kind}_{key}"] = value
+        if metrics[f"context_{kind}_AP"] is not None:
+            scalars[f"test/context_{kind}_AP"] = metrics[f"context_{kind}_AP"]
+    scalars.update({f"cost/{k}": v for k, v in cost.items() if isinstance(v, (int, float)) and v is not None})
+    tracker.log_metrics(scalars, step=int(state.get("iteration") or 0))
+    for name in ("config.yaml", "metrics.json", "per_class.csv", "per_class.md"):
+        tracker.log_artifact(out_dir / name, "eval")
+    log.info(
+        "%s: box AP %.2f  mask AP %.2f  (%d images, %d detections)",
+        eval_tag(cfg),
+        metrics["box_AP"] or 0.0,
+        metrics["mask_AP"] or 0.0,
+        result["num_images"],
+        len(result["detections"]),
     )
     return metrics
 

@@ -14,7 +14,7 @@ process with the same global batch sees.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -112,14 +112,20 @@ def collate_train(items: Sequence[dict[str, Any]]) -> tuple[torch.Tensor, torch.
 
 
 def build_train_loader(
-    dataset: Dataset, sampler: IterationBatchSampler, num_workers: int, seed: int, pin_memory: bool = False
+    dataset: Dataset,
+    sampler: IterationBatchSampler,
+    num_workers: int,
+    seed: int,
+    pin_memory: bool = False,
+    collate: Callable[[Sequence[dict[str, Any]]], Any] = collate_train,
 ) -> DataLoader:
-    """A DataLoader over ``sampler``; its own generator keeps it from drawing on torch's global RNG."""
+    """A DataLoader over ``sampler``; its own generator keeps it from drawing on torch's global RNG.
+    ``collate`` batches the items (default: image and label-map stacks)."""
     return DataLoader(
         SeededDataset(dataset),
         batch_sampler=sampler,
         num_workers=num_workers,
-        collate_fn=collate_train,
+        collate_fn=collate,
         pin_memory=pin_memory,
         generator=torch.Generator().manual_seed(seed),
         persistent_workers=False,

@@ -45,7 +45,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from fsanet.config import AmpDtype, Device, LossKind, OptimizerKind, to_container
+from fsanet.config import AmpDtype, Device, LossKind, OptimizerKind, Schedule, to_container
+from fsanet.data.instances import collate_instances
 from fsanet.engine.checkpoint import (
     CHECKPOINT_DIR,
     checkpoint_path,
@@ -65,9 +66,9 @@ from fsanet.engine.distributed import (
     prepare_model,
     resolve_device,
 )
-from fsanet.engine.loader import IterationBatchSampler, build_train_loader
+from fsanet.engine.loader import IterationBatchSampler, build_train_loader, collate_train
 from fsanet.engine.losses import cross_entropy, make_loss
-from fsanet.engine.schedule import set_lr, warmup_poly_lr
+from fsanet.engine.schedule import set_lr, warmup_poly_lr, warmup_step_lr
 from fsanet.io import read_json, write_json, write_text
 from fsanet.provenance import environment
 from fsanet.repro import deterministic_mode, get_rng_state, seed_everything, set_rng_state
@@ -105,6 +106,25 @@ class TrainResult:
     final_loss: Optional[float]
     mlflow_run_id: Optional[str]
     resumed_from: Optional[int]
+
+
+def model_task(model_name: str) -> str:
+    """``"semantic"`` or ``"instances"``: what model ``model_name`` predicts (its method's ``task``)."""
+    from fsanet.models import MODELS
+
+    method = MODELS.get(model_name)
+    return "semantic" if method is None else method.task
+
+
+def dataset_builder(model_name: str) -> BuildDataset:
+    """The dataset factory for a model's task: semantic label maps, or instances for a detector."""
+    if model_task(model_name) == "instances":
+        from fsanet.data.instances import build_instance_dataset
+
+        return build_instance_dataset
+    from fsanet.data import build_dataset
+
+    return build_dataset
 
 
 def attention_options(model_name: str) -> Optional[tuple[str, ...]]:
@@ -202,6 +222,13 @@ def _validate(cfg: DictConfig) -> None:
             f"need train.warmup_iters ≥ 0 and 0 < train.warmup_ratio ≤ 1, got "
             f"{tc.warmup_iters} and {tc.warmup_ratio}"
         )
+    if Schedule(tc.schedule) is Schedule.step and (
+        list(tc.steps) != sorted(tc.steps) or any(s < 1 or s > tc.max_iters for s in tc.steps)
+    ):
+        raise ValueError(
+            f"train.steps must be increasing iterations in 1..train.max_iters={tc.max_iters}, "
+            f"got {list(tc.steps)}"
+        )
     if len(tc.betas) != 2 or not all(0.0 <= b < 1.0 for b in tc.betas):
         raise ValueError(f"train.betas must be two numbers in [0, 1), got {list(tc.betas)}")
     if tc.ckpt_interval % tc.log_interval:
@@ -240,7 +267,7 @@ def train(
     if build_model is None:
         from fsanet.models import build_model
     if build_dataset is None:
-        from fsanet.data import build_dataset
+        build_dataset = dataset_builder(cfg.model.name)
     _validate(cfg)
     out_dir = Path(out_dir)
     threads_before = torch.get_num_threads()
@@ -363,6 +390,9 @@ class _Run:
             LossKind(tc.loss).value, tc.ohem_thresh, tc.ohem_min_kept, cfg.data.ignore_index
         )
         self.aux_weight = float(cfg.model.aux_weight)
+        # a detector returns its loss terms (train mode, with targets); they are logged one by one
+        self.instances = getattr(model, "task", "semantic") == "instances"
+        self.parts: tuple[str, ...] = tuple(getattr(model, "loss_names", ())) if self.instances else ()
 
     def _restore(self, state: Optional[dict[str, Any]]) -> int:
         """Load the checkpoint's states (or seed a fresh run); returns the first iteration to run."""
@@ -485,10 +515,16 @@ class _Run:
             len(self.dataset), tc.batch_size, tc.seed, start, tc.max_iters, info.rank, info.world_size
         )
         loader = build_train_loader(
-            self.dataset, sampler, cfg.data.num_workers, tc.seed, pin_memory=device.type == "cuda"
+            self.dataset,
+            sampler,
+            cfg.data.num_workers,
+            tc.seed,
+            pin_memory=device.type == "cuda",
+            collate=collate_instances if self.instances else collate_train,
         )
         check_every = 1 if device.type == "cpu" else tc.log_interval
-        window = torch.zeros(3, dtype=torch.float64, device=device)  # sums of loss, main, aux
+        # sums of loss, main, aux, then a detector's loss terms
+        window = torch.zeros(3 + len(self.parts), dtype=torch.float64, device=device)
         n_window, t_window = 0, time.perf_counter()
         ddp_model, optimizer, scaler, amp_dtype = self.ddp_model, self.optimizer, self.scaler, self.amp_dtype
         bar = tqdm(
@@ -506,23 +542,32 @@ class _Run:
         try:
             for images, labels in loader:
                 images = images.to(device, non_blocking=True)
-                labels = labels.to(device, non_blocking=True)
                 lr = self._lr(it)
                 set_lr(optimizer, lr)
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    out = ddp_model(images)
-                loss_main = self.loss_fn(out["out"], labels)
-                loss_aux = (
-                    cross_entropy(out["aux"], labels, cfg.data.ignore_index)
-                    if self.aux_weight and "aux" in out
-                    else None
-                )
+                terms: list[Tensor] = []
+                if self.instances:  # labels: one target dict per image
+                    targets = [_to_device(t, device) for t in labels]
+                    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                        losses = ddp_model(images, targets)
+                    terms = [losses[name].float() for name in self.parts]
+                    loss_main, loss_aux = torch.stack(terms).sum(), None
+                else:
+                    labels = labels.to(device, non_blocking=True)
+                    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                        out = ddp_model(images)
+                    loss_main = self.loss_fn(out["out"], labels)
+                    loss_aux = (
+                        cross_entropy(out["aux"], labels, cfg.data.ignore_index)
+                        if self.aux_weight and "aux" in out
+                        else None
+                    )
                 loss = loss_main if loss_aux is None else loss_main + self.aux_weight * loss_aux
                 window += torch.stack(
                     [
                         loss.detach(),
                         loss_main.detach(),
                         loss_main.detach() * 0 if loss_aux is None else loss_aux.detach(),
+                        *(t.detach() for t in terms),
                     ]
                 ).double()
                 n_window += 1
@@ -560,6 +605,7 @@ class _Run:
             "loss_main": float(means[1]),
             "loss_aux": float(means[2]),
             "lr": lr,
+            **{name: float(v) for name, v in zip(self.parts, means[3:])},
         }
         self.history.append(entry)
         speed = n_window / max(elapsed, 1e-9)
@@ -669,6 +715,8 @@ class _Run:
 
     def _lr(self, it: int) -> float:
         tc = self.tc
+        if Schedule(tc.schedule) is Schedule.step:
+            return warmup_step_lr(it, tc.lr, tc.steps, tc.step_gamma, tc.warmup_iters, tc.warmup_ratio)
         return warmup_poly_lr(
             it, tc.max_iters, tc.lr, tc.lr_power, tc.min_lr, tc.warmup_iters, tc.warmup_ratio
         )
@@ -694,6 +742,12 @@ class _Run:
 
 
 TRAIN_METRICS = ("train/loss", "train/loss_main", "train/loss_aux", "train/lr")
+_SEGMENT_TERMS = ("loss_main", "loss_aux")
+
+
+def _to_device(target: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """A detector's target dict with its tensors on ``device`` (ids and names as they are)."""
+    return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in target.items()}
 
 
 def _train_metrics(entry: dict[str, Any], it_per_s: Optional[float]) -> dict[str, float]:
@@ -703,6 +757,8 @@ def _train_metrics(entry: dict[str, Any], it_per_s: Optional[float]) -> dict[str
         "train/loss_main": entry["loss_main"],
         "train/loss_aux": entry["loss_aux"],
         "train/lr": entry["lr"],
+        # a detector's loss terms (loss_rpn_cls, …)
+        **{f"train/{k}": v for k, v in entry.items() if k.startswith("loss_") and k not in _SEGMENT_TERMS},
     }
     if it_per_s is not None:
         out["train/it_per_s"] = it_per_s

@@ -37,7 +37,15 @@ from fsanet.models.heads import (
     LinearHead,
     NLHead,
 )
-from fsanet.models.networks import AFFormerFSANet, AFFormerNet, SegformerFSANet, SegformerNet
+from fsanet.models.networks import (
+    AFFormerFSANet,
+    AFFormerNet,
+    MaskRCNNFSANet,
+    MaskRCNNNet,
+    MaskRCNNNonLocalNet,
+    SegformerFSANet,
+    SegformerNet,
+)
 from fsanet.models.pretrained import fetch_checkpoint, load_pretrained, read_state_dict
 from fsanet.models.resnet import ResNetV1c
 from fsanet.models.segmentor import Method, Network, SegmentationModel
@@ -66,7 +74,15 @@ log = logging.getLogger(__name__)
 HEADS: tuple[type[DecodeHead], ...] = (FCNHead, NLHead, DAHead, CCHead, ISAHead, LinearHead, AFFHead, FSAHead)
 
 #: the whole networks, in table order
-NETWORKS: tuple[type[Network], ...] = (SegformerNet, SegformerFSANet, AFFormerNet, AFFormerFSANet)
+NETWORKS: tuple[type[Network], ...] = (
+    SegformerNet,
+    SegformerFSANet,
+    AFFormerNet,
+    AFFormerFSANet,
+    MaskRCNNNet,
+    MaskRCNNFSANet,
+    MaskRCNNNonLocalNet,
+)
 
 #: model name → method (a decode head on the shared skeleton, or a whole network). A plain dict: a
 #: new method is one class added here (or inserted at run time, as a test does).

@@ -41,6 +41,10 @@ class Method:
     #: the ``model.attention`` options the method reads; build_model refuses others that were set,
     #: and only these are logged as the run's params. A method that reads ``band`` is a band model.
     attention_options: ClassVar[tuple[str, ...]] = ()
+    #: what the method predicts: ``"semantic"`` (a :class:`SegmentationModel`: per-pixel logits, mIoU)
+    #: or ``"instances"`` (a detector, :class:`fsanet.models.mask_rcnn.MaskRCNN`: boxes, classes and
+    #: masks, COCO AP); the engine picks the data pipeline, the loss and the metrics by it
+    task: ClassVar[str] = "semantic"
 
     @classmethod
     def has_band(cls) -> bool:

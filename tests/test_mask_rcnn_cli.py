@@ -1,0 +1,127 @@
+"""Mask R-CNN as a method of the study: the instance data, the declarations, `fsanet train` and
+`fsanet eval` from the CLI on the synthetic instances (COCO AP), and the step schedule."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from fsanet.config import load_config
+from fsanet.data.instances import SyntheticInstances, build_instance_dataset, collate_instances
+from fsanet.engine.schedule import warmup_step_lr
+from fsanet.models import MODELS, build_model
+from fsanet.models.mask_rcnn import MaskRCNN
+from fsanet.nn.fsa import FrequencySelfAttention
+from fsanet.nn.non_local import NonLocal2d
+
+TINY = ["data.synthetic.num_train=6", "data.synthetic.num_val=3", "data.num_classes=4"]
+
+
+def test_synthetic_instances_and_their_flip():
+    cfg = load_config([], TINY)
+    raw = SyntheticInstances(cfg.data, "val")
+    assert raw.CLASSES == ("disc_red_cue", "disc_blue_cue", "triangle", "bar")
+    assert raw.CONTEXT_CLASSES == ("disc_red_cue", "disc_blue_cue")
+    item = raw[0]
+    n = len(item["labels"])
+    assert n >= 3 and item["boxes"].shape == (n, 4) and item["masks"].shape == (n, 96, 96)
+    # every box is the tight box of its mask (x2, y2: pixel edges)
+    for box, mask in zip(item["boxes"], item["masks"]):
+        ys, xs = torch.nonzero(mask, as_tuple=True)
+        assert box.tolist() == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+    # flipped items keep boxes and masks together; which items flip is fixed by (seed, stream, index)
+    train = build_instance_dataset(cfg.data, "val", True, seed=0)
+    flips = 0
+    for stream in range(8):
+        a = train[(0, stream)]
+        assert torch.equal(a["labels"], item["labels"])
+        flipped = not torch.equal(a["masks"], item["masks"])
+        flips += flipped
+        if flipped:
+            assert torch.equal(a["masks"], item["masks"].flip(-1))
+            assert torch.equal(a["boxes"][:, 0], 96 - item["boxes"][:, 2])
+        assert torch.equal(a["image"], train[(0, stream)]["image"])  # pure function of the key
+    assert 0 < flips < 8
+    images, targets = collate_instances([train[(0, 0)], train[(1, 0)]])
+    assert images.shape == (2, 3, 96, 96) and [t["image_id"] for t in targets] == [1, 2]
+
+
+def test_instance_data_refusals():
+    with pytest.raises(KeyError, match="data.name='voc' has no instance annotations"):
+        build_instance_dataset(load_config([], ["data.name=voc"]).data, "val", False)
+    with pytest.raises(ValueError, match="data.num_classes=7 but the synthetic instance set has 4"):
+        build_instance_dataset(load_config([], TINY[:2]).data, "val", False)
+
+
+@pytest.mark.parametrize(
+    ("name", "block"),
+    [("mask_rcnn", None), ("mask_rcnn_fsa", FrequencySelfAttention), ("mask_rcnn_nonlocal", NonLocal2d)],
+)
+def test_declarations_build_the_detector_with_its_res4_block(name, block):
+    method = MODELS[name]
+    assert method.task == "instances"
+    model = build_model({"name": name}, num_classes=4, pretrained=False)
+    assert isinstance(model, MaskRCNN) and model.name == name and model.num_classes == 4
+    kinds = [type(m) for m in model.attention_modules()]
+    assert kinds == ([] if block is None else [block])
+    # the small backbone gets the CPU settings; model.mask_rcnn overrides single ones
+    assert model.settings.strides == (4, 8) and model.settings.fpn_kernel == 1
+    tuned = build_model({"name": name, "mask_rcnn": {"roi_num": 32}}, num_classes=4, pretrained=False)
+    assert tuned.settings.roi_num == 32
+    with pytest.raises(ValueError, match="model.mask_rcnn.roi_count is not a Mask R-CNN setting"):
+        build_model({"name": name, "mask_rcnn": {"roi_count": 32}}, num_classes=4, pretrained=False)
+
+
+def test_resnet_fpn_takes_imagenet_weights_into_the_backbone(tmp_path):
+    from fsanet.models.resnet import ResNetV1c
+
+    source = ResNetV1c(depth=50, strides=(1, 2, 2, 2), dilations=(1, 1, 1, 1))
+    with torch.no_grad():
+        for p in source.parameters():
+            p.normal_()
+    path = tmp_path / "r50.pth"
+    torch.save({"state_dict": source.state_dict()}, path)
+    cfg = {"name": "mask_rcnn_nonlocal", "backbone": "resnet50_v1c", "pretrained": str(path)}
+    model = build_model(cfg, num_classes=80)
+    assert model.settings.strides == (4, 8, 16, 32) and model.settings.fpn_channels == 256
+    own = model.backbone.state_dict()
+    assert torch.equal(own["layer3.5.conv1.weight"], source.state_dict()["layer3.5.conv1.weight"])
+    assert any(k.startswith("layer3.res4_attention.") for k in own)  # placed before the last res4 block
+
+
+def test_step_schedule():
+    assert warmup_step_lr(0, 0.02, [60, 80], 0.1, 10, 0.001) == pytest.approx(0.02 * 0.001)
+    assert warmup_step_lr(10, 0.02, [60, 80]) == pytest.approx(0.02)
+    assert warmup_step_lr(60, 0.02, [60, 80]) == pytest.approx(0.002)
+    assert warmup_step_lr(85, 0.02, [60, 80]) == pytest.approx(0.0002)
+    with pytest.raises(ValueError, match="train.steps must be increasing"):
+        from fsanet.engine.train import _validate
+
+        _validate(load_config([], ["train.schedule=step", "train.steps=[80,60]", "train.max_iters=100"]))
+
+
+@pytest.mark.parametrize("name", ["mask_rcnn", "mask_rcnn_fsa"])
+def test_train_and_eval_from_the_cli(name, tmp_path):
+    from fsanet.cli import main
+
+    common = [*TINY, "train.progress=false", "tracking.enabled=false", "data.check_split_sizes=false"]
+    run = tmp_path / "run"
+    args = ["-q", "train", *common, "train.max_iters=3", "train.batch_size=2", f"model.name={name}"]
+    assert main([*args, "--out-dir", str(run), "--eval-out", str(run / "eval")]) == 0
+    log = json.loads((run / "train_log.json").read_text())
+    assert {"loss_rpn_cls", "loss_rpn_bbox", "loss_cls", "loss_bbox", "loss_mask"} <= set(log[-1])
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    assert metrics["task"] == "instances" and metrics["model"] == name and metrics["num_images"] == 3
+    for key in ("box", "mask"):
+        assert set(metrics[key]["per_class"]) == set(SyntheticInstances.CLASSES)
+        assert 0.0 <= metrics[f"{key}_AP"] <= 100.0
+    assert metrics["context_classes"] == ["disc_red_cue", "disc_blue_cue"]
+    assert (run / "eval" / "per_class.md").is_file()
+    out = tmp_path / "trunc"
+    rc = main(["-q", "eval", "--checkpoint", str(run / "model.pt"), "--out-dir", str(out), "--band", "1"])
+    if name == "mask_rcnn":  # nothing to truncate: refused with a message, nothing written
+        assert rc == 2 and not (out / "metrics.json").exists()
+    else:
+        assert rc == 0 and json.loads((out / "metrics.json").read_text())["eval_band"] == [0, 1, 0, 1]
