@@ -18,13 +18,24 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/eval.smk"
 include: "workflow/rules/bench.smk"
 include: "workflow/rules/tables.smk"
+include: "workflow/rules/coco.smk"
 
 
 rule all_tables:
     default_target: True
     input:
-        "results/metrics/summary.json",
-        "results/tables/findings.md",
-        "metrics/study.json",
-        study_report_files(),
-        f"results/mlflow/{config['study']}.published.json",
+        # an instance-segmentation profile (task: instances) ends in its COCO AP table
+        (
+            [
+                "results/tables/coco_findings.md",
+                "results/metrics/coco.json",
+            ]
+            if TASK == "instances"
+            else [
+                "results/metrics/summary.json",
+                "results/tables/findings.md",
+                "metrics/study.json",
+                study_report_files(),
+                f"results/mlflow/{config['study']}.published.json",
+            ]
+        ),

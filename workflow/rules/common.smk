@@ -7,6 +7,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from fsanet.data import DATASETS
+from fsanet.data.instances import INSTANCE_DATASETS
 from fsanet.models import MODELS, band_models
 from fsanet.provenance import source_hash
 
@@ -38,8 +39,10 @@ def check_names(key, names, known):
         )
 
 
-check_names("methods", config["methods"], MODELS)
-check_names("datasets", config["datasets"], DATASETS)
+# what the profile's methods predict: label maps (the default) or instances (Mask R-CNN, COCO AP)
+TASK = config.get("task", "semantic")
+check_names("methods", config["methods"], [n for n, m in MODELS.items() if m.task == TASK])
+check_names("datasets", config["datasets"], INSTANCE_DATASETS if TASK == "instances" else DATASETS)
 if config.get("truncation_model"):
     check_names("truncation_model", [config["truncation_model"]], config["methods"])
 if config.get("retrained_model"):
