@@ -15,7 +15,7 @@ export DO_NOT_TRACK := true
 export MPLBACKEND := Agg
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: venv test test-slow test-all test-cuda gpu-check tables tables-transformers bench dvc-repro plots lint clean-results
+.PHONY: venv test test-slow test-all test-cuda gpu-check tables tables-transformers tables-coco bench dvc-repro plots lint clean-results
 
 venv: $(STAMP)
 
@@ -59,6 +59,10 @@ tables: $(STAMP)
 ## make tables-transformers: Segformer-B0 and AFFormer-tiny, each ± FSA, beside the FCN (its own profile)
 tables-transformers: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) all_tables --configfile params/profiles/transformers.yaml
+
+## make tables-coco: Mask R-CNN ± FSA in res4 on the synthetic instances, COCO AP (its own profile)
+tables-coco: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES) all_tables --configfile params/profiles/coco.yaml
 
 ## make bench: the full efficiency sweep (32² … 256², ~17 min on 2 cores), apart from the study
 bench: $(STAMP)

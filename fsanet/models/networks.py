@@ -170,9 +170,12 @@ class AFFormerFSANet(AFFormerNet):
 #: all at stride 8) with 1×1 output convs, as the CPU segmentation heads use 1×1 convs: every box and
 #: mask feature then sees at most about 26 px around its RoI (the backbone's 39 px field, the stride-8
 #: upsampling, the box's corners), less than the 36 px between a disc and its cue, so only a block in
-#: res4 can tell the two disc classes apart. Anchors of 16 and 32 px fit the 9-25 px shapes; the RPN
-#: and RoI sample counts are cut to a quarter (mmdet's suit ~100 objects in 800×1333 images, here 4-8
-#: in 96×96), which takes a training step from ~320 to ~85 ms at batch 4 on one core.
+#: res4 can tell the two disc classes apart. Anchors of 16 and 32 px fit the 9-25 px shapes. The RPN
+#: and RoI sample counts are cut (mmdet's suit ~100 objects in 800×1333 images, here 4-8 in 96×96) and
+#: the heads narrowed; the mask head's 3×3 convs over every positive RoI dominate a step, so RoIs (64
+#: per image, 16 positive) and mask width (32) set its cost. Measured, one core, batch 4, FSA in res4:
+#: 219 ms per step with 128 RoIs and width 64, 123 ms with 64 RoIs, 128 ms with width 32, 90 ms with
+#: both (the setting here).
 SMALL_MASK_RCNN: dict[str, Any] = {
     "in_indices": (0, 3),
     "strides": (4, 8),
@@ -185,10 +188,10 @@ SMALL_MASK_RCNN: dict[str, Any] = {
     "rpn_post_nms_train": 200,
     "rpn_pre_nms_test": 500,
     "rpn_post_nms_test": 200,
-    "roi_num": 128,
+    "roi_num": 64,
     "box_fc": 256,
     "mask_convs": 2,
-    "mask_channels": 64,
+    "mask_channels": 32,
 }
 
 
