@@ -125,3 +125,58 @@ def test_train_and_eval_from_the_cli(name, tmp_path):
         assert rc == 2 and not (out / "metrics.json").exists()
     else:
         assert rc == 0 and json.loads((out / "metrics.json").read_text())["eval_band"] == [0, 1, 0, 1]
+
+
+def _detector_metrics(path, model, seed, disc, local=90.0):
+    per_class = {"disc_red_cue": disc, "disc_blue_cue": disc, "triangle": local, "bar": local}
+    block = {"AP": (2 * disc + 2 * local) / 4, "per_class": per_class}
+    band = [0, 5, 0, 5] if model.endswith("_fsa") else None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        json.dumps(
+            {
+                "task": "instances",
+                "dataset": "synthetic",
+                "model": model,
+                "band": band,
+                "attention_mode": "dot",
+                "eval_band": None,
+                "seed": seed,
+                "box": block,
+                "mask": block,
+                "box_AP": block["AP"],
+                "mask_AP": block["AP"],
+                "context_classes": ["disc_red_cue", "disc_blue_cue"],
+                "context_box_AP": disc,
+                "context_mask_AP": disc,
+                "num_images": 10,
+            }
+        )
+    )
+    return path
+
+
+def test_coco_table_and_its_claim(tmp_path):
+    from fsanet.report.coco_tables import coco_tables
+
+    paths = [_detector_metrics(tmp_path / f"p{s}.json", "mask_rcnn", s, 50.0 + s) for s in range(3)]
+    paths += [
+        _detector_metrics(tmp_path / f"f{s}.json", "mask_rcnn_fsa", s, d)
+        for s, d in enumerate((99, 98, 55.5))
+    ]
+    written = coco_tables(paths, tmp_path / "tables", tmp_path / "coco.json")
+    md = (tmp_path / "tables" / "coco_synthetic.md").read_text()
+    assert "synthetic set" in md and "51.00 ± 1.00 (n=3; 50.00–52.00)" in md
+    findings = (tmp_path / "tables" / "coco_findings.md").read_text()
+    # the bar is the plain mean (51) + 5 = 56 in every seed: seed 2 (55.5) misses it
+    assert "**FAIL**" in findings and "= 56.00 in every seed" in findings and "s2 55.50" in findings
+    summary = json.loads((tmp_path / "coco.json").read_text())
+    assert [c["verdict"] for c in summary["claims"]] == ["FAIL"] and len(summary["runs"]) == 6
+    assert len(written) == 5
+    paths[-1] = _detector_metrics(tmp_path / "f2.json", "mask_rcnn_fsa", 2, 56.5)
+    coco_tables(paths, tmp_path / "tables")
+    assert "**PASS**" in (tmp_path / "tables" / "coco_findings.md").read_text()
+    seg = tmp_path / "seg.json"
+    seg.write_text(json.dumps({"mIoU": 50.0}))
+    with pytest.raises(ValueError, match="seg.json: not a detector evaluation"):
+        coco_tables([seg], tmp_path / "tables")
