@@ -23,6 +23,7 @@ from typing import Any, Optional
 import pandas as pd
 
 from fsanet.io import read_json, write_json, write_text
+from fsanet.provenance import git_info
 from fsanet.report.names import method_display
 from fsanet.report.text import pm, write_table
 
@@ -62,6 +63,7 @@ def load_instance_runs(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
                 "context_classes": context,
                 "mask_per_class": m["mask"]["per_class"],
                 "num_images": m["num_images"],
+                "mlflow_run_id": m.get("mlflow_run_id"),
             }
         )
     return runs
@@ -134,6 +136,16 @@ def _claims(groups: dict[str, list[dict[str, Any]]], margin: float) -> list[dict
     return claims
 
 
+def _footer(runs: list[dict[str, Any]]) -> str:
+    """Provenance: the inputs, the git commit the tables were written at, the evaluations' MLflow runs."""
+    info = git_info()
+    sha = info["git_sha"] or "unknown"
+    dirty = " (uncommitted changes)" if info["git_dirty"] else ""
+    ids = sorted(r["mlflow_run_id"] for r in runs if r.get("mlflow_run_id"))
+    tracked = f"; MLflow evaluation runs ({len(ids)}): {', '.join(ids)}" if ids else ""
+    return f"Provenance: {len(runs)} evaluations; tables written at git {sha}{dirty}{tracked}."
+
+
 def coco_tables(
     paths: Sequence[str | Path],
     out_dir: str | Path,
@@ -188,7 +200,7 @@ def coco_tables(
             f"coco_{dataset}",
             [("Table C", caption, pd.DataFrame(shown))],
             pd.DataFrame(numeric),
-            f"_Inputs: {len([r for r in runs if r['dataset'] == dataset])} evaluations._",
+            _footer([r for r in runs if r["dataset"] == dataset]),
             COMMAND,
         )
     claims = _claims(groups, margin)
