@@ -76,6 +76,7 @@ __all__ = [
     "check_instances",
     "coco_dict",
     "export_coco",
+    "rle_encode",
     "synthetic_instances",
     "trace_sample",
 ]
@@ -365,7 +366,8 @@ def synthetic_instances(
 # --------------------------------------------------------------------------------------------
 # COCO export
 # --------------------------------------------------------------------------------------------
-def _rle(mask: np.ndarray) -> dict[str, Any]:
+def rle_encode(mask: np.ndarray) -> dict[str, Any]:
+    """A binary mask as a COCO compressed RLE with an ASCII ``counts`` string (JSON-ready)."""
     from pycocotools import mask as mask_utils
 
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
@@ -393,7 +395,7 @@ def coco_dict(data_cfg: Any = None, split: str = "val", indices: Sequence[int] |
                     "id": len(annotations) + 1,
                     "image_id": image_id,
                     "category_id": inst.category_id,
-                    "segmentation": _rle(inst.mask),
+                    "segmentation": rle_encode(inst.mask),
                     "area": inst.area,
                     "bbox": inst.bbox,
                     "iscrowd": 0,

@@ -298,7 +298,6 @@ def _evaluate(
             return metrics
         result = _run_inference(cfg, model, dataset, device, classes, out_dir)
         cost = _inference_cost(cfg, model, dataset, device, result.pop("seconds"))
-        info = describe(cfg)
         metrics = {
             "mIoU": result["mIoU"],
             "mAcc": result["mAcc"],
@@ -306,14 +305,7 @@ def _evaluate(
             "units": "percent",
             "IoU": result["IoU"],
             "Acc": result["Acc"],
-            "dataset": info["dataset"],
-            "split": cfg.data.val_split,
-            "model": info["model"],
-            "band": info["band"],
-            "eval_band": band,
-            "seed": info["seed"],
-            "checkpoint": str(checkpoint),
-            "iteration": state.get("iteration"),
+            **_run_fields(cfg, state, checkpoint, band),
             "mode": InferenceMode(ec.mode).value,
             "scales": list(ec.scales),
             "flip": bool(ec.flip),
@@ -379,6 +371,23 @@ def _evaluate(
     return metrics
 
 
+def _run_fields(
+    cfg: DictConfig, state: dict[str, Any], checkpoint: Path, band: Optional[list[int]]
+) -> dict[str, Any]:
+    """What every metrics.json says about the evaluated run: data, model, band, seed, checkpoint."""
+    info = describe(cfg)
+    return {
+        "dataset": info["dataset"],
+        "split": cfg.data.val_split,
+        "model": info["model"],
+        "band": info["band"],
+        "eval_band": band,
+        "seed": info["seed"],
+        "checkpoint": str(checkpoint),
+        "iteration": state.get("iteration"),
+    }
+
+
 def _evaluate_instances(
     cfg: DictConfig,
     state: dict[str, Any],
@@ -394,20 +403,12 @@ def _evaluate_instances(
     result = instance_inference(cfg, model, dataset, device)
     scores = instance_metrics(cfg, dataset, result)
     cost = _inference_cost(cfg, model, dataset, device, result["seconds"])
-    info = describe(cfg)
     metrics = _nan_to_none(
         {
             "task": "instances",
             **scores,
             "units": "percent",
-            "dataset": info["dataset"],
-            "split": cfg.data.val_split,
-            "model": info["model"],
-            "band": info["band"],
-            "eval_band": band,
-            "seed": info["seed"],
-            "checkpoint": str(checkpoint),
-            "iteration": state.get("iteration"),
+            **_run_fields(cfg, state, checkpoint, band),
             "num_images": result["num_images"],
             "num_detections": len(result["detections"]),
             "mlflow_run_id": tracker.run_id,

@@ -23,25 +23,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from fsanet.data.synthetic_coco import rle_encode
 from fsanet.engine.coco_eval import coco_ap
 from fsanet.io import write_text
 
 __all__ = ["instance_inference", "instance_metrics", "write_instance_tables"]
 
 log = logging.getLogger(__name__)
-
-
-def _rle(mask: np.ndarray) -> dict[str, Any]:
-    from pycocotools import mask as mask_utils
-
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
 @torch.inference_mode()
@@ -89,7 +82,7 @@ def instance_inference(
                     "category_id": int(dataset.CATEGORY_IDS[int(out["labels"][k])]),
                     "bbox": [x1, y1, x2 - x1, y2 - y1],
                     "score": float(out["scores"][k]),
-                    "segmentation": _rle(masks[k]),
+                    "segmentation": rle_encode(masks[k]),
                 }
             )
     return {"detections": detections, "num_images": n, "seconds": seconds, "image_ids": image_ids}
