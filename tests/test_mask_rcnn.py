@@ -34,6 +34,8 @@ NUM_CLASSES = 2
 def _settings(**overrides) -> MaskRCNNSettings:
     """The tiny CPU configuration: two levels (strides 4 and 8), no P6, narrow heads, few samples."""
     base = dict(
+        frozen_stages=-1,
+        norm_eval=False,
         in_indices=(0, 3),
         strides=(4, 8),
         extra_level=False,
@@ -348,6 +350,46 @@ def test_res4_attention_before_the_last_block_of_resnet50():
     assert model.attention_modules() == [attention]
     with pytest.raises(ValueError, match="channels"):
         insert_res4_attention(SmallBackbone((8, 16, 16, 32)), NonLocal2d(8))
+
+
+def test_resnet_backbone_is_frozen_and_norm_eval_as_in_mmdet():
+    """mmdet's R-50 (frozen_stages=1, norm_eval=True): no gradients for the stem and layer1, and every
+    backbone BatchNorm keeps its statistics in train mode; the rest of the detector trains."""
+    backbone = ResNetV1c(depth=50, strides=(1, 2, 2, 2), dilations=(1, 1, 1, 1))
+    settings = MaskRCNNSettings(fpn_channels=8, box_fc=8, mask_channels=8)
+    model = MaskRCNN(backbone, NUM_CLASSES, settings).train()
+    frozen = [p for m in (backbone.stem, backbone.layer1) for p in m.parameters()]
+    assert frozen and not any(p.requires_grad for p in frozen)
+    assert all(p.requires_grad for p in backbone.layer2.parameters())
+    trained = {id(p) for g in model.param_groups() for p in g["params"]}
+    assert not trained & {id(p) for p in frozen}
+    bns = [m for m in backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert model.training and backbone.layer2.training and not any(m.training for m in bns)
+    assert not backbone.stem.training and not backbone.layer1.training
+    assert model.neck.training and model.rpn.training and model.box_head.training
+    # a running mean does not move in a training forward
+    before = backbone.layer4[0].bn1.running_mean.clone()
+    model(torch.randn(1, 3, 64, 64), [_target([[4, 4, 40, 40]], [0], 64, 64)])
+    assert torch.equal(backbone.layer4[0].bn1.running_mean, before)
+    # the tiny settings (frozen_stages=-1, norm_eval=False) train everything, BN statistics included
+    small = _model().train()
+    assert all(p.requires_grad for p in small.parameters())
+    assert all(m.training for m in small.modules())
+    with pytest.raises(ValueError, match="frozen_stages must be in -1..4"):
+        MaskRCNNSettings(frozen_stages=5)
+
+
+class _Plain(torch.nn.Module):
+    out_channels = (8, 8, 8, 8)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [x] * 4
+
+
+def test_frozen_stages_need_the_named_backbone_parts():
+    needle = "frozen_stages=1 needs the backbone's stem, layer1.*frozen_stages=-1"
+    with pytest.raises(ValueError, match=needle):
+        MaskRCNN(_Plain(), NUM_CLASSES, _settings(frozen_stages=1))
 
 
 # ---------------------------------------------------------------------------------------------

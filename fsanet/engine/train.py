@@ -202,6 +202,8 @@ def _make_optimizer(model: nn.Module, tc: DictConfig) -> torch.optim.Optimizer:
     """
     head, rest = [], []
     for name, param in model.named_parameters():
+        if not param.requires_grad:  # frozen (a detector's first backbone stages)
+            continue
         (head if name.split(".")[0] in ("decode_head", "aux_head") else rest).append(param)
     groups = [{"params": rest, "lr_mult": 1.0}, {"params": head, "lr_mult": float(tc.head_lr_mult)}]
     groups = [g for g in groups if g["params"]]

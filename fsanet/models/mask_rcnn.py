@@ -74,6 +74,9 @@ LOSS_KEYS = ("loss_rpn_cls", "loss_rpn_bbox", "loss_cls", "loss_bbox", "loss_mas
 class MaskRCNNSettings:
     """Hyper-parameters; the defaults are mmdet's ``mask_rcnn_r50_fpn_1x`` model, train and test configs."""
 
+    # backbone (mmdet's ResNet: frozen_stages=1, norm_eval=True)
+    frozen_stages: int = 1  # the stem and layer1…layer<n> get no gradients and stay in eval mode; -1: none
+    norm_eval: bool = True  # every BatchNorm of the backbone keeps its (ImageNet) statistics in training
     # FPN / anchors
     in_indices: tuple[int, ...] = (0, 1, 2, 3)  # backbone outputs that feed the FPN, finest first
     strides: tuple[int, ...] = (4, 8, 16, 32)  # their strides (in input pixels)
@@ -133,6 +136,8 @@ class MaskRCNNSettings:
             raise ValueError(f"MaskRCNNSettings: fpn_kernel must be odd, got {self.fpn_kernel}")
         if not self.anchor_ratios or min(self.anchor_ratios) <= 0:
             raise ValueError(f"MaskRCNNSettings: anchor_ratios must be positive, got {self.anchor_ratios}")
+        if not -1 <= self.frozen_stages <= 4:
+            raise ValueError(f"MaskRCNNSettings: frozen_stages must be in -1..4, got {self.frozen_stages}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -655,6 +660,32 @@ class MaskRCNN(nn.Module):
         self.mask_head = MaskHead(st.fpn_channels, st.mask_convs, st.mask_channels, num_classes)
         self.rpn_coder = DeltaXYWHCoder()
         self.box_coder = DeltaXYWHCoder(stds=(0.1, 0.1, 0.2, 0.2))
+        for module in self._frozen():
+            module.requires_grad_(False)
+
+    def _frozen(self) -> list[nn.Module]:
+        """The backbone parts that ``frozen_stages`` freezes: its ``stem``, then ``layer1``…"""
+        n = self.settings.frozen_stages
+        names = ["stem", *(f"layer{i}" for i in range(1, n + 1))] if n >= 0 else []
+        missing = [name for name in names if not isinstance(getattr(self.backbone, name, None), nn.Module)]
+        if missing:
+            raise ValueError(
+                f"MaskRCNN: frozen_stages={n} needs the backbone's {', '.join(missing)}, which "
+                f"{type(self.backbone).__name__} lacks; set model.mask_rcnn.frozen_stages=-1"
+            )
+        return [getattr(self.backbone, name) for name in names]
+
+    def train(self, mode: bool = True) -> MaskRCNN:
+        """Train mode, except the frozen stages and (``norm_eval``) the backbone's BatchNorms."""
+        super().train(mode)
+        if mode:
+            for module in self._frozen():
+                module.eval()
+            if self.settings.norm_eval:
+                for m in self.backbone.modules():
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                        m.eval()
+        return self
 
     # ------------------------------------------------------------------ public
     def attention_modules(self) -> list[AttentionModule]:

@@ -24,7 +24,7 @@ from fsanet.models.afformer_keys import load_afformer_checkpoint
 from fsanet.models.heads import _value, build_fsa
 from fsanet.models.mask_rcnn import MaskRCNN, MaskRCNNSettings
 from fsanet.models.pretrained import load_pretrained
-from fsanet.models.resnet import ResNetV1c
+from fsanet.models.resnet import RESNET_BACKBONES, ResNetV1c
 from fsanet.models.segformer import DECODER_CHANNELS, MIT_SETTINGS, build_segformer
 from fsanet.models.segformer_keys import load_segformer_checkpoint
 from fsanet.models.segmentor import Network, SegmentationModel
@@ -177,6 +177,8 @@ class AFFormerFSANet(AFFormerNet):
 #: 219 ms per step with 128 RoIs and width 64, 123 ms with 64 RoIs, 128 ms with width 32, 90 ms with
 #: both (the setting here).
 SMALL_MASK_RCNN: dict[str, Any] = {
+    "frozen_stages": -1,  # trained from scratch: nothing frozen, BatchNorm learns its statistics
+    "norm_eval": False,
     "in_indices": (0, 3),
     "strides": (4, 8),
     "extra_level": False,
@@ -199,10 +201,10 @@ class MaskRCNNNet(Network):
     """Mask R-CNN with an FPN (``model.name=mask_rcnn``) on ``model.backbone``: an instance-segmentation
     method (``task = "instances"``: trained on instance targets, scored with COCO box and mask AP).
 
-    Unlike the segmentation networks it reads ``model.backbone``: ``resnet50_v1c`` / ``resnet101_v1c``
-    without dilation (strides 4-32, the FPN setting; the V1c stem, so mmcls's ImageNet ``resnet*_v1c``
-    weights load through the existing mapping, where mmdet's configs use the 7×7-stem ResNet), or
-    ``small`` (:data:`SMALL_MASK_RCNN`). ``model.mask_rcnn`` overrides single settings of
+    Unlike the segmentation networks it reads ``model.backbone``: a ResNet without dilation (strides
+    4-32, the FPN setting), ``resnet50`` / ``resnet101`` (torchvision's 7×7 stem, as in mmdet's
+    configs, for torchvision's ImageNet weights) or ``resnet50_v1c`` / ``resnet101_v1c`` (mmcls's
+    weights), or ``small`` (:data:`SMALL_MASK_RCNN`). ``model.mask_rcnn`` overrides single settings of
     :class:`~fsanet.models.mask_rcnn.MaskRCNNSettings`. ``model.pretrained`` is the backbone's
     ImageNet checkpoint.
     """
@@ -239,8 +241,8 @@ class MaskRCNNNet(Network):
         if backbone_kind is Backbone.small:
             backbone: nn.Module = SmallBackbone(cfg.small_channels)
         else:
-            depth = {Backbone.resnet50_v1c: 50, Backbone.resnet101_v1c: 101}[backbone_kind]
-            backbone = ResNetV1c(depth=depth, strides=(1, 2, 2, 2), dilations=(1, 1, 1, 1))
+            depth, deep_stem = RESNET_BACKBONES[backbone_kind.value]
+            backbone = ResNetV1c(depth, strides=(1, 2, 2, 2), dilations=(1, 1, 1, 1), deep_stem=deep_stem)
         attention = cls.res4_attention(backbone.out_channels[2], cfg)
         return MaskRCNN(backbone, num_classes, cls.settings(cfg), res4_attention=attention, name=cls.name)
 
