@@ -227,8 +227,10 @@ class DataConfig:
 # Model
 # --------------------------------------------------------------------------------------------
 class Backbone(str, Enum):
-    resnet50_v1c = "resnet50_v1c"
+    resnet50_v1c = "resnet50_v1c"  # deep stem (mmseg, mmcls weights)
     resnet101_v1c = "resnet101_v1c"
+    resnet50 = "resnet50"  # torchvision's 7×7 stem (mmdet, torchvision weights)
+    resnet101 = "resnet101"
     small = "small"
 
 

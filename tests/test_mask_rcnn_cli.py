@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -74,17 +77,25 @@ def test_declarations_build_the_detector_with_its_res4_block(name, block):
         build_model({"name": name, "mask_rcnn": {"roi_count": 32}}, num_classes=4, pretrained=False)
 
 
-def test_resnet_fpn_takes_imagenet_weights_into_the_backbone(tmp_path):
+@pytest.mark.parametrize("backbone", ["resnet50_v1c", "resnet50"])
+def test_resnet_fpn_takes_imagenet_weights_into_the_backbone(tmp_path, backbone):
     from fsanet.models.resnet import ResNetV1c
 
-    source = ResNetV1c(depth=50, strides=(1, 2, 2, 2), dilations=(1, 1, 1, 1))
+    deep = backbone.endswith("_v1c")
+    source = ResNetV1c(depth=50, strides=(1, 2, 2, 2), dilations=(1, 1, 1, 1), deep_stem=deep)
     with torch.no_grad():
         for p in source.parameters():
             p.normal_()
+    state = source.state_dict()
+    if not deep:  # torchvision's names for the 7×7 stem (conv1, bn1), and its classifier
+        state = {k.removeprefix("stem."): v for k, v in state.items()}
+        state |= {"fc.weight": torch.zeros(1000, 2048), "fc.bias": torch.zeros(1000)}
     path = tmp_path / "r50.pth"
-    torch.save({"state_dict": source.state_dict()}, path)
-    cfg = {"name": "mask_rcnn_nonlocal", "backbone": "resnet50_v1c", "pretrained": str(path)}
+    torch.save({"state_dict": state}, path)
+    cfg = {"name": "mask_rcnn_nonlocal", "backbone": backbone, "pretrained": str(path)}
     model = build_model(cfg, num_classes=80)
+    stem = "stem.0.weight" if deep else "stem.conv1.weight"
+    assert torch.equal(model.backbone.state_dict()[stem], source.state_dict()[stem])
     assert model.settings.strides == (4, 8, 16, 32) and model.settings.fpn_channels == 256
     own = model.backbone.state_dict()
     assert torch.equal(own["layer3.5.conv1.weight"], source.state_dict()["layer3.5.conv1.weight"])
@@ -180,3 +191,42 @@ def test_coco_table_and_its_claim(tmp_path):
     seg.write_text(json.dumps({"mIoU": 50.0}))
     with pytest.raises(ValueError, match="seg.json: not a detector evaluation"):
         coco_tables([seg], tmp_path / "tables")
+
+
+@pytest.mark.slow
+def test_detector_trains_in_two_ddp_processes(tmp_path):
+    """torchrun with 2 processes (gloo on CPU) trains Mask R-CNN + FSA through DDP; rank 0 evaluates.
+    An unused parameter or a mismatched gradient reduction would stop the run with an error."""
+    run = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "fsanet.cli",
+        "-q",
+        "train",
+        *TINY,
+        "train.progress=false",
+        "tracking.enabled=false",
+        "data.check_split_sizes=false",
+        "train.max_iters=4",
+        "train.batch_size=4",
+        "model.name=mask_rcnn_fsa",
+        "--out-dir",
+        str(run),
+        "--eval-out",
+        str(run / "eval"),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["world_size"] == 2 and info["status"] == "finished"
+    log = json.loads((run / "train_log.json").read_text())
+    assert log[-1]["iteration"] == 4 and {"loss_mask", "loss_rpn_cls"} <= set(log[-1])
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    assert metrics["model"] == "mask_rcnn_fsa" and metrics["num_images"] == 3

@@ -16,6 +16,7 @@ from fsanet.config import ConfigError, ModelConfig, load_config
 from fsanet.models import MODELS, Network, SegmentationModel, build_model
 from fsanet.models.heads import DualAttention
 from fsanet.models.pretrained import (
+    TORCHVISION_URLS,
     PretrainedError,
     convert_state_dict,
     fetch_checkpoint,
@@ -480,15 +481,47 @@ def test_torchvision_stem_is_reported_not_loaded(caplog: pytest.LogCaptureFixtur
     assert report.format == "torchvision"
     assert set(report.missing) == {k for k in before if not k.endswith("num_batches_tracked")}
     assert set(report.unexpected) == {
-        "conv1.weight",
-        "bn1.weight",
-        "bn1.bias",
-        "bn1.running_mean",
-        "bn1.running_var",
+        "stem.conv1.weight",
+        "stem.bn1.weight",
+        "stem.bn1.bias",
+        "stem.bn1.running_mean",
+        "stem.bn1.running_var",
     }
     _assert_state_equal(target, ours, keys=[k for k in ours if not k.startswith("stem.")])
     _assert_state_equal(target, before, keys=list(before))  # stem untouched
-    assert "missing from checkpoint" in caplog.text and "conv1.weight" in caplog.text
+    assert "missing from checkpoint" in caplog.text and "stem.conv1.weight" in caplog.text
+
+
+#: torchvision ``resnet50().state_dict()``: 320 entries (53 convs, 53 BNs of 5 tensors, fc weight and bias)
+def _torchvision_resnet_names(blocks: tuple[int, ...] = (3, 4, 6, 3)) -> list[str]:
+    bn = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+    names = ["conv1.weight", *(f"bn1.{t}" for t in bn)]
+    for stage, count in enumerate(blocks, start=1):
+        for block in range(count):
+            pre = f"layer{stage}.{block}."
+            for i in (1, 2, 3):
+                names += [f"{pre}conv{i}.weight", *(f"{pre}bn{i}.{t}" for t in bn)]
+            if block == 0:
+                names += [f"{pre}downsample.0.weight", *(f"{pre}downsample.1.{t}" for t in bn)]
+    return [*names, "fc.weight", "fc.bias"]
+
+
+def test_torchvision_resnet50_loads_whole_into_the_7x7_stem_backbone() -> None:
+    """mmdet's Mask R-CNN backbone: ``model.backbone=resnet50`` takes torchvision's checkpoint strictly."""
+    names = _torchvision_resnet_names()
+    assert len(names) == 320
+    ours = ResNetV1c(depth=50, strides=(1, 2, 2, 2), dilations=(1, 1, 1, 1), deep_stem=False)
+    own = ours.state_dict()
+    assert len(own) == 318 and own["stem.conv1.weight"].shape == (64, 3, 7, 7)
+    tv = {"fc.weight": torch.randn(1000, 2048), "fc.bias": torch.randn(1000)}
+    for name in names[:-2]:
+        mapped = f"stem.{name}" if name.startswith(("conv1.", "bn1.")) else name
+        tv[name] = torch.rand_like(own[mapped].float())
+    report = load_pretrained(ours, tv, strict=True)
+    assert report.format == "torchvision" and report.complete and not report.unexpected
+    assert sorted(report.ignored) == ["fc.bias", "fc.weight"]
+    assert torch.equal(ours.state_dict()["stem.bn1.running_var"], tv["bn1.running_var"])
+    assert ours(torch.randn(1, 3, 64, 64))[0].shape == (1, 256, 16, 16)
 
 
 def test_mismatches_are_reported_clearly() -> None:
@@ -621,6 +654,31 @@ def test_fetch_from_url_with_checksum(tmp_path: Path) -> None:
         fetch_checkpoint("x.pth", cache, sha256="abc")
     with pytest.raises(PretrainedError, match="open-mmlab://resnet50_v1c"):
         fetch_checkpoint("open-mmlab://resnet18_v1c", cache)
+    with pytest.raises(
+        PretrainedError, match="unknown shortcut 'torchvision://resnet18'.*torchvision://resnet50"
+    ):
+        fetch_checkpoint("torchvision://resnet18", cache)
+
+
+def test_torchvision_shortcut_downloads_and_checks_the_name_hash(tmp_path: Path, monkeypatch) -> None:
+    """``torchvision://resnet50`` resolves to its URL (here a file on 127.0.0.1 named like torchvision's)."""
+    assert TORCHVISION_URLS["resnet50"].endswith("/resnet50-0676ba61.pth")
+    served = tmp_path / "served"
+    served.mkdir()
+    torch.save({"conv1.weight": torch.ones(2)}, served / "tmp.pth")
+    digest = hashlib.sha256((served / "tmp.pth").read_bytes()).hexdigest()
+    (served / "tmp.pth").rename(served / f"resnet50-{digest[:8]}.pth")
+    (served / "resnet101-0badbeef.pth").write_bytes((served / f"resnet50-{digest[:8]}.pth").read_bytes())
+    server = _Server(served)
+    try:
+        monkeypatch.setitem(TORCHVISION_URLS, "resnet50", f"{server.url}/resnet50-{digest[:8]}.pth")
+        monkeypatch.setitem(TORCHVISION_URLS, "resnet101", f"{server.url}/resnet101-0badbeef.pth")
+        path = fetch_checkpoint("torchvision://resnet50", tmp_path / "cache")
+        assert read_state_dict(path)["conv1.weight"].tolist() == [1.0, 1.0]
+        with pytest.raises(PretrainedError, match="checksum mismatch"):
+            fetch_checkpoint("torchvision://resnet101", tmp_path / "cache")
+    finally:
+        server.close()
 
 
 def test_checkpoint_of_another_model_is_one_line_naming_both():

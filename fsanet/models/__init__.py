@@ -47,7 +47,7 @@ from fsanet.models.networks import (
     SegformerNet,
 )
 from fsanet.models.pretrained import fetch_checkpoint, load_pretrained, read_state_dict
-from fsanet.models.resnet import ResNetV1c
+from fsanet.models.resnet import RESNET_BACKBONES, ResNetV1c
 from fsanet.models.segmentor import Method, Network, SegmentationModel
 from fsanet.models.small import SmallBackbone
 from fsanet.nn.base import AttentionModule
@@ -152,8 +152,8 @@ def build_backbone(cfg: ModelConfig) -> nn.Module:
     backbone = Backbone(cfg.backbone)
     if backbone is Backbone.small:
         return SmallBackbone(cfg.small_channels)
-    depth = {Backbone.resnet50_v1c: 50, Backbone.resnet101_v1c: 101}[backbone]
-    return ResNetV1c(depth=depth)
+    depth, deep_stem = RESNET_BACKBONES[backbone.value]
+    return ResNetV1c(depth=depth, deep_stem=deep_stem)
 
 
 def build_model(

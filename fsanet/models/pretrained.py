@@ -6,9 +6,11 @@ Sources understood by :func:`convert_state_dict`:
   ``backbone.`` as in full segmentor checkpoints, whose other parts are ignored): our names, as is.
 * **timm** deep-stem ResNets (``resnet50c``-style: ``conv1.0/1/3/4/6`` + ``bn1``): the stem is
   renamed onto ``stem.0/1/3/4/6/7``; the stages share names with ours.
-* **torchvision** (and timm's plain ``resnet50``): single 7×7 ``conv1``/``bn1`` stem. The stages load;
-  the deep stem cannot be filled from a 7×7 conv, so ``stem.*`` stays randomly initialised and the
-  report lists ``conv1``/``bn1`` as unexpected and ``stem.*`` as missing.
+* **torchvision** (and timm's plain ``resnet50``): single 7×7 ``conv1``/``bn1`` stem, renamed onto
+  ``stem.conv1``/``stem.bn1``: a ``deep_stem=False`` ResNet (``model.backbone=resnet50``) loads it
+  whole. Into a V1c the stages load; the deep stem cannot be filled from a 7×7 conv, so ``stem.*``
+  stays randomly initialised and the report lists ``stem.conv1``/``stem.bn1`` as unexpected and the
+  deep stem's tensors as missing.
 * anything else is matched by name (e.g. weights saved from this package's own backbones).
 
 Classifier weights (``fc.*``, ``head.*``) are dropped and listed as ignored. Files are read with
@@ -32,6 +34,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "OPENMMLAB_URLS",
+    "TORCHVISION_URLS",
     "LoadReport",
     "PretrainedError",
     "convert_state_dict",
@@ -48,6 +51,12 @@ OPENMMLAB_URLS = {
     "resnet50_v1c": "https://download.openmmlab.com/pretrain/third_party/resnet50_v1c-2cccc1ad.pth",
     "resnet101_v1c": "https://download.openmmlab.com/pretrain/third_party/resnet101_v1c-e67eebb6.pth",
 }
+#: ``torchvision://NAME`` shortcuts (mmcv resolves them to torchvision's ImageNet ``IMAGENET1K_V1`` files)
+TORCHVISION_URLS = {
+    "resnet50": "https://download.pytorch.org/models/resnet50-0676ba61.pth",
+    "resnet101": "https://download.pytorch.org/models/resnet101-63fe2227.pth",
+}
+_SHORTCUTS = {"open-mmlab://": OPENMMLAB_URLS, "torchvision://": TORCHVISION_URLS}
 
 _HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.[A-Za-z0-9]+$")
 _CLASSIFIER_PREFIXES = ("fc.", "head.", "classifier.", "decode_head.", "auxiliary_head.")
@@ -105,8 +114,8 @@ def fetch_checkpoint(
     """Return a local, verified path for ``model.pretrained``.
 
     Args:
-        spec: a local file, an ``http(s)://`` URL, or ``open-mmlab://resnet50_v1c`` /
-            ``open-mmlab://resnet101_v1c``.
+        spec: a local file, an ``http(s)://`` URL, or a shortcut: ``open-mmlab://resnet50_v1c`` /
+            ``resnet101_v1c``, ``torchvision://resnet50`` / ``resnet101``.
         cache_dir: downloads go to ``cache_dir/<hash of the URL>/<file name>`` (atomically) and are
             reused on later calls.
         sha256: expected sha256 (64 hex digits). Without it, a URL whose file name ends in
@@ -120,14 +129,15 @@ def fetch_checkpoint(
     """
     if sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", sha256):
         raise PretrainedError(f"model.pretrained_sha256 must be 64 hex digits, got {sha256!r}")
-    if spec.startswith("open-mmlab://"):
-        name = spec[len("open-mmlab://") :]
-        if name not in OPENMMLAB_URLS:
-            raise PretrainedError(
-                f"model.pretrained: unknown shortcut {spec!r}; known: "
-                + ", ".join(f"open-mmlab://{k}" for k in OPENMMLAB_URLS)
-            )
-        spec = OPENMMLAB_URLS[name]
+    for prefix, table in _SHORTCUTS.items():
+        if spec.startswith(prefix):
+            name = spec[len(prefix) :]
+            if name not in table:
+                raise PretrainedError(
+                    f"model.pretrained: unknown shortcut {spec!r}; known: "
+                    + ", ".join(f"{p}{k}" for p, t in _SHORTCUTS.items() for k in t)
+                )
+            spec = table[name]
     scheme = urllib.parse.urlparse(spec).scheme
     if scheme not in ("http", "https"):
         path = Path(spec).expanduser()
@@ -223,6 +233,7 @@ def convert_state_dict(state: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], 
         "conv1.weight" in items and items["conv1.weight"].dim() == 4 and items["conv1.weight"].shape[-1] == 7
     ):
         fmt = "torchvision"
+        items = {(f"stem.{k}" if k.startswith(("conv1.", "bn1.")) else k): v for k, v in items.items()}
     else:
         fmt = "native"
     return items, fmt, ignored

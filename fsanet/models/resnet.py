@@ -2,27 +2,36 @@
 
 V1c differs from the torchvision ResNet only in the stem: three 3×3 convolutions
 (``3 → stem/2`` stride 2, ``stem/2 → stem/2``, ``stem/2 → stem``, each followed by BN + ReLU) replace
-the single 7×7 convolution; then a 3×3 stride-2 max-pool as usual. Bottlenecks put the stride on the
+the single 7×7 convolution; then a 3×3 stride-2 max-pool as usual. ``deep_stem=False`` gives that
+torchvision ResNet (mmdet's ``ResNet``, "V1b": ``stem.conv1`` 7×7 stride 2, ``stem.bn1``, ReLU), the
+backbone of mmdet's Mask R-CNN. Bottlenecks put the stride on the
 3×3 convolution ("pytorch" style). The D8 setting keeps stages 3 and 4 at 1/8 resolution with
 ``strides=(1, 2, 1, 1)``, ``dilations=(1, 1, 2, 4)``; with ``contract_dilation`` the first block of a
 dilated stage uses half the stage's dilation (so stage 3 runs 1, 2, 2, …; stage 4 runs 2, 4, 4).
 
 Parameter names follow mmseg/mmcls (``stem.0.weight``, ``layer1.0.conv1.weight``,
 ``layer1.0.downsample.0.weight``, …) so their published ``resnet*_v1c`` checkpoints load by name;
-:mod:`fsanet.models.pretrained` maps timm and torchvision names onto these.
-"""
+:mod:`fsanet.models.pretrained` maps timm and torchvision names onto these."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Optional
 
 from torch import Tensor, nn
 
-__all__ = ["Bottleneck", "ResNetV1c", "RESNET_DEPTHS", "init_weights"]
+__all__ = ["Bottleneck", "RESNET_BACKBONES", "RESNET_DEPTHS", "ResNetV1c", "init_weights"]
 
 #: blocks per stage for the supported depths
 RESNET_DEPTHS: dict[int, tuple[int, int, int, int]] = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
+#: ``model.backbone`` name → (depth, deep stem)
+RESNET_BACKBONES: dict[str, tuple[int, bool]] = {
+    "resnet50_v1c": (50, True),
+    "resnet101_v1c": (101, True),
+    "resnet50": (50, False),
+    "resnet101": (101, False),
+}
 
 
 def init_weights(module: nn.Module) -> None:
@@ -106,6 +115,7 @@ class ResNetV1c(nn.Module):
         contract_dilation: first block of a dilated stage uses half the dilation.
         zero_init_residual: zero the last BN scale of every block at random init (each block
             starts as the identity); irrelevant once pretrained weights are loaded.
+        deep_stem: the V1c stem of three 3×3 convs; False: torchvision's single 7×7 conv.
 
     Shapes (D8 defaults): input (B, 3, H, W) → stages (B, 256, H/4, W/4), (B, 512, H/8, W/8),
     (B, 1024, H/8, W/8), (B, 2048, H/8, W/8), each size rounded up (``ceil``).
@@ -120,6 +130,7 @@ class ResNetV1c(nn.Module):
         dilations: Sequence[int] = (1, 1, 2, 4),
         contract_dilation: bool = True,
         zero_init_residual: bool = True,
+        deep_stem: bool = True,
     ) -> None:
         super().__init__()
         if depth not in RESNET_DEPTHS:
@@ -130,16 +141,26 @@ class ResNetV1c(nn.Module):
             )
         self.depth = depth
         half = stem_channels // 2
-        self.stem = nn.Sequential(
-            nn.Conv2d(3, half, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(half),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(half, half, 3, stride=1, padding=1, bias=False),
-            nn.BatchNorm2d(half),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(half, stem_channels, 3, stride=1, padding=1, bias=False),
-            nn.BatchNorm2d(stem_channels),
-            nn.ReLU(inplace=True),
+        self.stem = (
+            nn.Sequential(
+                nn.Conv2d(3, half, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(half),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(half, half, 3, stride=1, padding=1, bias=False),
+                nn.BatchNorm2d(half),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(half, stem_channels, 3, stride=1, padding=1, bias=False),
+                nn.BatchNorm2d(stem_channels),
+                nn.ReLU(inplace=True),
+            )
+            if deep_stem
+            else nn.Sequential(
+                OrderedDict(
+                    conv1=nn.Conv2d(3, stem_channels, 7, stride=2, padding=3, bias=False),
+                    bn1=nn.BatchNorm2d(stem_channels),
+                    relu=nn.ReLU(inplace=True),
+                )
+            )
         )
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
         in_channels = stem_channels
