@@ -495,3 +495,20 @@ def test_full_band_changes_nothing(name: str) -> None:
     plain = m(x)
     m.eval_band = (0, -1, 0, -1)
     torch.testing.assert_close(m(x), plain, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("band", [None, [0, 1, 0, 1], [0, 3, 0, 2]])
+def test_non_local_attend_is_what_forward_uses(band: list[int] | None) -> None:
+    """``NonLocal2d.attend`` (read by tools/attention_mass.py) gives the map and output of the block."""
+    torch.manual_seed(0)
+    block = NonLocal2d(8).eval()
+    torch.nn.init.normal_(block.norm.weight)  # the zero-initialised BN would hide y
+    block.eval_band = band
+    x = torch.randn(2, 8, 5, 6)
+    attn, y = block.attend(block.attention_input(x))
+    assert attn.shape == (2, 30, 30)
+    torch.testing.assert_close(attn.sum(-1), torch.ones(2, 30))
+    expected = x + block.norm(block.conv_out(y.view(2, block.inter_channels, 5, 6)))
+    torch.testing.assert_close(block(x), expected)
+    if band == [0, 1, 0, 1]:  # a constant attention input: every row is uniform
+        torch.testing.assert_close(attn, torch.full_like(attn, 1 / 30))

@@ -19,30 +19,16 @@ Usage (after ``make tables``)::
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
 
 from fsanet.data import build_dataset
+from fsanet.data.synthetic import CONTEXT_CLASSES, CUE_CLASSES, CUE_RED
 from fsanet.engine.checkpoint import load_checkpoint
 from fsanet.engine.evaluate import eval_config
 from fsanet.models import build_model, load_trained_weights
-from fsanet.nn.non_local import NonLocal2d
-
-CUE_RED, CUE_BLUE, DISC_RED, DISC_BLUE = 1, 2, 3, 4
-
-
-def attention_and_output(block: NonLocal2d, x: Tensor) -> tuple[Tensor, Tensor]:
-    """The block's attention map (B, N, N) and attention output y (B, C', N) for input ``x``."""
-    a = block.attention_input(x)
-    theta = block.theta(a).flatten(2)  # (B, C', N)
-    if block.use_scale:
-        theta = theta / math.sqrt(block.inter_channels)
-    attn = (theta.transpose(1, 2) @ block.phi(a).flatten(2)).softmax(dim=-1)  # (B, N, N)
-    return attn, block.g(a).flatten(2) @ attn.transpose(1, 2)
 
 
 def measure(
@@ -57,7 +43,7 @@ def measure(
     load_trained_weights(model, load_checkpoint(checkpoint), checkpoint)
     model.eval()
     (block,) = model.attention_modules()
-    seen: dict[str, Tensor] = {}
+    seen: dict[str, torch.Tensor] = {}
     block.register_forward_hook(lambda mod, args, out: seen.update(x=args[0]))
     result = {}
     for band in bands:
@@ -67,11 +53,11 @@ def measure(
             for i in range(min(images, len(dataset))):
                 item = dataset[i]
                 model(item["image"][None])
-                attn, y = attention_and_output(block, seen["x"])
+                attn, y = block.attend(block.attention_input(seen["x"]))  # (1, N, N), (1, C', N)
                 label = item["label"][None, None].float()
                 grid = F.interpolate(label, size=seen["x"].shape[-2:], mode="nearest").long().flatten()
-                cue = (grid == CUE_RED) | (grid == CUE_BLUE)
-                disc = (grid == DISC_RED) | (grid == DISC_BLUE)
+                cue = torch.isin(grid, torch.tensor(CUE_CLASSES))
+                disc = torch.isin(grid, torch.tensor(CONTEXT_CLASSES))
                 if not cue.any() or not disc.any():
                     continue
                 masses.append(attn[0][disc][:, cue].sum(-1).mean().item())

@@ -85,10 +85,8 @@ class NonLocal2d(AttentionModule):
         nn.init.zeros_(self.norm.weight)
         nn.init.zeros_(self.norm.bias)
 
-    def forward(self, x: Tensor) -> Tensor:
-        self.check_input(x)
-        b, _, h, w = x.shape
-        a = self.attention_input(x)
+    def attend(self, a: Tensor) -> tuple[Tensor, Tensor]:
+        """The attention map ``A`` (B, N, N) and its output ``y`` (B, C', N) over attention input ``a``."""
         g = self.g(a).flatten(2)  # (B, C', N)
         theta = self.theta(a).flatten(2)  # (B, C', N)
         phi = self.phi(a).flatten(2)  # (B, C', N)
@@ -99,7 +97,12 @@ class NonLocal2d(AttentionModule):
             attn = logits.softmax(dim=-1)
         else:
             attn = logits / logits.shape[-1]
-        y = g @ attn.transpose(1, 2)  # (B, C', N): y_i = Σ_j A_ij g_j
+        return attn, g @ attn.transpose(1, 2)  # y: (B, C', N), y_i = Σ_j A_ij g_j
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.check_input(x)
+        b, _, h, w = x.shape
+        _, y = self.attend(self.attention_input(x))
         y = y.view(b, self.inter_channels, h, w)
         return x + self.norm(self.conv_out(y))
 
