@@ -43,6 +43,7 @@ def measure(
     load_trained_weights(model, load_checkpoint(checkpoint), checkpoint)
     model.eval()
     (block,) = model.attention_modules()
+    cue_classes, context_classes = torch.tensor(CUE_CLASSES), torch.tensor(CONTEXT_CLASSES)
     seen: dict[str, torch.Tensor] = {}
     block.register_forward_hook(lambda mod, args, out: seen.update(x=args[0]))
     result = {}
@@ -56,8 +57,8 @@ def measure(
                 attn, y = block.attend(block.attention_input(seen["x"]))  # (1, N, N), (1, C', N)
                 label = item["label"][None, None].float()
                 grid = F.interpolate(label, size=seen["x"].shape[-2:], mode="nearest").long().flatten()
-                cue = torch.isin(grid, torch.tensor(CUE_CLASSES))
-                disc = torch.isin(grid, torch.tensor(CONTEXT_CLASSES))
+                cue = torch.isin(grid, cue_classes)
+                disc = torch.isin(grid, context_classes)
                 if not cue.any() or not disc.any():
                     continue
                 masses.append(attn[0][disc][:, cue].sum(-1).mean().item())
