@@ -130,6 +130,8 @@ class SyntheticConfig:
         cells: stripes of the ``cells`` layout (``image_size`` must be a multiple of it).
         position_hint: amplitude (grey levels, 0..128) of a fixed left-to-right ramp added to the green
             channel, so that local features can tell a pixel's column; 0 = none.
+        cue_thickness: middle of the cue band's thickness range (px at a 96 px image, scaled with
+            ``image_size``); each cue is drawn from ``cue_thickness ± 2``. 12 (10-14 px) is the design.
         processes: worker processes for ``prepare`` (0 = all cores).
     """
 
@@ -142,6 +144,7 @@ class SyntheticConfig:
     layout: str = "band"
     cells: int = 4
     position_hint: int = 0
+    cue_thickness: int = 12
     processes: int = 0
 
 
@@ -495,6 +498,7 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "data.synthetic.min_cue_distance": (0, _INF, "pixels"),
     "data.synthetic.cells": (1, _INF, "stripes"),
     "data.synthetic.position_hint": (0, 255, "grey levels"),
+    "data.synthetic.cue_thickness": (3, _INF, "pixels at a 96 px image"),
     "data.synthetic.processes": (0, _INF, "processes; 0 = all cores"),
     "data.extract.max_ratio": (1.0, _INF, "uncompressed / compressed size"),
     "data.extract.ratio_min_bytes": (0, _INF, "bytes"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +62,16 @@ def test_layout_split_lists_and_ready(small_set: Path) -> None:
     assert ready["counts"] == {"train": 5, "val": 3}
     assert ready["settings"]["image_size"] == 64
     assert not (small_set.parent / ".synthetic.partial").exists()
+
+
+def test_ready_file_from_before_cue_thickness_still_matches(tmp_path: Path) -> None:
+    # a READY.json written before the key existed means the design's 12 px cue: still complete, no rebuild
+    root = prepare_synthetic(tmp_path / "synthetic", SMALL, processes=1, progress=False)
+    ready = json.loads((root / "READY.json").read_text())
+    del ready["settings"]["cue_thickness"]
+    (root / "READY.json").write_text(json.dumps(ready))
+    assert syn._ready_ok(root, syn.settings_from_config(SMALL), verify=True)
+    assert not syn._ready_ok(root, syn.settings_from_config({**SMALL, "cue_thickness": 16}), verify=False)
 
 
 def test_same_seed_same_bytes_and_worker_count_irrelevant(small_set: Path, tmp_path: Path) -> None:
@@ -206,8 +217,12 @@ def test_existing_set_with_other_settings(small_set: Path, tmp_path: Path) -> No
 def test_settings_validation() -> None:
     with pytest.raises(ValueError, match="seed=3, val_seed=3"):
         _settings(seed=3, val_seed=3)
-    with pytest.raises(ValueError, match="min_cue_distance=70 does not fit a 96px image"):
+    with pytest.raises(ValueError, match="min_cue_distance=70 with cue_thickness=12 does not fit a 96px"):
         _settings(min_cue_distance=70)
+    with pytest.raises(ValueError, match="cue_thickness=36 does not fit a 96px image"):
+        _settings(cue_thickness=36)
+    with pytest.raises(ValueError, match="cue_thickness=2: must be at least 3 px"):
+        _settings(cue_thickness=2)
     cfg = load_config([PARAMS], ["data.synthetic.num_train=7"])
     assert syn.settings_from_config(cfg.data).num_train == 7
 
@@ -248,6 +263,18 @@ def test_context_rule_at_default_size() -> None:
     assert stats["min_cue_distance"] >= settings.min_cue_distance  # no cue pixel within the FCN's reach
     assert 0.04 < stats["context_pixel_share"] < 0.2
     assert 80 < stats["best_context_free_miou"] < 82  # (5 local classes + ~2/3 on the discs) / 7
+
+
+@pytest.mark.parametrize("layout", ["band", "cells"])
+@pytest.mark.parametrize("thickness", [12, 24])
+def test_cue_thickness_setting(layout: str, thickness: int) -> None:
+    # the cue band's short side is drawn from cue_thickness ± 2 (px at 96), in both layouts
+    settings = _settings(layout=layout, cells=2, cue_thickness=thickness)
+    seen = set()
+    for _, label, _ in _samples(40, settings):
+        ys, xs = np.nonzero(np.isin(label, syn.CUE_CLASSES))
+        seen.add(min(ys.max() - ys.min(), xs.max() - xs.min()) + 1)
+    assert seen <= set(range(thickness - 2, thickness + 3)) and len(seen) >= 3
 
 
 def test_discs_look_the_same_whatever_the_cue() -> None:

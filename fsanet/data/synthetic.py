@@ -12,7 +12,7 @@ Classes (index = label value, 255 unused)
 ====  ===============  =====================================================================
   0   background       grey, slightly tinted, linearly shaded, noisy
   1   cue_red          a red cue band (``band`` layout: ONE band along part of one border,
-                       10-14 px thick, half to all of the side)
+                       ``cue_thickness`` ± 2 px thick (10-14 by default), half to all of the side)
   2   cue_blue         the same in blue
   3   disc_red_cue     a light-grey disc whose governing cue is red
   4   disc_blue_cue    a light-grey disc whose governing cue is blue
@@ -48,10 +48,11 @@ back-propagating from single pixels: the 39 px field plus bilinear up-sampling b
 reach per side; with three of them (the paper's head) the FCN could see the cue and this set would
 stop separating the heads.
 
-The cue is a band rather than a small marker on purpose: its area (about 9 % of the image) sets how
-strongly it shows up in globally pooled features at initialisation, and so how fast an attention
-head learns to use it. With a 14-18 px square (3 % of the image) non-local attention had barely
-started to use the cue after 1000 iterations; with the band it solves the rule in that budget.
+The cue is a band rather than a small marker on purpose: its area (about 9 % of the image at the
+default ``cue_thickness``) sets how strongly it shows up in globally pooled features at
+initialisation, and so how fast an attention head learns to use it. With a 14-18 px square (3 % of
+the image) non-local attention had barely started to use the cue after 1000 iterations; with the
+band it solves the rule in that budget.
 
 Why low frequencies suffice (and where they would not)
 ------------------------------------------------------
@@ -200,6 +201,9 @@ _GAP = 2  # least free pixels between any two shapes
 
 #: the settings keys that decide the generated files (all of :class:`SyntheticConfig` but ``processes``)
 GENERATOR_KEYS = tuple(f.name for f in fields(SyntheticConfig) if f.name != "processes")
+#: generator keys added after READY.json files of this format version were written, each with the value
+#: that reproduces those sets; a READY.json without the key is read as having that value
+_ADDED_KEYS = {"cue_thickness": 12}
 
 
 def check_settings(settings: SyntheticConfig) -> SyntheticConfig:
@@ -239,11 +243,15 @@ def check_settings(settings: SyntheticConfig) -> SyntheticConfig:
             f"data.synthetic.position_hint={settings.position_hint}: must be in 0..128 grey levels"
         )
     # the cue band may cover a whole side, so the far side must hold a disc: band + distance + disc
-    need = settings.min_cue_distance + _sizes(s)["cue_thickness"][1] + 2 * _sizes(s)["disc"][1] + 3
+    if settings.cue_thickness < 3:
+        raise ValueError(f"data.synthetic.cue_thickness={settings.cue_thickness}: must be at least 3 px")
+    sizes = _sizes(s, settings.cue_thickness)
+    need = settings.min_cue_distance + sizes["cue_thickness"][1] + 2 * sizes["disc"][1] + 3
     if settings.min_cue_distance < 1 or need > s:
         raise ValueError(
-            f"data.synthetic.min_cue_distance={settings.min_cue_distance} does not fit a {s}px image "
-            f"(needs band + distance + disc <= {s}; the largest possible is "
+            f"data.synthetic.min_cue_distance={settings.min_cue_distance} with "
+            f"cue_thickness={settings.cue_thickness} does not fit a {s}px image "
+            f"(needs band + distance + disc <= {s}; with this cue the largest distance is "
             f"{s - need + settings.min_cue_distance})"
         )
     return settings
@@ -267,15 +275,16 @@ def settings_from_config(cfg: Any) -> SyntheticConfig:
     return check_settings(SyntheticConfig(**values))
 
 
-def _sizes(s: int) -> dict[str, tuple[int, int]]:
-    """Shape size ranges (inclusive) scaled from the 96 px design."""
+def _sizes(s: int, cue_thickness: int = 12) -> dict[str, tuple[int, int]]:
+    """Shape size ranges (inclusive) scaled from the 96 px design; ``cue_thickness`` is the middle of
+    the cue band's range at 96 px (``data.synthetic.cue_thickness``)."""
     u = s / 96.0
 
     def rng(lo: float, hi: float) -> tuple[int, int]:
         return max(2, round(lo * u)), max(2, round(hi * u))
 
     return {
-        "cue_thickness": rng(10, 14),
+        "cue_thickness": rng(cue_thickness - 2, cue_thickness + 2),
         "disc": rng(7, 11),  # radius
         "triangle": rng(10, 14),  # circumradius
         "bar": rng(18, 26),  # long side (the short side is 7-9 px at 96)
@@ -355,7 +364,7 @@ def generate_sample(settings: SyntheticConfig, seed: int, index: int) -> tuple[n
     if settings.layout == "cells":
         return _generate_cells(settings, seed, index)
     s = settings.image_size
-    sizes = _sizes(s)
+    sizes = _sizes(s, settings.cue_thickness)
     rng = np.random.default_rng(np.random.SeedSequence([seed, index, FORMAT_VERSION]))
 
     # background: grey with a slight tint and a linear shading of random direction
@@ -487,7 +496,7 @@ def _generate_cells(settings: SyntheticConfig, seed: int, index: int) -> tuple[n
     bottom) border; a disc takes the cue colour of the stripe it lies in."""
     s, c = settings.image_size, settings.cells
     width = s // c
-    sizes = _sizes(s)
+    sizes = _sizes(s, settings.cue_thickness)
     rng = np.random.default_rng(np.random.SeedSequence([seed, index, FORMAT_VERSION, 2]))
     image = _background(rng, s)
     if settings.position_hint:
@@ -644,7 +653,10 @@ def _ready_ok(root: Path, settings: SyntheticConfig, verify: bool) -> bool:
         ready = read_json(ready_file)
     except ValueError:
         return False
-    if ready.get("settings") != _settings_record(settings):
+    stored = ready.get("settings")
+    if isinstance(stored, dict):
+        stored = {**_ADDED_KEYS, **stored}
+    if stored != _settings_record(settings):
         return False
     if not verify:
         return True
