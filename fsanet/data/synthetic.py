@@ -275,7 +275,7 @@ def settings_from_config(cfg: Any) -> SyntheticConfig:
     return check_settings(SyntheticConfig(**values))
 
 
-def _sizes(s: int, cue_thickness: int = 12) -> dict[str, tuple[int, int]]:
+def _sizes(s: int, cue_thickness: int = SyntheticConfig.cue_thickness) -> dict[str, tuple[int, int]]:
     """Shape size ranges (inclusive) scaled from the 96 px design; ``cue_thickness`` is the middle of
     the cue band's range at 96 px (``data.synthetic.cue_thickness``)."""
     u = s / 96.0
