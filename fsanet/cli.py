@@ -146,6 +146,12 @@ def _add_tables(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--truncated-model", default="nonlocal", help="full-band model truncated at eval (default nonlocal)"
     )
+    p.add_argument(
+        "--band-mode",
+        default="dot",
+        choices=["dot", "linsoftmax"],
+        help="FSA kernel of the retrained band series (and of a banded truncated model; default dot)",
+    )
     p.set_defaults(handler=_run_tables_ablation)
     p = study("methods", "T3: method comparison per dataset (mIoU, params, GFLOPs, fps)", "methods_DATASET")
     p.add_argument("--costs", type=Path, default=None, metavar="JSON", help="output of `fsanet bench models`")
@@ -180,6 +186,12 @@ def _add_tables(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--truncated-model", default="nonlocal", help="full-band model truncated at eval (default nonlocal)"
+    )
+    p.add_argument(
+        "--band-mode",
+        default="dot",
+        choices=["dot", "linsoftmax"],
+        help="FSA kernel of the retrained band series (and of a banded truncated model; default dot)",
     )
     p.set_defaults(handler=_run_tables_findings)
     p = what.add_parser(
@@ -261,7 +273,13 @@ def _run_tables_ablation(args: argparse.Namespace) -> None:
     from fsanet.report.study_tables import ablation_tables
 
     paths = ablation_tables(
-        args.summary, args.out_dir, args.dataset, args.setting, args.retrained_model, args.truncated_model
+        args.summary,
+        args.out_dir,
+        args.dataset,
+        args.setting,
+        args.retrained_model,
+        args.truncated_model,
+        args.band_mode,
     )
     print("tables ablation: wrote " + ", ".join(map(str, paths)))
 
@@ -322,6 +340,7 @@ def _run_tables_findings(args: argparse.Namespace) -> None:
         args.json,
         truncated_model=args.truncated_model,
         retrained_model=args.retrained_model,
+        band_mode=args.band_mode,
     )
     counts = {v: sum(f["verdict"] == v for f in items) for v in ("pass", "fail", "unstable", "untestable")}
     print(
@@ -370,6 +389,12 @@ def _add_plots(sub: argparse._SubParsersAction) -> None:
         "--retrained-model", default=None, help="model trained per band (default: the model with a band)"
     )
     p.add_argument("--truncated-model", default="nonlocal")
+    p.add_argument(
+        "--band-mode",
+        default="dot",
+        choices=["dot", "linsoftmax"],
+        help="FSA kernel of the retrained band series (and of a banded truncated model; default dot)",
+    )
     p.set_defaults(handler=_run_plots_ablation)
 
     p = what.add_parser(
@@ -425,6 +450,7 @@ def _run_plots_ablation(args: argparse.Namespace) -> None:
         args.setting,
         args.retrained_model,
         args.truncated_model,
+        args.band_mode,
     )
     print("plots ablation: wrote " + ", ".join(map(str, paths)))
 

@@ -95,23 +95,47 @@ def test_paper_cost_table_counts_the_profiles_trainings(tmp_path):
     assert "--gpus-per-job 4" in out
 
 
-def test_transformers_profile_names_its_ablation_series(tmp_path):
-    """The profile's retrained and truncated models reach the ablation table, its plot and findings."""
+def _plan(tmp_path, profile: str, *config: str) -> str:
+    """`snakemake -n -p all_tables` on a copy of the pipeline with `profile` (and `--config` items): its
+    output, after checking that the plan succeeded."""
     repo = _copy_pipeline(tmp_path)
-    res = _run(
-        [
-            str(BIN / "snakemake"),
-            "-n",
-            "-p",
-            "all_tables",
-            "--configfile",
-            "params/profiles/transformers.yaml",
-        ],
-        repo,
-        300,
-    )
+    args = [
+        str(BIN / "snakemake"),
+        "-n",
+        "-p",
+        "all_tables",
+        "--configfile",
+        f"params/profiles/{profile}.yaml",
+    ]
+    res = _run(args + (["--config", *config] if config else []), repo, 300)
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-3000:]
-    for command in ("tables ablation", "plots ablation", "tables findings"):
-        line = next(line for line in out.splitlines() if f"fsanet -q {command}" in line)
+    return out
+
+
+def _ablation_commands(out: str) -> list[str]:
+    """The planned `fsanet tables ablation`, `plots ablation` and `tables findings` command lines."""
+    return [
+        next(line for line in out.splitlines() if f"fsanet -q {command}" in line)
+        for command in ("tables ablation", "plots ablation", "tables findings")
+    ]
+
+
+def test_transformers_profile_names_its_ablation_series(tmp_path):
+    """The profile's retrained and truncated models reach the ablation table, its plot and findings."""
+    for line in _ablation_commands(_plan(tmp_path, "transformers")):
         assert "--truncated-model segformer" in line and "--retrained-model segformer_fsa" in line, line
+
+
+def test_a_band_model_is_truncated_from_its_full_band_runs(tmp_path):
+    """`truncation_model: fsanet` truncates FsaNet trained at the full band in the band mode (not a run
+    at band 'none'), evaluates it untruncated too (the series' full point), and hands the band mode to
+    the ablation table, its plot and the findings."""
+    out = _plan(tmp_path, "smoke", "truncation_model=fsanet", "fsanet_bands=['1','2']")
+    jobs = [line for line in out.splitlines() if "fsanet -q eval --checkpoint" in line]
+    assert jobs and all("runs/synthetic/fsanet/band~full/mode~dot/seed~" in line for line in jobs), jobs
+    assert "fsanet/band~none" not in out
+    trains = [line for line in out.splitlines() if "fsanet -q train" in line and "model.name=fsanet" in line]
+    assert any("band~full/mode~dot" in line and "model.attention.band=null" in line for line in trains)
+    for line in _ablation_commands(out):
+        assert "--truncated-model fsanet" in line and "--band-mode dot" in line, line

@@ -288,3 +288,49 @@ def test_cli_tables_and_plots(study, tmp_path, capsys):
         == 2
     )
     assert "expected LABEL:key=value with LABEL one of ['X']" in capsys.readouterr().err
+
+
+def test_ablation_table_of_one_model_in_both_series(tmp_path):
+    """`--truncated-model fsanet`: FsaNet trained at each band beside FsaNet trained at the full band and
+    truncated; the untruncated full row is shared, and each series keeps its own Δ column."""
+    root = tmp_path / "runs"
+    files = []
+    for seed, (one, full, cut) in enumerate(((88.0, 91.0, 70.0), (90.0, 93.0, 72.0))):
+        files.append(write_metrics(root, model="fsanet", band=(0, 1, 0, 1), seed=seed, miou=one))
+        files.append(write_metrics(root, model="fsanet", band=None, seed=seed, miou=full))
+        files.append(
+            write_metrics(root, model="fsanet", band=None, eval_band=(0, 1, 0, 1), seed=seed, miou=cut)
+        )
+    write_summary(files, tmp_path / "summary.json")
+    ablation_tables(tmp_path / "summary.json", tmp_path / "tables", truncated_model="fsanet")
+    rows = read_csv(tmp_path / "tables" / "ablation.csv")
+    assert [r["band"] for r in rows] == ["1x1", "full"]
+    assert (
+        float(rows[0]["retrained_delta_vs_full"]) == -3.0
+        and float(rows[0]["truncated_delta_vs_full"]) == -21.0
+    )
+    assert float(rows[1]["truncated_mIoU_mean"]) == 92.0 == float(rows[1]["retrained_mIoU_mean"])
+    md = (tmp_path / "tables" / "ablation.md").read_text()
+    assert "Δ FsaNet retrained" in md and "Δ FsaNet truncated" in md and "−21.00" in md and "−3.00" in md
+
+
+def test_ablation_table_follows_the_band_mode(tmp_path):
+    """A LinSoftmax band sweep (`fsanet_band_mode: linsoftmax`) is T2's retrained series under
+    `band_mode='linsoftmax'`, and the dot-mode runs beside it are not."""
+    root = tmp_path / "runs"
+    files = []
+    for mode, values in (("linsoftmax", (80.0, 82.0)), ("dot", (10.0, 12.0))):
+        for seed, m in enumerate(values):
+            files.append(
+                write_metrics(
+                    root / mode, model="fsanet", band=(0, 1, 0, 1), seed=seed, miou=m, attention_mode=mode
+                )
+            )
+    files.append(write_metrics(root, model="nonlocal", band=None, seed=0, miou=70.0))
+    write_summary(files, tmp_path / "summary.json")
+    ablation_tables(tmp_path / "summary.json", tmp_path / "tables", band_mode="linsoftmax")
+    rows = read_csv(tmp_path / "tables" / "ablation.csv")
+    assert float(rows[0]["retrained_mIoU_mean"]) == 81.0 and rows[0]["retrained_n"] == "2"
+    assert "trained at each band, LinSoftmax mode" in (tmp_path / "tables" / "ablation.md").read_text()
+    ablation_tables(tmp_path / "summary.json", tmp_path / "dot", band_mode="dot")
+    assert float(read_csv(tmp_path / "dot" / "ablation.csv")[0]["retrained_mIoU_mean"]) == 11.0

@@ -263,6 +263,46 @@ def test_ablation_points_by_hand(tmp_path):
     }
 
 
+def test_ablation_points_one_model_retrained_and_truncated(tmp_path):
+    """FsaNet in both series: trained at each band, and trained at the full band then truncated. Its
+    untruncated full-band runs are the full point of both; another attention mode's runs count in neither."""
+    files = [
+        write_metrics(tmp_path, model="fsanet", band=(0, 1, 0, 1), seed=s, miou=m, attention_mode="dot")
+        for s, m in ((0, 88.0), (1, 90.0))
+    ]
+    files += [
+        write_metrics(tmp_path, model="fsanet", band=None, seed=s, miou=m, attention_mode="dot")
+        for s, m in ((0, 91.0), (1, 93.0))
+    ]
+    files += [
+        write_metrics(
+            tmp_path, model="fsanet", band=None, eval_band=(0, 1, 0, 1), seed=s, miou=m, attention_mode="dot"
+        )
+        for s, m in ((0, 70.0), (1, 72.0))
+    ]
+    other = tmp_path / "linsoftmax"
+    files += [
+        write_metrics(other, model="fsanet", band=None, seed=0, miou=10.0, attention_mode="linsoftmax"),
+        write_metrics(
+            other,
+            model="fsanet",
+            band=None,
+            eval_band=(0, 1, 0, 1),
+            seed=0,
+            miou=5.0,
+            attention_mode="linsoftmax",
+        ),
+    ]
+    points = ablation_points(build_summary(files)["runs"], truncated_model="fsanet")
+    got = {(p["series"], p["label"]): (p["mean"], p["n"], p["delta"]) for p in points}
+    assert got == {
+        ("retrained", "1x1"): (89.0, 2, -3.0),
+        ("retrained", "full"): (92.0, 2, 0.0),
+        ("truncated", "1x1"): (71.0, 2, -21.0),
+        ("truncated", "full"): (92.0, 2, 0.0),
+    }
+
+
 @given(st.integers(1, 64), st.integers(1, 64), st.integers(0, 8), st.integers(0, 8))
 def test_band_label_and_size_identities(n, m, u0, v0):
     from fsanet.bench.models import parse_band

@@ -285,17 +285,21 @@ def findings(
     default_band: str = "5x5",
     truncated_model: str = "nonlocal",
     retrained_model: Optional[str] = None,
+    band_mode: str = "dot",
 ) -> list[Finding]:
     """The study's claims on ``dataset`` (see the module docstring). ``retrained_model`` defaults to
-    the band model with the band sweep (:func:`fsanet.report.summary.band_model`)."""
+    the band model with the band sweep (:func:`fsanet.report.summary.band_model`); ``band_mode`` is the
+    FSA kernel of its band sweep."""
     runs = select_runs(summary, dataset=dataset)
     knee = (summary.get("context") or {}).get(dataset, {}).get("knee")
     out = _method_findings(runs, default_band)
     out += _spread_findings(runs, default_band, knee)
-    points = ablation_points(runs, retrained_model=retrained_model, truncated_model=truncated_model)
+    points = ablation_points(
+        runs, retrained_model=retrained_model, truncated_model=truncated_model, retrained_mode=band_mode
+    )
     out += _truncated_spread_findings(points, knee, truncated_model)
     retrained = method_display(retrained_model or band_model(runs))
-    out.append(_knee_finding(points, "retrained", knee, f"retrained {retrained} (dot) band curve"))
+    out.append(_knee_finding(points, "retrained", knee, f"retrained {retrained} ({band_mode}) band curve"))
     out.append(_knee_finding(points, "truncated", knee, f"truncated {truncated_model} band curve"))
     if bench is not None:
         out += _cost_findings(bench)
@@ -311,6 +315,7 @@ def write_findings(
     json_out: Optional[str | Path] = None,
     truncated_model: str = "nonlocal",
     retrained_model: Optional[str] = None,
+    band_mode: str = "dot",
 ) -> list[Finding]:
     """Write ``findings.md`` for every dataset of the summary (or ``dataset``), and the same claims as a
     JSON list (``dataset``, ``claim``, ``verdict``, ``detail``) to ``json_out`` when given."""
@@ -338,6 +343,7 @@ def write_findings(
                 default_band,
                 truncated_model,
                 retrained_model,
+                band_mode,
             )
         ]
         ctx = (summary.get("context") or {}).get(ds)

@@ -64,6 +64,7 @@ def ablation_plot(
     setting: Optional[str] = None,
     retrained_model: Optional[str] = None,
     truncated_model: str = "nonlocal",
+    band_mode: str = "dot",
 ) -> list[Path]:
     """Plot the band ablation of one dataset (and write its data as CSV).
 
@@ -75,6 +76,7 @@ def ablation_plot(
         setting: evaluation setting (default: single-scale, see :func:`fsanet.report.summary.select_runs`).
         retrained_model, truncated_model: the two series' model names (default: the band model, and
             non-local).
+        band_mode: the FSA kernel of the retrained series (and of a banded truncated model).
 
     Returns:
         The paths written.
@@ -84,7 +86,12 @@ def ablation_plot(
     retrained_model = retrained_model or band_model(runs)
     per_dataset = {}
     for name in sorted({r["dataset"] for r in runs}):
-        points = ablation_points([r for r in runs if r["dataset"] == name], retrained_model, truncated_model)
+        points = ablation_points(
+            [r for r in runs if r["dataset"] == name],
+            retrained_model,
+            truncated_model,
+            retrained_mode=band_mode,
+        )
         if points:
             per_dataset[name] = points
     if not per_dataset:

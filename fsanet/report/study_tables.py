@@ -97,16 +97,20 @@ def _delta(point: Optional[dict[str, Any]], label: str) -> str:
 
 
 def ablation_frame(
-    runs: Sequence[dict[str, Any]], retrained_model: Optional[str] = None, truncated_model: str = "nonlocal"
+    runs: Sequence[dict[str, Any]],
+    retrained_model: Optional[str] = None,
+    truncated_model: str = "nonlocal",
+    band_mode: str = "dot",
 ) -> tuple[pd.DataFrame, pd.DataFrame, list[dict[str, Any]]]:
-    """T2 for one dataset's records: (shown, numeric, runs used).
+    """T2 for one dataset's records: (shown, numeric, runs used). ``band_mode`` is the FSA kernel of the
+    retrained series (and of a banded truncated model).
 
     Rows are the bands of both series sorted by K with ``full`` last; cells are mIoU mean ± std over seeds.
     """
     from fsanet.report.summary import ablation_points, band_model
 
     retrained_model = retrained_model or band_model(runs)
-    points = ablation_points(runs, retrained_model, truncated_model)
+    points = ablation_points(runs, retrained_model, truncated_model, retrained_mode=band_mode)
     if not points:
         raise ValueError(
             f"no band-ablation runs: need '{retrained_model}' evaluations without eval_band and/or "
@@ -118,6 +122,12 @@ def ablation_frame(
         key=lambda lab: next((p["K"], p["label"]) for p in points if p["label"] == lab),
     )
     ret_name, tr_name = method_display(retrained_model), method_display(truncated_model)
+    # one model in both series (FsaNet retrained, and FsaNet truncated): name each Δ column by its series
+    ret_delta, tr_delta = (
+        (f"Δ {ret_name} retrained", f"Δ {tr_name} truncated")
+        if ret_name == tr_name
+        else (f"Δ {ret_name}", f"Δ {tr_name}")
+    )
     shown, numeric = [], []
     for label in labels:
         ret, tr = by.get(("retrained", label)), by.get(("truncated", label))
@@ -130,11 +140,11 @@ def ablation_frame(
                 f"{ret_name} retrained: mIoU (%)": pm(*(ret[x] for x in ("mean", "std", "n", "min", "max")))
                 if ret
                 else "–",
-                f"Δ {ret_name}": _delta(ret, label),
+                ret_delta: _delta(ret, label),
                 f"{tr_name} truncated: mIoU (%)": pm(*(tr[x] for x in ("mean", "std", "n", "min", "max")))
                 if tr
                 else "–",
-                f"Δ {tr_name}": _delta(tr, label),
+                tr_delta: _delta(tr, label),
             }
         )
         row: dict[str, Any] = {"band": label, "K": None if math.isinf(k) else int(k)}
@@ -157,7 +167,7 @@ def ablation_frame(
     used = [
         r
         for r in runs
-        if (r["model"] == retrained_model and r["eval_band"] is None and r.get("mode") in (None, "dot"))
+        if (r["model"] == retrained_model and r["eval_band"] is None and r.get("mode") in (None, band_mode))
         or r["model"] == truncated_model
     ]
     numeric_frame = pd.DataFrame(numeric)
@@ -172,8 +182,10 @@ def ablation_tables(
     setting: Optional[str] = None,
     retrained_model: Optional[str] = None,
     truncated_model: str = "nonlocal",
+    band_mode: str = "dot",
 ) -> list[Path]:
-    """Write ``ablation.{md,tex,csv}`` (table T2): one table per dataset that has ablation runs."""
+    """Write ``ablation.{md,tex,csv}`` (table T2): one table per dataset that has ablation runs;
+    ``band_mode`` is the FSA kernel of the retrained series."""
     from fsanet.report.summary import band_model, load_summary, select_runs
 
     summary = load_summary(summary_json)
@@ -183,19 +195,20 @@ def ablation_tables(
     for dataset in _datasets(runs, datasets):
         ds_runs = [r for r in runs if r["dataset"] == dataset]
         try:
-            shown, num, u = ablation_frame(ds_runs, retrained_model, truncated_model)
+            shown, num, u = ablation_frame(ds_runs, retrained_model, truncated_model, band_mode)
         except ValueError:
             if datasets:
                 raise
             continue  # a dataset with method runs only
         ret_name, tr_name = method_display(retrained_model), method_display(truncated_model)
+        kernel = "dot-product" if band_mode == "dot" else MODE_NAMES.get(band_mode, band_mode)
         caption = (
             f"Band ablation on {_dataset_phrase(dataset, ds_runs[0]['setting'])}. mIoU (%) as mean ± sample "
             "standard deviation over seeds (n = runs; min–max after the semicolon). K = number of kept DCT "
             "coefficients (the u×v low-frequency "
             f"block of the feature map's spectrum); full = whole spectrum. {ret_name} retrained: a separate "
             "model "
-            f"trained at each band, dot-product mode. {tr_name} truncated: one model trained at full band "
+            f"trained at each band, {kernel} mode. {tr_name} truncated: one model trained at full band "
             "whose attention input is "
             "low-passed to the band at evaluation time, without retraining. Δ = mean minus the mean of the "
             "same model's full row (ref.), in mIoU points."

@@ -474,8 +474,11 @@ def ablation_points(
     Two series: ``retrained``: ``retrained_model`` (default: :func:`band_model`) trained at each band
     (no eval-time truncation);
     ``truncated``: ``truncated_model`` trained once at the full band and evaluated at each ``eval_band``
-    (its ``full`` point is the untruncated evaluation). With ``retrained_mode`` set, only retrained runs of
-    that attention mode count (runs without a recorded mode count as any mode). Each point: ``series``,
+    (its ``full`` point is the untruncated evaluation). The two may be one model: FsaNet trained at each
+    band, and FsaNet trained at the full band then truncated; its untruncated full-band runs are then the
+    ``full`` point of both series. With ``retrained_mode`` set, only runs of that attention mode count,
+    in the retrained series and for a banded truncated model (runs without a recorded mode count as any
+    mode). Each point: ``series``,
     ``band``, ``label``,
     ``K`` (coefficients; inf = full), ``mean``, ``std``, ``n``, ``seeds``, ``run_ids``, ``delta`` (mean minus
     the series' full-band mean; None without a full point).
@@ -485,17 +488,18 @@ def ablation_points(
     groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     bands: dict[tuple[str, str], Optional[list[int]]] = {}
     for r in runs:
-        if r["model"] == retrained_model and r["eval_band"] is None:
-            if retrained_mode and r.get("mode") not in (None, retrained_mode):
-                continue
-            series, band = "retrained", r["band"]
-        elif r["model"] == truncated_model and (r["model"] not in banded or is_full(r["band"])):
-            series, band = "truncated", r["eval_band"]
-        else:
-            continue
-        key = (series, band_label(band))
-        groups.setdefault(key, []).append(r)
-        bands[key] = band
+        in_mode = not retrained_mode or r.get("mode") in (None, retrained_mode)
+        memberships = []
+        if r["model"] == retrained_model and r["eval_band"] is None and in_mode:
+            memberships.append(("retrained", r["band"]))
+        # a banded model (FsaNet) is truncated from its full-band runs of the band mode; its untruncated
+        # full-band run is then the full point of both series
+        if r["model"] == truncated_model and (r["model"] not in banded or (is_full(r["band"]) and in_mode)):
+            memberships.append(("truncated", r["eval_band"]))
+        for series, band in memberships:
+            key = (series, band_label(band))
+            groups.setdefault(key, []).append(r)
+            bands[key] = band
     points = []
     for (series, label), rs in groups.items():
         mean, std, n = mean_std(r["mIoU"] for r in rs)

@@ -146,6 +146,15 @@ def run_dir(ds, model, band, mode, seed):
     return f"results/runs/{ds}/{model}/band~{band}/mode~{mode}/seed~{seed}"
 
 
+def truncated_run_dir(ds, seed):
+    """A run of `truncation_model` to truncate: a band model (FsaNet) from its full-band runs in
+    `fsanet_band_mode`, any other model from its only runs."""
+    t = config["truncation_model"]
+    if t in BAND_MODELS:
+        return run_dir(ds, t, "full", config["fsanet_band_mode"], seed)
+    return run_dir(ds, t, "none", "none", seed)
+
+
 def study_evaluations():
     """Every metrics.json of the study: methods (both FSA modes) × seeds, FsaNet bands (band mode)
     × band seeds, and the truncation bands of each band seed of the truncated model."""
@@ -163,15 +172,16 @@ def study_evaluations():
                     )
         t = config.get("truncation_model")
         if t:
-            for b in config["truncation_bands"]:
-                for s in config["band_seeds"]:
-                    out.add(f"{run_dir(ds, t, 'none', 'none', s)}/eval/{b}/metrics.json")
+            for s in config["band_seeds"]:
+                # the untruncated evaluation is the truncated series' full point
+                for b in ["none"] + list(config["truncation_bands"]):
+                    out.add(f"{truncated_run_dir(ds, s)}/eval/{b}/metrics.json")
     return sorted(out)
 
 
 def ablation_args():
     """The band ablation's two series for `fsanet tables ablation|findings` and `plots ablation`."""
-    items = []
+    items = ["--band-mode", config["fsanet_band_mode"]]
     if config.get("truncation_model"):
         items += ["--truncated-model", config["truncation_model"]]
     if config.get("retrained_model"):
