@@ -85,4 +85,4 @@ lint: $(STAMP)
 	$(BIN)/snakefmt --check Snakefile workflow
 
 clean-results:
-	rm -rf results .snakemake/metadata
+	rm -rf results studies .snakemake/metadata

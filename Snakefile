@@ -27,15 +27,15 @@ rule all_tables:
         # an instance-segmentation profile (task: instances) ends in its COCO AP table
         (
             [
-                "results/tables/coco_findings.md",
-                "results/metrics/coco.json",
+                study_path("results/tables/coco_findings.md"),
+                study_path("results/metrics/coco.json"),
             ]
             if TASK == "instances"
             else [
-                "results/metrics/summary.json",
-                "results/tables/findings.md",
-                "metrics/study.json",
+                study_path("results/metrics/summary.json"),
+                study_path("results/tables/findings.md"),
+                study_path("metrics/study.json"),
                 study_report_files(),
-                f"results/mlflow/{config['study']}.published.json",
+                study_path(f"results/mlflow/{config['study']}.published.json"),
             ]
         ),

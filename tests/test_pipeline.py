@@ -14,6 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+SMOKE = "studies/smoke"  # where the smoke study writes (profile key study_dir: studies/<study>)
 PIPELINE_FILES = ("Snakefile", "workflow", "params", "profiles", "environment.yml", "dvc.yaml", ".dvc")
 
 
@@ -134,6 +135,8 @@ def test_default_profile_dry_run_plans_the_study(tmp_path):
         ("datasets=[synthetic,kitti]", "profile key 'datasets': unknown name 'kitti'"),
         ("band_seed=[0]", "band_seed"),  # a misspelt key (band_seeds) is refused, not ignored
         ("fsanet_bands=[2x2]", "2x2"),
+        ("study_dir=/tmp/elsewhere", "profile key 'study_dir'"),
+        ("study_dir=studies/../results", "profile key 'study_dir'"),
     ],
 )
 def test_profile_with_a_wrong_key_or_name_is_refused_at_parse_time(tmp_path, override, needle):
@@ -161,7 +164,8 @@ def test_smoke_study_end_to_end(tmp_path):
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
     print(f"smoke study: {elapsed:.1f} s")
 
-    summary = json.loads((repo / "results/metrics/summary.json").read_text())
+    assert not (repo / "results").exists()  # nothing of the default study's folders is touched
+    summary = json.loads((repo / SMOKE / "results/metrics/summary.json").read_text())
     runs = summary["runs"]
     keys = {
         "dataset",
@@ -187,14 +191,14 @@ def test_smoke_study_end_to_end(tmp_path):
         None,
     }
 
-    tables = repo / "results/tables"
+    tables = repo / SMOKE / "results/tables"
     for name in ("efficiency", "ablation", "methods_synthetic", "per_class_synthetic"):
         for ext in ("md", "tex", "csv"):
             assert (tables / f"{name}.{ext}").stat().st_size > 0, name
     assert "synthetic" in (tables / "ablation.md").read_text().lower()
     assert "Provenance" in (tables / "methods_synthetic.md").read_text()
     for plot in ("ablation_synthetic.png", "efficiency_scaling.png", "qualitative_synthetic.png"):
-        assert (repo / "results/plots" / plot).read_bytes()[:4] == b"\x89PNG"
+        assert (repo / SMOKE / "results/plots" / plot).read_bytes()[:4] == b"\x89PNG"
 
     # MLflow: the study is the parent, trainings are its children, evaluations nest under their training
     import mlflow
@@ -245,7 +249,7 @@ TWO_DATASETS = """\
 profile: two
 experiment: fsanet/two
 study: two
-data_root: results/smoke/data
+data_root: studies/smoke/data
 datasets: [synthetic, cityscapes]
 fsanet_configs:
   synthetic:
@@ -277,7 +281,7 @@ bench_overrides: ["bench.modules=[fsa,nonlocal]", "bench.channels=16", "bench.pa
 """
 TINY_R50 = """\
 data:
-  root: results/smoke/data/cityscapes
+  root: studies/smoke/data/cityscapes
   check_split_sizes: false
   cache: false
   base_scale: [64, 32]
@@ -319,7 +323,7 @@ def test_two_dataset_study_runs_to_the_end(tmp_path):
             "download",
             "cityscapes",
             "--root",
-            "results/smoke/data",
+            "studies/smoke/data",
             "--from",
             str(archives),
             "--config",
@@ -336,29 +340,30 @@ def test_two_dataset_study_runs_to_the_end(tmp_path):
         900,
         **env,
     )
+    two = repo / "studies/two"  # the study 'two' writes under studies/two (profile key study_dir)
     logs = (
-        "".join(p.read_text()[-1500:] for p in sorted((repo / "logs").rglob("*.log"))[-6:])
-        if (repo / "logs").is_dir()
+        "".join(p.read_text()[-1500:] for p in sorted((two / "logs").rglob("*.log"))[-6:])
+        if (two / "logs").is_dir()
         else ""
     )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:] + logs
     for ds in ("synthetic", "cityscapes"):
-        assert (repo / f"results/plots/ablation_{ds}.png").read_bytes()[:4] == b"\x89PNG"
-        assert (repo / f"results/plots/qualitative_{ds}.png").read_bytes()[:4] == b"\x89PNG"
-        assert (repo / f"results/tables/methods_{ds}.md").stat().st_size > 0
-    summary = json.loads((repo / "results/metrics/summary.json").read_text())
+        assert (two / f"results/plots/ablation_{ds}.png").read_bytes()[:4] == b"\x89PNG"
+        assert (two / f"results/plots/qualitative_{ds}.png").read_bytes()[:4] == b"\x89PNG"
+        assert (two / f"results/tables/methods_{ds}.md").stat().st_size > 0
+    summary = json.loads((two / "results/metrics/summary.json").read_text())
     assert {r["dataset"] for r in summary["runs"]} == {"synthetic", "cityscapes"}
-    assert "ResNet-50" in (repo / "results/tables/methods_cityscapes.md").read_text()
-    metrics = json.loads((repo / "metrics/study.json").read_text())
+    assert "ResNet-50" in (two / "results/tables/methods_cityscapes.md").read_text()
+    metrics = json.loads((two / "metrics/study.json").read_text())
     assert set(metrics) == {"synthetic", "cityscapes"}
-    assert (repo / "results/mlflow/two.published.json").is_file()
+    assert (two / "results/mlflow/two.published.json").is_file()
 
 
 @pytest.mark.slow
 def test_train_rule_launches_two_ddp_processes_on_cpu(tmp_path):
     """`train_procs: 2` makes the train rule a 2-process torchrun (gloo on CPU) that trains and evaluates."""
     repo = _copy_pipeline(tmp_path)
-    run = "results/runs/synthetic/fcn/band~none/mode~none/seed~0"
+    run = f"{SMOKE}/results/runs/synthetic/fcn/band~none/mode~none/seed~0"
     res = _run(
         [
             str(BIN / "snakemake"),
@@ -377,7 +382,8 @@ def test_train_rule_launches_two_ddp_processes_on_cpu(tmp_path):
     )
     out = res.stdout + res.stderr
     assert res.returncode == 0, (
-        out[-4000:] + (repo / "logs/train/synthetic/fcn/band~none/mode~none/seed~0.log").read_text()[-4000:]
+        out[-4000:]
+        + (repo / SMOKE / "logs/train/synthetic/fcn/band~none/mode~none/seed~0.log").read_text()[-4000:]
     )
     assert "torchrun --standalone --nproc-per-node 2 -m fsanet.cli -q train" in out
     info = json.loads((repo / run / "run_info.json").read_text())
@@ -390,7 +396,12 @@ def test_train_rule_launches_two_ddp_processes_on_cpu(tmp_path):
 def test_dvc_exp_run_trains_only_the_new_band(tmp_path):
     """`dvc exp run -S` on a changed band list reruns only the new band's jobs (smoke-sized study)."""
     repo = _copy_pipeline(tmp_path)
-    shutil.copy2(repo / "params/profiles/smoke.yaml", repo / "params/profiles/default.yaml")
+    # the smoke settings as the default study, which writes the folders that dvc.yaml names (results/, …)
+    smoke = (repo / "params/profiles/smoke.yaml").read_text()
+    assert "\nstudy: smoke\n" in smoke
+    (repo / "params/profiles/default.yaml").write_text(
+        smoke.replace("\nstudy: smoke\n", "\nstudy: default\n")
+    )
     shutil.copytree(ROOT / "fsanet", repo / "fsanet")
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     for cmd in (

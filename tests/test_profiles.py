@@ -122,9 +122,19 @@ def _ablation_commands(out: str) -> list[str]:
 
 
 def test_transformers_profile_names_its_ablation_series(tmp_path):
-    """The profile's retrained and truncated models reach the ablation table, its plot and findings."""
-    for line in _ablation_commands(_plan(tmp_path, "transformers")):
+    """The profile's retrained and truncated models reach the ablation table, its plot and findings;
+    it writes only under studies/transformers/, so its FCN runs are not the default study's."""
+    out = _plan(tmp_path, "transformers")
+    for line in _ablation_commands(out):
         assert "--truncated-model segformer" in line and "--retrained-model segformer_fsa" in line, line
+    trains = [line for line in out.splitlines() if "fsanet -q train" in line]
+    assert len(trains) == 15 and all(
+        "--out-dir studies/transformers/results/runs/synthetic/" in line
+        and "> studies/transformers/logs/train/" in line
+        for line in trains
+    ), trains[:2]
+    outputs = [p for line in out.splitlines() if line.strip().startswith("output:") for p in line.split()[1:]]
+    assert outputs and all(p.rstrip(",").startswith("studies/transformers/") for p in outputs), outputs[:5]
 
 
 def test_a_band_model_is_truncated_from_its_full_band_runs(tmp_path):

@@ -2,11 +2,11 @@ rule bench_attention:
     input:
         params=[config["bench_params"]] if config.get("bench_params") else [],
     output:
-        "results/bench/attention.json",
+        study_path("results/bench/attention.json"),
     log:
-        "logs/bench/attention.log",
+        study_path("logs/bench/attention.log"),
     benchmark:
-        "benchmarks/bench/attention.tsv"
+        study_path("benchmarks/bench/attention.tsv")
     conda:
         "../../environment.yml"
     threads: workflow.cores

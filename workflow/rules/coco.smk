@@ -4,13 +4,13 @@ rule coco_tables:
     input:
         study_evaluations(),
     output:
-        md=expand("results/tables/coco_{dataset}.md", dataset=config["datasets"]),
-        csv=expand("results/tables/coco_{dataset}.csv", dataset=config["datasets"]),
-        tex=expand("results/tables/coco_{dataset}.tex", dataset=config["datasets"]),
-        findings="results/tables/coco_findings.md",
-        summary="results/metrics/coco.json",
+        md=expand(study_path("results/tables/coco_{dataset}.md"), dataset=config["datasets"]),
+        csv=expand(study_path("results/tables/coco_{dataset}.csv"), dataset=config["datasets"]),
+        tex=expand(study_path("results/tables/coco_{dataset}.tex"), dataset=config["datasets"]),
+        findings=study_path("results/tables/coco_findings.md"),
+        summary=study_path("results/metrics/coco.json"),
     log:
-        "logs/tables/coco.log",
+        study_path("logs/tables/coco.log"),
     conda:
         "../../environment.yml"
     params:

@@ -1,6 +1,7 @@
 """Helpers shared by the rule files (kept apart from the rules, as `snakemake --lint` asks)."""
 
 import shlex
+from pathlib import PurePosixPath
 
 import jsonschema
 from snakemake.exceptions import WorkflowError
@@ -29,6 +30,28 @@ def validate_profile():
 
 validate_profile()
 
+# Where this study writes its results/, logs/, benchmarks/ and metrics/: the project root for the
+# default study, studies/<study> for any other (or the profile's `study_dir`), so that two profiles
+# never write the same file. data_root and the MLflow store stay shared.
+STUDY_DIR = config.get("study_dir") or (
+    "." if config["study"] == "default" else f"studies/{config['study']}"
+)
+_study_dir = PurePosixPath(STUDY_DIR)
+if _study_dir.is_absolute() or ".." in _study_dir.parts or str(_study_dir) != STUDY_DIR:
+    raise ValueError(
+        f"profile key 'study_dir': {STUDY_DIR!r} must be '.' or a relative folder without '..' "
+        "and without a trailing '/', e.g. studies/transformers"
+    )
+
+
+def study_path(path):
+    """`path` (results/…, logs/…, benchmarks/… or metrics/…) inside the profile's `study_dir`."""
+    return path if STUDY_DIR == "." else f"{STUDY_DIR}/{path}"
+
+
+# the study's MLflow parent-run marker (written once by rule mlflow_init, read by every job)
+STUDY_MARKER = study_path(f"results/mlflow/{config['study']}.json")
+
 
 def check_names(key, names, known):
     """A profile's method or dataset names must be known to the package: one line naming the key."""
@@ -56,7 +79,7 @@ BAND_MODELS = band_models()  # methods trained at a DCT band, from the heads' de
 
 # Hash of the package's sources, passed as a param so that a code change under fsanet/ reruns jobs.
 CODE_HASH = source_hash()
-RUNS = "results/runs/{dataset}/{model}/band~{band}/mode~{mode}/seed~{seed}"
+RUNS = study_path("results/runs/{dataset}/{model}/band~{band}/mode~{mode}/seed~{seed}")
 
 
 def quoted(items):
@@ -69,7 +92,7 @@ def quoted(items):
 
 
 def prepared_marker(dataset):
-    return f"results/data/{dataset}.prepared.json"
+    return study_path(f"results/data/{dataset}.prepared.json")
 
 
 def download_step(wildcards):
@@ -113,7 +136,7 @@ def train_overrides(wildcards, threads):
         f"eval.threads={threads}",  # the final evaluation (train --eval-out) runs in rank 0 alone
         "train.progress=false",
         f"tracking.experiment={config['experiment']}",
-        f"tracking.study_marker=results/mlflow/{config['study']}.json",
+        f"tracking.study_marker={STUDY_MARKER}",
         f"tracking.run_name={wildcards.model}_b{wildcards.band}_{wildcards.mode}_{wildcards.dataset}_s{wildcards.seed}",
     ]
     if wildcards.model in BAND_MODELS:
@@ -128,7 +151,7 @@ def eval_overrides(wildcards, threads):
     items = [
         f"eval.threads={threads}",
         f"tracking.experiment={config['experiment']}",
-        f"tracking.study_marker=results/mlflow/{config['study']}.json",
+        f"tracking.study_marker={STUDY_MARKER}",
     ]
     return quoted(items + list(config.get("eval_overrides", [])))
 
@@ -143,7 +166,7 @@ def method_modes(model):
 
 
 def run_dir(ds, model, band, mode, seed):
-    return f"results/runs/{ds}/{model}/band~{band}/mode~{mode}/seed~{seed}"
+    return study_path(f"results/runs/{ds}/{model}/band~{band}/mode~{mode}/seed~{seed}")
 
 
 def truncated_run_dir(ds, seed):
@@ -193,9 +216,10 @@ def training_counts():
     """Trainings per dataset: the study evaluations that come from a train job (`eval/none`)."""
     counts = {ds: 0 for ds in config["datasets"]}
     for path in study_evaluations():
-        parts = path.split("/")  # results/runs/DATASET/…/eval/BAND/metrics.json
+        # …/results/runs/DATASET/MODEL/band~B/mode~M/seed~S/eval/BAND/metrics.json
+        parts = path.split("/")
         if parts[-2:] == ["none", "metrics.json"]:
-            counts[parts[2]] += 1
+            counts[parts[-8]] += 1
     return counts
 
 
@@ -226,21 +250,25 @@ def study_report_files():
     what mlflow_publish logs on the study's parent run."""
     ds = config["datasets"]
     return [
-        "results/tables/efficiency.md",
-        "results/tables/efficiency.csv",
-        "results/plots/efficiency_scaling.png",
-        "results/tables/ablation.md",
-        "results/tables/ablation.csv",
-        *expand("results/plots/ablation_{dataset}.png", dataset=ds),
-        *expand("results/plots/ablation_{dataset}.csv", dataset=ds),
+        study_path("results/tables/efficiency.md"),
+        study_path("results/tables/efficiency.csv"),
+        study_path("results/plots/efficiency_scaling.png"),
+        study_path("results/tables/ablation.md"),
+        study_path("results/tables/ablation.csv"),
+        *expand(study_path("results/plots/ablation_{dataset}.png"), dataset=ds),
+        *expand(study_path("results/plots/ablation_{dataset}.csv"), dataset=ds),
         *table_files("methods", ds),
         *table_files("per_class", ds),
-        *expand("results/plots/qualitative_{dataset}.png", dataset=ds),
+        *expand(study_path("results/plots/qualitative_{dataset}.png"), dataset=ds),
     ]
 
 
 def table_files(stem, datasets):
-    return [f"results/tables/{stem}_{ds}.{ext}" for ds in datasets for ext in ("md", "tex", "csv")]
+    return [
+        study_path(f"results/tables/{stem}_{ds}.{ext}")
+        for ds in datasets
+        for ext in ("md", "tex", "csv")
+    ]
 
 
 def band_text(band):

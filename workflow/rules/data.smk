@@ -1,10 +1,10 @@
 rule prepare_data:
     output:
-        marker="results/data/{dataset}.prepared.json",
+        marker=study_path("results/data/{dataset}.prepared.json"),
     log:
-        "logs/data/prepare_{dataset}.log",
+        study_path("logs/data/prepare_{dataset}.log"),
     benchmark:
-        "benchmarks/data/prepare_{dataset}.tsv"
+        study_path("benchmarks/data/prepare_{dataset}.tsv")
     conda:
         "../../environment.yml"
     threads: workflow.cores

@@ -8,9 +8,13 @@ if config.get("truncation_model") and config.get("truncation_bands"):
         output:
             metrics=[f"{RUNS}/eval/{b}/metrics.json" for b in config["truncation_bands"]],
         log:
-            "logs/eval/{dataset}/{model}/band~{band}/mode~{mode}/seed~{seed}/truncation.log",
+            study_path(
+                "logs/eval/{dataset}/{model}/band~{band}/mode~{mode}/seed~{seed}/truncation.log"
+            ),
         benchmark:
-            "benchmarks/eval/{dataset}/{model}/band~{band}/mode~{mode}/seed~{seed}/truncation.tsv"
+            study_path(
+                "benchmarks/eval/{dataset}/{model}/band~{band}/mode~{mode}/seed~{seed}/truncation.tsv"
+            )
         wildcard_constraints:
             band=r"none|full|\d+",
             mode=r"none|dot|linsoftmax",

@@ -1,13 +1,13 @@
 rule table_efficiency:
     input:
-        bench="results/bench/attention.json",
+        bench=study_path("results/bench/attention.json"),
     output:
-        md="results/tables/efficiency.md",
-        tex="results/tables/efficiency.tex",
-        csv="results/tables/efficiency.csv",
-        plot="results/plots/efficiency_scaling.png",
+        md=study_path("results/tables/efficiency.md"),
+        tex=study_path("results/tables/efficiency.tex"),
+        csv=study_path("results/tables/efficiency.csv"),
+        plot=study_path("results/plots/efficiency_scaling.png"),
     log:
-        "logs/tables/efficiency.log",
+        study_path("logs/tables/efficiency.log"),
     conda:
         "../../environment.yml"
     params:
@@ -22,9 +22,9 @@ rule summary:
     input:
         study_evaluations(),
     output:
-        "results/metrics/summary.json",
+        study_path("results/metrics/summary.json"),
     log:
-        "logs/tables/summary.log",
+        study_path("logs/tables/summary.log"),
     conda:
         "../../environment.yml"
     params:
@@ -35,13 +35,13 @@ rule summary:
 
 rule table_ablation:
     input:
-        summary="results/metrics/summary.json",
+        summary=study_path("results/metrics/summary.json"),
     output:
-        md="results/tables/ablation.md",
-        tex="results/tables/ablation.tex",
-        csv="results/tables/ablation.csv",
+        md=study_path("results/tables/ablation.md"),
+        tex=study_path("results/tables/ablation.tex"),
+        csv=study_path("results/tables/ablation.csv"),
     log:
-        "logs/tables/ablation.log",
+        study_path("logs/tables/ablation.log"),
     conda:
         "../../environment.yml"
     params:
@@ -55,17 +55,17 @@ rule table_ablation:
 
 rule table_methods:
     input:
-        summary="results/metrics/summary.json",
-        costs="results/bench/models_{dataset}.json",
+        summary=study_path("results/metrics/summary.json"),
+        costs=study_path("results/bench/models_{dataset}.json"),
     output:
-        md="results/tables/methods_{dataset}.md",
-        tex="results/tables/methods_{dataset}.tex",
-        csv="results/tables/methods_{dataset}.csv",
-        per_class_md="results/tables/per_class_{dataset}.md",
-        per_class_tex="results/tables/per_class_{dataset}.tex",
-        per_class_csv="results/tables/per_class_{dataset}.csv",
+        md=study_path("results/tables/methods_{dataset}.md"),
+        tex=study_path("results/tables/methods_{dataset}.tex"),
+        csv=study_path("results/tables/methods_{dataset}.csv"),
+        per_class_md=study_path("results/tables/per_class_{dataset}.md"),
+        per_class_tex=study_path("results/tables/per_class_{dataset}.tex"),
+        per_class_csv=study_path("results/tables/per_class_{dataset}.csv"),
     log:
-        "logs/tables/methods_{dataset}.log",
+        study_path("logs/tables/methods_{dataset}.log"),
     conda:
         "../../environment.yml"
     params:
@@ -82,9 +82,9 @@ rule bench_models:
     input:
         data=lambda wc: prepared_marker(wc.dataset),
     output:
-        "results/bench/models_{dataset}.json",
+        study_path("results/bench/models_{dataset}.json"),
     log:
-        "logs/bench/models_{dataset}.log",
+        study_path("logs/bench/models_{dataset}.log"),
     conda:
         "../../environment.yml"
     threads: 1
@@ -104,12 +104,12 @@ rule bench_models:
 
 rule plot_ablation:
     input:
-        summary="results/metrics/summary.json",
+        summary=study_path("results/metrics/summary.json"),
     output:
-        png="results/plots/ablation_{dataset}.png",
-        csv="results/plots/ablation_{dataset}.csv",
+        png=study_path("results/plots/ablation_{dataset}.png"),
+        csv=study_path("results/plots/ablation_{dataset}.csv"),
     log:
-        "logs/plots/ablation_{dataset}.log",
+        study_path("logs/plots/ablation_{dataset}.log"),
     conda:
         "../../environment.yml"
     params:
@@ -124,9 +124,9 @@ rule plot_qualitative:
     input:
         unpack(qualitative_checkpoints),
     output:
-        "results/plots/qualitative_{dataset}.png",
+        study_path("results/plots/qualitative_{dataset}.png"),
     log:
-        "logs/plots/qualitative_{dataset}.log",
+        study_path("logs/plots/qualitative_{dataset}.log"),
     conda:
         "../../environment.yml"
     threads: 1
@@ -139,13 +139,13 @@ rule plot_qualitative:
 
 rule findings:
     input:
-        summary="results/metrics/summary.json",
-        bench="results/bench/attention.json",
+        summary=study_path("results/metrics/summary.json"),
+        bench=study_path("results/bench/attention.json"),
     output:
-        md="results/tables/findings.md",
-        json="results/tables/findings.json",
+        md=study_path("results/tables/findings.md"),
+        json=study_path("results/tables/findings.json"),
     log:
-        "logs/tables/findings.log",
+        study_path("logs/tables/findings.log"),
     conda:
         "../../environment.yml"
     params:
@@ -159,12 +159,12 @@ rule findings:
 
 rule study_metrics:
     input:
-        summary="results/metrics/summary.json",
-        findings="results/tables/findings.json",
+        summary=study_path("results/metrics/summary.json"),
+        findings=study_path("results/tables/findings.json"),
     output:
-        "metrics/study.json",
+        study_path("metrics/study.json"),
     log:
-        "logs/tables/study_metrics.log",
+        study_path("logs/tables/study_metrics.log"),
     conda:
         "../../environment.yml"
     params:
@@ -176,14 +176,18 @@ rule study_metrics:
 
 rule mlflow_publish:
     input:
-        marker=f"results/mlflow/{config['study']}.json",
-        summary="results/metrics/summary.json",
-        findings="results/tables/findings.json",
-        files=["results/tables/findings.md", "metrics/study.json", *study_report_files()],
+        marker=STUDY_MARKER,
+        summary=study_path("results/metrics/summary.json"),
+        findings=study_path("results/tables/findings.json"),
+        files=[
+            study_path("results/tables/findings.md"),
+            study_path("metrics/study.json"),
+            *study_report_files(),
+        ],
     output:
-        f"results/mlflow/{config['study']}.published.json",
+        study_path(f"results/mlflow/{config['study']}.published.json"),
     log:
-        f"logs/mlflow/{config['study']}.publish.log",
+        study_path(f"logs/mlflow/{config['study']}.publish.log"),
     conda:
         "../../environment.yml"
     params:
@@ -198,11 +202,11 @@ rule cost_table:
     """Estimated GPU-hours of the study's trainings (not part of all_tables):
     `snakemake cost_table --configfile params/profiles/paper.yaml`."""
     output:
-        md="results/tables/cost.md",
-        tex="results/tables/cost.tex",
-        csv="results/tables/cost.csv",
+        md=study_path("results/tables/cost.md"),
+        tex=study_path("results/tables/cost.tex"),
+        csv=study_path("results/tables/cost.csv"),
     log:
-        "logs/tables/cost.log",
+        study_path("logs/tables/cost.log"),
     conda:
         "../../environment.yml"
     params:

@@ -4,9 +4,9 @@ localrules:
 
 rule mlflow_init:
     output:
-        f"results/mlflow/{config['study']}.json",
+        STUDY_MARKER,
     log:
-        f"logs/mlflow/{config['study']}.log",
+        study_path(f"logs/mlflow/{config['study']}.log"),
     conda:
         "../../environment.yml"
     params:
@@ -19,15 +19,15 @@ rule mlflow_init:
 rule train:
     input:
         data=lambda wc: prepared_marker(wc.dataset),
-        study=f"results/mlflow/{config['study']}.json",
+        study=STUDY_MARKER,
     output:
         model=f"{RUNS}/model.pt",
         info=f"{RUNS}/run_info.json",
         metrics=f"{RUNS}/eval/none/metrics.json",  # the final model's evaluation, in the same process
     log:
-        "logs/train/{dataset}/{model}/band~{band}/mode~{mode}/seed~{seed}.log",
+        study_path("logs/train/{dataset}/{model}/band~{band}/mode~{mode}/seed~{seed}.log"),
     benchmark:
-        "benchmarks/train/{dataset}/{model}/band~{band}/mode~{mode}/seed~{seed}.tsv"
+        study_path("benchmarks/train/{dataset}/{model}/band~{band}/mode~{mode}/seed~{seed}.tsv")
     wildcard_constraints:
         band=r"none|full|\d+",
         mode=r"none|dot|linsoftmax",
