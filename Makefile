@@ -56,11 +56,11 @@ gpu-check: $(STAMP)
 tables: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) all_tables
 
-## make tables-transformers: Segformer-B0 and AFFormer-tiny, each ± FSA, beside the FCN (its own profile)
+## make tables-transformers: Segformer-B0 and AFFormer-tiny, each ± FSA, beside the FCN (its own profile; writes studies/transformers/)
 tables-transformers: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) all_tables --configfile params/profiles/transformers.yaml
 
-## make tables-coco: Mask R-CNN ± FSA in res4 on the synthetic instances, COCO AP (its own profile)
+## make tables-coco: Mask R-CNN ± FSA in res4 on the synthetic instances, COCO AP (its own profile; writes studies/coco/)
 tables-coco: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) all_tables --configfile params/profiles/coco.yaml
 
