@@ -478,10 +478,10 @@ def ablation_points(
     band, and FsaNet trained at the full band then truncated; its untruncated full-band runs are then the
     ``full`` point of both series. With ``retrained_mode`` set, only runs of that attention mode count,
     in the retrained series and for a banded truncated model (runs without a recorded mode count as any
-    mode). Each point: ``series``,
-    ``band``, ``label``,
-    ``K`` (coefficients; inf = full), ``mean``, ``std``, ``n``, ``seeds``, ``run_ids``, ``delta`` (mean minus
-    the series' full-band mean; None without a full point).
+    mode).
+
+    Each point: ``series``, ``band``, ``label``, ``K`` (coefficients; inf = full), ``mean``, ``std``, ``n``,
+    ``seeds``, ``run_ids``, ``delta`` (mean minus the series' full-band mean; None without a full point).
     """
     retrained_model = retrained_model or band_model(runs)
     banded = band_models()
