@@ -615,14 +615,16 @@ from fsanet.cli import setup_logging
 from fsanet.config import load_config
 from fsanet.engine.train import train
 setup_logging(-1)  # as `fsanet -q`
-delay = float(sys.argv[3])
-train(load_config([], sys.argv[4:]), sys.argv[2], build_model=build_tiny_model,
-      build_dataset=build_tiny_dataset, callback=lambda it: time.sleep(delay))
+delay, hold_at = float(sys.argv[3]), int(sys.argv[4])
+train(load_config([], sys.argv[5:]), sys.argv[2], build_model=build_tiny_model,
+      build_dataset=build_tiny_dataset, callback=lambda it: time.sleep(120 if it == hold_at else delay))
 print("done")
 """
 
 
-def _runner(tmp: Path, run: Path, delay: float, *overrides: str) -> subprocess.Popen:
+def _runner(tmp: Path, run: Path, delay: float, *overrides: str, hold_at: int = 0) -> subprocess.Popen:
+    """A training of 40 iterations in a subprocess, sleeping ``delay`` s after each iteration and 120 s
+    after iteration ``hold_at`` (0: never), so that a signal sent before then cannot arrive too late."""
     args = [
         f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}",
         "tracking.experiment=fsanet/faults",
@@ -637,7 +639,7 @@ def _runner(tmp: Path, run: Path, delay: float, *overrides: str) -> subprocess.P
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("MLFLOW_TRACKING_URI", None)
     return subprocess.Popen(
-        [sys.executable, "-c", RUNNER, str(TESTS), str(run), str(delay), *args],
+        [sys.executable, "-c", RUNNER, str(TESTS), str(run), str(delay), str(hold_at), *args],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -661,7 +663,8 @@ def test_a_real_process_stopped_by_a_signal_then_rerun(tmp_path, sig):
     """A real training process stopped by SIGKILL, SIGINT or SIGTERM, then rerun: every point in the
     store once and equal to train_log.json, the run FINISHED, train_seconds over both segments."""
     run = tmp_path / "run"
-    proc = _runner(tmp_path, run, 0.05, "tracking.flush_interval=1000")
+    # held at iteration 16: on a busy host the 40 iterations could otherwise end before the signal
+    proc = _runner(tmp_path, run, 0.05, "tracking.flush_interval=1000", hold_at=16)
     _wait_for_checkpoint(run, proc, 8)
     time.sleep(0.1)  # some points past the checkpoint
     proc.send_signal(sig)
