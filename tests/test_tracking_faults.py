@@ -608,7 +608,10 @@ def test_stale_temporary_files_are_removed_when_the_run_starts_again(tmp_path, c
 # real processes (slow)
 # --------------------------------------------------------------------------------------------
 RUNNER = """
-import sys, time
+import signal, sys, time
+# Ctrl-C raises KeyboardInterrupt, as in a terminal: a launcher that runs the suite in the background
+# (`nohup make test-slow &`) leaves SIGINT ignored, and a child inherits that
+signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.path.insert(0, sys.argv[1])
 from engine_stubs import build_tiny_dataset, build_tiny_model
 from fsanet.cli import setup_logging
