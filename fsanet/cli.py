@@ -90,6 +90,16 @@ def _run_bench_models(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------------------------
 # tables
 # --------------------------------------------------------------------------------------------
+def _add_band_mode(p: argparse.ArgumentParser) -> None:
+    """``--band-mode``: the FSA kernel of the band ablation's retrained series (T2, its plot, findings)."""
+    p.add_argument(
+        "--band-mode",
+        default="dot",
+        choices=["dot", "linsoftmax"],
+        help="FSA kernel of the retrained band series (and of a banded truncated model; default dot)",
+    )
+
+
 def _add_tables(sub: argparse._SubParsersAction) -> None:
     tables = sub.add_parser("tables", help="render result files as Markdown/LaTeX/CSV tables and plots")
     what = tables.add_subparsers(dest="what", required=True)
@@ -146,12 +156,7 @@ def _add_tables(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--truncated-model", default="nonlocal", help="full-band model truncated at eval (default nonlocal)"
     )
-    p.add_argument(
-        "--band-mode",
-        default="dot",
-        choices=["dot", "linsoftmax"],
-        help="FSA kernel of the retrained band series (and of a banded truncated model; default dot)",
-    )
+    _add_band_mode(p)
     p.set_defaults(handler=_run_tables_ablation)
     p = study("methods", "T3: method comparison per dataset (mIoU, params, GFLOPs, fps)", "methods_DATASET")
     p.add_argument("--costs", type=Path, default=None, metavar="JSON", help="output of `fsanet bench models`")
@@ -187,12 +192,7 @@ def _add_tables(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--truncated-model", default="nonlocal", help="full-band model truncated at eval (default nonlocal)"
     )
-    p.add_argument(
-        "--band-mode",
-        default="dot",
-        choices=["dot", "linsoftmax"],
-        help="FSA kernel of the retrained band series (and of a banded truncated model; default dot)",
-    )
+    _add_band_mode(p)
     p.set_defaults(handler=_run_tables_findings)
     p = what.add_parser(
         "metrics", help="metrics/study.json: the study's headline numbers (dvc metrics, dvc exp show)"
@@ -389,12 +389,7 @@ def _add_plots(sub: argparse._SubParsersAction) -> None:
         "--retrained-model", default=None, help="model trained per band (default: the model with a band)"
     )
     p.add_argument("--truncated-model", default="nonlocal")
-    p.add_argument(
-        "--band-mode",
-        default="dot",
-        choices=["dot", "linsoftmax"],
-        help="FSA kernel of the retrained band series (and of a banded truncated model; default dot)",
-    )
+    _add_band_mode(p)
     p.set_defaults(handler=_run_plots_ablation)
 
     p = what.add_parser(

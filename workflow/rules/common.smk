@@ -166,7 +166,7 @@ def method_modes(model):
 
 
 def run_dir(ds, model, band, mode, seed):
-    return study_path(f"results/runs/{ds}/{model}/band~{band}/mode~{mode}/seed~{seed}")
+    return RUNS.format(dataset=ds, model=model, band=band, mode=mode, seed=seed)
 
 
 def truncated_run_dir(ds, seed):
