@@ -15,7 +15,7 @@ export DO_NOT_TRACK := true
 export MPLBACKEND := Agg
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: venv test test-slow test-all test-cuda gpu-check tables tables-transformers tables-coco bench dvc-repro plots lint clean-results
+.PHONY: venv test test-slow test-all test-cuda gpu-check tables tables-transformers tables-bands tables-coco bench dvc-repro plots lint clean-results
 
 venv: $(STAMP)
 
@@ -59,6 +59,10 @@ tables: $(STAMP)
 ## make tables-transformers: Segformer-B0 and AFFormer-tiny, each ± FSA, beside the FCN (its own profile; writes studies/transformers/)
 tables-transformers: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) all_tables --configfile params/profiles/transformers.yaml
+
+## make tables-bands: the band ablation on context at a known frequency (knee 2×2; its own profile; writes studies/bands/)
+tables-bands: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES) all_tables --configfile params/profiles/bands.yaml
 
 ## make tables-coco: Mask R-CNN ± FSA in res4 on the synthetic instances, COCO AP (its own profile; writes studies/coco/)
 tables-coco: $(STAMP)

@@ -298,6 +298,8 @@ class ModelConfig:
     cache_dir: str = "data/pretrained"  # where downloaded weights are kept
     head_channels: int = 64
     head_kernel: int = 1  # kernel of the head's skeleton convs (3 in the paper)
+    # P > 0: a fixed positional code (DCT basis functions 1…P per axis) added to the attention input
+    head_position: int = 0
     dropout: float = 0.1
     align_corners: bool = False
     aux: bool = True
@@ -508,6 +510,7 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "model.small_channels": (1, _INF, "channels"),
     "model.head_channels": (1, _INF, "channels"),
     "model.head_kernel": (1, _INF, "kernel size"),
+    "model.head_position": (0, _INF, "DCT frequencies per axis"),
     "model.dropout": (0.0, 0.999, "a dropout probability below 1"),
     "model.drop_path": (0.0, 0.999, "a stochastic depth rate below 1"),
     "model.aux_channels": (1, _INF, "channels"),

@@ -10,11 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from fsanet.config import ConfigError, ModelConfig, load_config
 from fsanet.models import MODELS, Network, SegmentationModel, build_model
-from fsanet.models.heads import DualAttention
+from fsanet.models.heads import DualAttention, position_encoding
 from fsanet.models.pretrained import (
     TORCHVISION_URLS,
     PretrainedError,
@@ -26,6 +28,7 @@ from fsanet.models.pretrained import (
 from fsanet.models.resnet import ResNetV1c
 from fsanet.models.small import SMALL_RECEPTIVE_FIELD, SmallBackbone
 from fsanet.nn.base import AttentionModule
+from fsanet.nn.dct import lowpass
 
 # the decode heads on the shared skeleton that have an attention block; the whole networks apart
 ATTENTION_MODELS = [name for name, m in MODELS.items() if name != "fcn" and not issubclass(m, Network)]
@@ -701,3 +704,49 @@ def test_checkpoint_of_another_model_is_one_line_naming_both():
     same = build_model(cfg, 3, pretrained=False)
     load_trained_weights(same, state, "run/model.pt")
     assert all(torch.equal(a, b) for a, b in zip(same.state_dict().values(), state["model"].values()))
+
+
+# --------------------------------------------------------------------------------------------
+# The skeleton's positional code (model.head_position)
+# --------------------------------------------------------------------------------------------
+@settings(max_examples=25, deadline=None)
+@given(freqs=st.integers(1, 6), n=st.integers(1, 8), h=st.integers(7, 13), w=st.integers(7, 13))
+def test_position_code_is_dct_basis_so_a_band_keeps_exactly_its_low_channels(freqs, n, h, w) -> None:
+    """lowpass(code, n×n) keeps the channels of frequencies k < n unchanged and zeroes the others."""
+    code = position_encoding(freqs, 2 * freqs + 3, h, w).double()  # (1, C, h, w)
+    n = min(n, h, w)
+    low = lowpass(code, (n, n))
+    for k in range(1, freqs + 1):
+        for ch, size in ((k - 1, w), (freqs + k - 1, h)):
+            want = code[0, ch] if k < n and k < size else torch.zeros(h, w, dtype=torch.float64)
+            torch.testing.assert_close(low[0, ch], want, atol=1e-6, rtol=0)  # float32 code
+    assert low[0, 2 * freqs :].abs().max() == 0  # the channels without a code stay 0
+
+
+def test_position_code_reaches_the_attention_input_and_travels_with_the_weights() -> None:
+    torch.manual_seed(0)
+    plain = build_model({"name": "nonlocal", "aux": False}, 3)
+    coded = build_model({"name": "nonlocal", "aux": False, "head_position": 4}, 3)
+    coded.load_state_dict({**plain.state_dict(), "decode_head.position_freqs": torch.tensor(4)})
+    plain.eval(), coded.eval()
+    seen = []
+    coded.decode_head.attention.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    plain.decode_head.attention.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    x = torch.randn(1, 3, 64, 64)
+    coded(x), plain(x)
+    code = position_encoding(4, seen[0].shape[1], *seen[0].shape[2:])
+    torch.testing.assert_close(seen[0] - seen[1], code.expand_as(seen[0]))
+    # a checkpoint trained with the code does not load into a head without it, nor the reverse
+    with pytest.raises(RuntimeError, match="position_freqs"):
+        plain.load_state_dict(coded.state_dict())
+    with pytest.raises(RuntimeError, match="position_freqs"):
+        coded.load_state_dict(plain.state_dict())
+
+
+def test_position_code_bad_values_name_the_key() -> None:
+    with pytest.raises(ValueError, match="position must be in 0..channels/2 = 32"):
+        build_model({"name": "fcn", "head_position": 33}, 3)
+    with pytest.raises(ValueError, match="model.head_position=2.*whole network"):
+        build_model({"name": "segformer", "head_position": 2}, 3)
+    with pytest.raises(ConfigError, match="model.head_position"):
+        load_config(overrides=["model.head_position=-1"])

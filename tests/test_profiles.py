@@ -59,7 +59,7 @@ def test_paper_profiles_pair_training_and_testing(profile):
 
 
 @pytest.mark.parametrize(
-    "profile", sorted(p.stem for p in PROFILES.glob("*.yaml") if p.stem != "smoke_overrides")
+    "profile", sorted(p.stem for p in PROFILES.glob("*.yaml") if not p.stem.endswith("_overrides"))
 )
 def test_every_profile_plans_a_dry_run(profile, tmp_path):
     repo = _copy_pipeline(tmp_path)
@@ -135,6 +135,29 @@ def test_transformers_profile_names_its_ablation_series(tmp_path):
     ), trains[:2]
     outputs = [p for line in out.splitlines() if line.strip().startswith("output:") for p in line.split()[1:]]
     assert outputs and all(p.rstrip(",").startswith("studies/transformers/") for p in outputs), outputs[:5]
+
+
+def test_bands_profile_has_its_own_data_and_one_protocol(tmp_path):
+    """The bands profile prepares its own two-stripe set and writes only under studies/bands/; every one
+    of its trainings (FCN included) reads the same protocol: positional code and 4000 iterations."""
+    cfg = _dataset_cfg("bands", "synthetic")
+    assert cfg.data.synthetic.layout == "cells" and cfg.data.synthetic.cells == 2
+    assert (
+        cfg.data.root == "studies/bands/data/synthetic"
+        and _profile("bands")["data_root"] == "studies/bands/data"
+    )
+    assert cfg.model.head_position == 6 and cfg.train.max_iters == 4000
+    out = _plan(tmp_path, "bands")
+    prepare = next(line for line in out.splitlines() if "fsanet -q data prepare" in line)
+    assert "--root studies/bands/data " in prepare and "params/profiles/bands_overrides.yaml" in prepare
+    trains = [line for line in out.splitlines() if "fsanet -q train" in line]
+    assert len(trains) == 24 and all(
+        "--config params/profiles/bands_overrides.yaml" in line
+        and "--out-dir studies/bands/results/runs/synthetic/" in line
+        for line in trains
+    ), trains[:2]
+    outputs = [p for line in out.splitlines() if line.strip().startswith("output:") for p in line.split()[1:]]
+    assert outputs and all(p.rstrip(",").startswith("studies/bands/") for p in outputs), outputs[:5]
 
 
 def test_a_band_model_is_truncated_from_its_full_band_runs(tmp_path):

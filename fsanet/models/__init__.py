@@ -184,6 +184,11 @@ def build_model(
     _check_attention_options(cfg)
     method = MODELS[cfg.name]
     if issubclass(method, Network):
+        if cfg.head_position:
+            raise ValueError(
+                f"model.head_position={cfg.head_position} is an option of the decode heads on the shared "
+                f"skeleton; model.name={cfg.name} is a whole network: set model.head_position=0"
+            )
         return _build_network(method, cfg, num_classes, pretrained)
     if cfg.variant is not None:
         networks = ", ".join(n for n, m in MODELS.items() if issubclass(m, Network)) or "none"
@@ -214,6 +219,7 @@ def build_model(
             attention=cfg.attention,
             kernel_size=cfg.head_kernel,
             dropout=cfg.dropout,
+            position=cfg.head_position,
         )
     except ValueError as err:
         raise ValueError(

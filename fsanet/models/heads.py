@@ -31,6 +31,7 @@ classifier.
 
 from __future__ import annotations
 
+import math
 from enum import Enum
 from typing import Any, ClassVar, Optional
 
@@ -86,6 +87,23 @@ def build_fsa(channels: int, opts: AttentionConfig, *, clamp_band: bool = False)
     )
 
 
+def position_encoding(freqs: int, channels: int, h: int, w: int) -> Tensor:
+    """A fixed (1, channels, h, w) positional code made of 1-D DCT basis functions.
+
+    Channel ``k - 1`` holds ``cos(π k (j + ½) / w)`` along the width (column j) and channel
+    ``freqs + k - 1`` the same along the height, for k = 1…freqs; the other channels are 0. Each
+    channel is one DCT frequency, so ``lowpass(·, (n, n))`` keeps exactly the channels with k < n: a
+    band limit on the attention input is also a limit on how finely the code tells positions apart.
+    """
+    k = torch.arange(1, freqs + 1, dtype=torch.float64)[:, None]  # (P, 1)
+    cols = torch.cos(math.pi * k * (torch.arange(w, dtype=torch.float64) + 0.5) / w)  # (P, w)
+    rows = torch.cos(math.pi * k * (torch.arange(h, dtype=torch.float64) + 0.5) / h)  # (P, h)
+    code = torch.zeros(1, channels, h, w, dtype=torch.float64)
+    code[0, :freqs] = cols[:, None, :]
+    code[0, freqs : 2 * freqs] = rows[:, :, None]
+    return code.float()
+
+
 class ConvBNReLU(nn.Sequential):
     """k×k convolution (no bias, same padding) → BatchNorm2d → ReLU."""
 
@@ -112,6 +130,8 @@ class DecodeHead(Method, nn.Module):
         attention: attention options (each head reads the ones it uses); defaults to the paper's.
         kernel_size: kernel of the three skeleton convs (3 in the paper; 1 keeps the head local).
         dropout: Dropout2d probability before the classifier.
+        position: P > 0 adds a fixed positional encoding to the attention input: the 1-D DCT basis
+            functions 1…P along the width and along the height (:func:`position_encoding`). 0 = none.
     """
 
     #: the skeleton's heads all read ``recurrence`` (how often the block is applied)
@@ -128,6 +148,7 @@ class DecodeHead(Method, nn.Module):
         attention: Optional[AttentionConfig] = None,
         kernel_size: int = 3,
         dropout: float = 0.1,
+        position: int = 0,
     ) -> None:
         super().__init__()
         attention = AttentionConfig() if attention is None else attention
@@ -138,7 +159,12 @@ class DecodeHead(Method, nn.Module):
             raise ValueError(f"head kernel_size must be a positive odd number, got {kernel_size}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if not 0 <= 2 * position <= channels:
+            raise ValueError(f"position must be in 0..channels/2 = {channels // 2}, got {position}")
         self.recurrence = recurrence
+        if position:
+            # a buffer, so that a checkpoint trained with the code does not load into a head without it
+            self.register_buffer("position_freqs", torch.tensor(position))
         self.conv_in = ConvBNReLU(in_channels, channels, kernel_size)
         self.attention = self.build_attention(channels, attention)
         self.conv_out = ConvBNReLU(channels, channels, kernel_size)
@@ -153,6 +179,9 @@ class DecodeHead(Method, nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.conv_in(x)  # (B, C, h, w)
+        if hasattr(self, "position_freqs"):
+            freqs = int(self.position_freqs)
+            y = y + position_encoding(freqs, y.shape[1], y.shape[2], y.shape[3]).to(y)  # (B, C, h, w)
         for _ in range(self.recurrence):
             y = self.attention(y)  # (B, C, h, w)
         y = self.conv_out(y)
