@@ -300,6 +300,7 @@ class ModelConfig:
     head_kernel: int = 1  # kernel of the head's skeleton convs (3 in the paper)
     # P > 0: a fixed positional code (DCT basis functions 1…P per axis) added to the attention input
     head_position: int = 0
+    head_position_scale: float = 1.0  # amplitude of that code
     dropout: float = 0.1
     align_corners: bool = False
     aux: bool = True
@@ -511,6 +512,7 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "model.head_channels": (1, _INF, "channels"),
     "model.head_kernel": (1, _INF, "kernel size"),
     "model.head_position": (0, _INF, "DCT frequencies per axis"),
+    "model.head_position_scale": (0.0, _INF, "code amplitude"),
     "model.dropout": (0.0, 0.999, "a dropout probability below 1"),
     "model.drop_path": (0.0, 0.999, "a stochastic depth rate below 1"),
     "model.aux_channels": (1, _INF, "channels"),

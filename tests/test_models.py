@@ -726,8 +726,12 @@ def test_position_code_is_dct_basis_so_a_band_keeps_exactly_its_low_channels(fre
 def test_position_code_reaches_the_attention_input_and_travels_with_the_weights() -> None:
     torch.manual_seed(0)
     plain = build_model({"name": "nonlocal", "aux": False}, 3)
-    coded = build_model({"name": "nonlocal", "aux": False, "head_position": 4}, 3)
-    coded.load_state_dict({**plain.state_dict(), "decode_head.position_freqs": torch.tensor(4)})
+    coded = build_model({"name": "nonlocal", "aux": False, "head_position": 4, "head_position_scale": 2.5}, 3)
+    code_buffers = {
+        "decode_head.position_freqs": torch.tensor(4),
+        "decode_head.position_scale": torch.tensor(2.5),
+    }
+    coded.load_state_dict({**plain.state_dict(), **code_buffers})
     plain.eval(), coded.eval()
     seen = []
     coded.decode_head.attention.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
@@ -735,7 +739,7 @@ def test_position_code_reaches_the_attention_input_and_travels_with_the_weights(
     x = torch.randn(1, 3, 64, 64)
     coded(x), plain(x)
     code = position_encoding(4, seen[0].shape[1], *seen[0].shape[2:])
-    torch.testing.assert_close(seen[0] - seen[1], code.expand_as(seen[0]))
+    torch.testing.assert_close(seen[0] - seen[1], 2.5 * code.expand_as(seen[0]))
     # a checkpoint trained with the code does not load into a head without it, nor the reverse
     with pytest.raises(RuntimeError, match="position_freqs"):
         plain.load_state_dict(coded.state_dict())

@@ -99,6 +99,11 @@ needs position: content-based attention has none in the interior of the map (the
 carry every stripe's cue in its own channel, which defeats the band limit. The default ``band``
 layout has its knee at 1×1 (the DC coefficient carries its single cue).
 
+The ``bands`` study profile (``params/profiles/bands.yaml``) does learn it, with c = 2: the heads get
+position from ``model.head_position`` (a fixed code of DCT basis functions added to the attention
+input, after the backbone, so features cannot multiplex the stripes' cues into channels) and train
+4000 iterations. Retrained FsaNet then has the oracle's knee (1×1 stays at the DC's level).
+
 On disk (``prepare_synthetic``)
 -------------------------------
 ::

@@ -220,6 +220,7 @@ def build_model(
             kernel_size=cfg.head_kernel,
             dropout=cfg.dropout,
             position=cfg.head_position,
+            position_scale=cfg.head_position_scale,
         )
     except ValueError as err:
         raise ValueError(

@@ -132,6 +132,7 @@ class DecodeHead(Method, nn.Module):
         dropout: Dropout2d probability before the classifier.
         position: P > 0 adds a fixed positional encoding to the attention input: the 1-D DCT basis
             functions 1…P along the width and along the height (:func:`position_encoding`). 0 = none.
+        position_scale: the amplitude of that code (each channel is a cosine of this amplitude).
     """
 
     #: the skeleton's heads all read ``recurrence`` (how often the block is applied)
@@ -149,6 +150,7 @@ class DecodeHead(Method, nn.Module):
         kernel_size: int = 3,
         dropout: float = 0.1,
         position: int = 0,
+        position_scale: float = 1.0,
     ) -> None:
         super().__init__()
         attention = AttentionConfig() if attention is None else attention
@@ -163,8 +165,10 @@ class DecodeHead(Method, nn.Module):
             raise ValueError(f"position must be in 0..channels/2 = {channels // 2}, got {position}")
         self.recurrence = recurrence
         if position:
-            # a buffer, so that a checkpoint trained with the code does not load into a head without it
+            # buffers, so that the code travels with the weights: a checkpoint trained with it does not
+            # load into a head without it, and the reverse
             self.register_buffer("position_freqs", torch.tensor(position))
+            self.register_buffer("position_scale", torch.tensor(float(position_scale)))
         self.conv_in = ConvBNReLU(in_channels, channels, kernel_size)
         self.attention = self.build_attention(channels, attention)
         self.conv_out = ConvBNReLU(channels, channels, kernel_size)
@@ -180,8 +184,8 @@ class DecodeHead(Method, nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         y = self.conv_in(x)  # (B, C, h, w)
         if hasattr(self, "position_freqs"):
-            freqs = int(self.position_freqs)
-            y = y + position_encoding(freqs, y.shape[1], y.shape[2], y.shape[3]).to(y)  # (B, C, h, w)
+            code = position_encoding(int(self.position_freqs), y.shape[1], y.shape[2], y.shape[3])
+            y = y + self.position_scale * code.to(y)  # (B, C, h, w)
         for _ in range(self.recurrence):
             y = self.attention(y)  # (B, C, h, w)
         y = self.conv_out(y)
