@@ -37,8 +37,11 @@ Protocol (``fsanet bench attention``):
 * **Paired floor.** On a shared machine the floor itself moves by ±30 % between minutes (other tenants'
   memory traffic), so a module's ratio to a floor timed at another moment moves with it. With
   ``paired_floor`` (default) each module's timed runs alternate with runs of the floor on the same input
-  (module, floor, module, …): the row records that floor's median as ``floor_latency_ms`` and
-  ``x_floor = latency_ms / floor_latency_ms`` (and, per round, the ratio of the two round medians). The
+  (module, floor, module, …): the row records that floor's median as ``floor_latency_ms``, per round the
+  ratio of the module's and the floor's round medians as ``x_floor_round``, and their median as
+  ``x_floor``. Ratios are taken within a round only, so ``x_floor`` lies inside ``x_floor_spread``; the
+  ratio of the pooled medians, ``latency_ms / floor_latency_ms``, pairs a slow round of the module with a
+  quick one of the floor and can fall outside it. With ``rounds=1`` the two are the same. The
   alternation evicts the module's data from the caches between its runs, which can only make the module
   slower, so the ratio is not flattered. The separate ``floor`` rows are still timed on their own.
 * **Allocator.** glibc returns every buffer of 32 MiB or more to the OS on free and page-faults it in
@@ -196,7 +199,7 @@ def _row(case: Case, cfg: DictConfig) -> dict[str, Any]:
         "latency_round_ms": None,  # the median of each round
         "latency_spread_ms": None,  # [min, max] of latency_round_ms
         "floor_latency_ms": None,  # the floor timed in alternation with this row (paired_floor)
-        "x_floor": None,  # latency_ms / floor_latency_ms
+        "x_floor": None,  # median of x_floor_round
         "x_floor_round": None,  # per round: the module's round median / the paired floor's round median
         "x_floor_spread": None,  # [min, max] of x_floor_round
         "repeats": 0,
@@ -362,10 +365,12 @@ def _finish_row(timed: _Timed) -> None:
     row["latency_spread_ms"] = _spread(row["latency_round_ms"])
     if timed.ref is not None:
         row["floor_latency_ms"] = statistics.median([v for ts in timed.ref_times for v in ts])
-        row["x_floor"] = row["latency_ms"] / row["floor_latency_ms"]
         row["x_floor_round"] = [
             statistics.median(ts) / statistics.median(fs) for ts, fs in zip(timed.times, timed.ref_times)
         ]
+        # the median of the rounds' paired ratios: a module and its floor are compared only within a
+        # round, so the figure lies inside its spread (the pooled medians' ratio need not)
+        row["x_floor"] = statistics.median(row["x_floor_round"])
         row["x_floor_spread"] = _spread(row["x_floor_round"])
     row["repeats"] = len(times)
     row["rounds"] = len(timed.times)

@@ -203,9 +203,9 @@ def _caption(report: dict[str, Any]) -> str:
         "Inputs are random tensors: no dataset is involved. FLOPs from torch.utils.flop_counter "
         "(2 per multiply-accumulate); memory = peak tensor bytes allocated during one forward, input "
         "excluded; "
-        "latency = median of the timed runs. Δ = change against the non-local block. × floor = latency over "
-        "the median of torch.add(x, x) timed in alternation with the module (paired floor)."
-        + _rounds_caption(report)
+        "latency = median of the timed runs. Δ = change against the non-local block. × floor = the module's "
+        "median latency over that of torch.add(x, x) timed in alternation with it (paired floor), per "
+        "round, and the median of those ratios." + _rounds_caption(report)
     )
 
 
@@ -215,7 +215,7 @@ def _rounds_caption(report: dict[str, Any]) -> str:
         return ""
     return (
         f" The timed runs were split over {rounds} interleaved rounds (in each round every module of the "
-        "same size in turn, the order rotating); (a–b) = the lowest and highest per-round median: a "
+        "same size in turn, the order rotating); (a–b) = the lowest and highest per-round figure: a "
         "finding whose spread crosses its threshold is unstable."
     )
 
