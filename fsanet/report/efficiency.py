@@ -103,8 +103,9 @@ SPREAD_COLUMNS = {
 def efficiency_frame(report: dict[str, Any], setting: str = "paper") -> pd.DataFrame:
     """The paper-layout efficiency table: one row per module configuration, reductions against non-local.
 
-    ``Latency (ms)`` and ``× floor`` are the medians over all rounds; the ``… round min``/``… round max``
-    columns beside them hold the lowest and highest per-round median (empty with one round).
+    ``Latency (ms)`` is the median over all rounds and ``× floor`` the median of the per-round ratios;
+    the ``… round min``/``… round max`` columns beside them hold the lowest and highest per-round figure
+    (empty with one round).
 
     Args:
         report: a benchmark report (see :func:`fsanet.bench.attention.run_attention_benchmark`).
