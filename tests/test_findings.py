@@ -52,6 +52,20 @@ def test_knee_claim_checks_both_halves(deltas, verdict):
     assert "no band below the knee" not in f["detail"]
 
 
+@pytest.mark.parametrize(
+    "deltas, measured",
+    [
+        ({1: -20.0, 2: -0.5, 4: 0.2, 8: -0.1}, "2×2"),
+        ({1: -20.0, 2: -14.0, 4: -0.9, 8: -0.1}, "4×4"),
+        ({1: -0.5, 2: -3.0, 4: 0.2, 8: -0.1}, "4×4"),  # a band within reach below a gap does not count
+        ({1: -20.0, 2: -14.0, 4: -6.0, 8: -1.2}, "full"),
+    ],
+)
+def test_knee_claim_names_the_measured_knee(deltas, measured):
+    f = _knee_finding(_points(deltas), "retrained", [2, 2], "retrained curve")
+    assert f["detail"].endswith(f"measured knee {measured}"), f["detail"]
+
+
 def test_knee_claim_says_when_no_band_lies_below_the_knee():
     f = _knee_finding(_points({1: -0.2, 2: 0.1}), "retrained", [1, 1], "retrained curve")
     assert f["verdict"] == "pass" and "only the upper half of the claim is tested" in f["detail"]

@@ -170,6 +170,17 @@ def _truncated_spread_findings(
     return out
 
 
+def _measured_knee(points: Sequence[Mapping[str, Any]], full: float) -> str:
+    """The smallest band from which every larger band is within ``knee_within`` of ``full`` (means), or
+    "full" if even the largest truncated band is not."""
+    knee = "full"
+    for p in sorted((p for p in points if p["label"] != "full"), key=lambda p: -p["K"]):
+        if abs(p["mean"] - full) > BARS["knee_within"]:
+            break
+        knee = p["label"].replace("x", "×")
+    return knee
+
+
 def _knee_finding(
     points: Sequence[Mapping[str, Any]], series: str, knee: Optional[list[int]], what: str
 ) -> Finding:
@@ -195,6 +206,7 @@ def _knee_finding(
         ok &= good
         parts.append(f"{p['label']} {d:+.2f}{'' if good else ' ✗'}")
     detail = f"predicted knee {knee[0]}×{knee[1]}; full {full['mean']:.2f}; Δ vs full: " + ", ".join(parts)
+    detail += f"; measured knee {_measured_knee(pts, full['mean'])}"
     if below == 0:
         detail += "; no band below the knee was run, so only the upper half of the claim is tested"
     return _finding(claim, ok, detail)
