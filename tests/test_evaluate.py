@@ -170,6 +170,7 @@ def test_evaluate_writes_reports_and_matches_manual_metric(tmp_path):
         "mlflow_run_id",
     } <= set(saved)
     assert saved["eval_band"] is None and saved["num_images"] == 8 and saved["iteration"] == 7
+    assert saved["band_energy_kept"] is None  # nothing truncated, nothing measured
     cost = saved["cost"]  # params, GFLOPs of one forward and the evaluation's own per-image latency
     assert cost["params_M"] == pytest.approx(sum(p.numel() for p in model.parameters()) / 1e6)
     assert cost["gflops"] > 0 and cost["fps"] > 0 and cost["timed_images"] == 8
@@ -204,6 +205,9 @@ def test_eval_band_override_truncates_attention(tmp_path):
     )
     assert m["eval_band"] == [0, 2, 0, 2]
     assert m["IoU"] != full["IoU"] or m["aAcc"] != full["aAcc"]  # the truncation changed predictions
+    # the share of the attention inputs' energy inside the 2×2 band, measured over the 8 val images
+    assert 0.0 < m["band_energy_kept"] < 1.0 and full["band_energy_kept"] is None
+    assert json.loads((out / "metrics.json").read_text())["band_energy_kept"] == m["band_energy_kept"]
 
 
 def test_eval_tag_names_every_setting(tmp_path):

@@ -97,3 +97,14 @@ def test_only_the_declared_baseline_is_the_fcn_reference():
     found = {f["claim"]: f for f in _method_findings(runs, "5x5")}
     claim = next(c for c in found if c.startswith("afformer ≥ FCN mean + 10 = 82.50"))
     assert found[claim]["verdict"] == "fail" and "n=3" in found[claim]["detail"]
+
+
+def test_knee_claim_reports_the_energy_the_knee_band_keeps():
+    pts = _points({1: -20.0, 2: -14.0, 8: -0.3})
+    knee_point = next(p for p in pts if p["label"] == "2x2")
+    knee_point.update(band=[0, 2, 0, 2], energy_kept=0.2, energy_kept_min=0.19, energy_kept_max=0.22)
+    f = _knee_finding(pts, "retrained", [2, 2], "truncated curve")
+    assert f["verdict"] == "fail"
+    assert "the 2×2 band keeps 20.0 % of the attention inputs' energy (19.0–22.0 %)" in f["detail"]
+    plain = _knee_finding(_points({1: -20.0, 2: -14.0}), "retrained", [2, 2], "truncated curve")
+    assert "energy" not in plain["detail"]  # nothing recorded, nothing claimed

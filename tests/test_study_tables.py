@@ -6,7 +6,7 @@ import math
 
 import pytest
 from engine_stubs import TinyNet, build_tiny_dataset, build_tiny_model
-from test_summary import CLASSES, write_metrics
+from test_summary import CLASSES, write_metrics, write_truncated
 from torch import nn
 
 from fsanet.cli import main
@@ -334,3 +334,26 @@ def test_ablation_table_follows_the_band_mode(tmp_path):
     assert "trained at each band, LinSoftmax mode" in (tmp_path / "tables" / "ablation.md").read_text()
     ablation_tables(tmp_path / "summary.json", tmp_path / "dot", band_mode="dot")
     assert float(read_csv(tmp_path / "dot" / "ablation.csv")[0]["retrained_mIoU_mean"]) == 11.0
+
+
+def test_ablation_table_shows_the_kept_energy_when_the_runs_record_it(tmp_path):
+    root = tmp_path / "runs"
+    files = [write_metrics(root, model="fsanet", band=(0, 1, 0, 1), seed=0, miou=90.0)]
+    for seed, (full, cut, energy) in enumerate(((91.0, 70.0, 0.20), (93.0, 72.0, 0.30))):
+        files.append(write_metrics(root, model="nonlocal", band=None, seed=seed, miou=full))
+        files.append(write_truncated(root, seed, cut, energy, band=(0, 1, 0, 1)))
+    write_summary(files, tmp_path / "summary.json")
+    ablation_tables(tmp_path / "summary.json", tmp_path / "tables")
+    rows = read_csv(tmp_path / "tables" / "ablation.csv")
+    assert float(rows[0]["truncated_energy_kept"]) == pytest.approx(0.25)
+    assert (float(rows[0]["truncated_energy_kept_min"]), float(rows[0]["truncated_energy_kept_max"])) == (
+        0.2,
+        0.3,
+    )
+    md = (tmp_path / "tables" / "ablation.md").read_text()
+    assert "input energy kept (%)" in md and "25.0 (20.0–30.0)" in md and "Σ‖low-pass(x)‖²" in md
+
+
+def test_ablation_table_without_recorded_energy_has_no_energy_column(study, tmp_path):
+    ablation_tables(study, tmp_path / "tables")
+    assert "energy kept" not in (tmp_path / "tables" / "ablation.md").read_text()

@@ -408,3 +408,29 @@ def test_cli_bench_models(tmp_path, capsys):
     assert "bench.models.bands" in err and "band 'wide'" in err
     assert main(["bench", "models", "--out", str(out), "bench.models.repeats=0"]) == 2
     assert "bench.models.repeats" in capsys.readouterr().err
+
+
+def write_truncated(root, seed, miou, energy, band=(0, 2, 0, 2)):
+    """A non-local evaluation truncated to ``band`` that recorded the kept energy ``energy``."""
+    return write_metrics(
+        root, model="nonlocal", band=None, eval_band=band, seed=seed, miou=miou, band_energy_kept=energy
+    )
+
+
+def test_ablation_points_carry_the_kept_energy_of_the_truncated_runs(tmp_path):
+    files = [write_metrics(tmp_path, model="nonlocal", band=None, seed=s, miou=70.0 + s) for s in (0, 1, 2)]
+    files += [write_truncated(tmp_path, s, 60.0, e) for s, e in ((0, 0.20), (1, 0.25), (2, 0.30))]
+    runs = build_summary(files)["runs"]
+    assert sorted(r["band_energy_kept"] for r in runs if r["eval_band"]) == [0.20, 0.25, 0.30]
+    points = ablation_points(runs, retrained_model="fsanet")
+    point = next(p for p in points if p["series"] == "truncated" and p["label"] == "2x2")
+    assert point["energy_kept"] == pytest.approx(0.25)
+    assert (point["energy_kept_min"], point["energy_kept_max"]) == (0.20, 0.30)
+    full = next(p for p in points if p["series"] == "truncated" and p["label"] == "full")
+    assert full["energy_kept"] is None  # untruncated runs record none
+
+
+def test_a_bad_kept_energy_is_an_error_naming_the_file(tmp_path):
+    path = write_metrics(tmp_path, model="nonlocal", band=None, eval_band=(0, 2, 0, 2), band_energy_kept="x")
+    with pytest.raises(SummaryError, match="band_energy_kept"):
+        build_summary([path])

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from fsanet.config import ConfigError, Device, InferenceMode, load_config, to_container
 from fsanet.data.imageio import colorize
+from fsanet.engine.band_energy import BandEnergyMeter
 from fsanet.engine.checkpoint import load_checkpoint
 from fsanet.engine.distributed import resolve_device
 from fsanet.engine.evaluate_instances import instance_inference, instance_metrics, write_instance_tables
@@ -296,7 +297,9 @@ def _evaluate(
             )
             tracker.finish("FINISHED")
             return metrics
-        result = _run_inference(cfg, model, dataset, device, classes, out_dir)
+        # the share of the attention inputs' energy that the band keeps, over this evaluation's images
+        with BandEnergyMeter(model.attention_modules() if band is not None else ()) as meter:
+            result = _run_inference(cfg, model, dataset, device, classes, out_dir)
         cost = _inference_cost(cfg, model, dataset, device, result.pop("seconds"))
         metrics = {
             "mIoU": result["mIoU"],
@@ -310,6 +313,7 @@ def _evaluate(
             "scales": list(ec.scales),
             "flip": bool(ec.flip),
             "num_images": result["num_images"],
+            "band_energy_kept": meter.share(),  # None without eval_band
             "mlflow_run_id": tracker.run_id,
             "train_mlflow_run_id": state.get("mlflow_run_id"),
             "attention_mode": _value(cfg.model.attention.mode),
@@ -346,6 +350,8 @@ def _evaluate(
         scalars.update(
             {f"cost/{k}": v for k, v in cost.items() if isinstance(v, (int, float)) and v is not None}
         )
+        if metrics["band_energy_kept"] is not None:
+            scalars["test/band_energy_kept"] = metrics["band_energy_kept"]
         tracker.log_metrics(scalars, step=int(state.get("iteration") or 0))
         for name in (
             "config.yaml",
@@ -400,7 +406,8 @@ def _evaluate_instances(
     tracker: Tracker,
 ) -> dict[str, Any]:
     """A detector's evaluation (COCO box and mask AP): metrics.json, per_class.*, config.yaml, MLflow."""
-    result = instance_inference(cfg, model, dataset, device)
+    with BandEnergyMeter(model.attention_modules() if band is not None else ()) as meter:
+        result = instance_inference(cfg, model, dataset, device)
     scores = instance_metrics(cfg, dataset, result)
     cost = _inference_cost(cfg, model, dataset, device, result["seconds"])
     metrics = _nan_to_none(
@@ -411,6 +418,7 @@ def _evaluate_instances(
             **_run_fields(cfg, state, checkpoint, band),
             "num_images": result["num_images"],
             "num_detections": len(result["detections"]),
+            "band_energy_kept": meter.share(),  # None without eval_band
             "mlflow_run_id": tracker.run_id,
             "train_mlflow_run_id": state.get("mlflow_run_id"),
             "attention_mode": _value(cfg.model.attention.mode),
@@ -436,6 +444,8 @@ def _evaluate_instances(
         if metrics[f"context_{kind}_AP"] is not None:
             scalars[f"test/context_{kind}_AP"] = metrics[f"context_{kind}_AP"]
     scalars.update({f"cost/{k}": v for k, v in cost.items() if isinstance(v, (int, float)) and v is not None})
+    if metrics["band_energy_kept"] is not None:
+        scalars["test/band_energy_kept"] = metrics["band_energy_kept"]
     tracker.log_metrics(scalars, step=int(state.get("iteration") or 0))
     for name in ("config.yaml", "metrics.json", "per_class.csv", "per_class.md"):
         tracker.log_artifact(out_dir / name, "eval")

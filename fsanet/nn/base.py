@@ -8,7 +8,10 @@
   module gives the formula in MACs.
 * ``eval_band``: when set to a band, the module's attention branch sees ``lowpass(x, eval_band)``
   while the residual keeps the full ``x``: the paper's "low-frequency attention without
-  retraining" ablation, applicable to any trained model.
+  retraining" ablation, applicable to any trained model. While ``band_meter`` is set, every
+  truncated attention input and its low-passed copy are passed to it (``band_meter(x, kept)``), so an
+  evaluation can report how much of the input's energy the band kept
+  (:class:`fsanet.engine.band_energy.BandEnergyMeter`).
 * Declarations read by the benchmark and the tables: ``name`` (the key in ``bench.modules`` and in
   the benchmark's JSON), ``display`` (the name in table T1) and :meth:`bench_variants` (the
   constructor options of the rows the module gets in ``fsanet bench attention``).
@@ -16,7 +19,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Optional
 
 from torch import Tensor, nn
@@ -56,6 +59,8 @@ class AttentionModule(nn.Module):
         if channels < 1:
             raise ValueError(f"channels must be ≥ 1, got {channels}")
         self.channels = channels
+        #: called as ``band_meter(x, lowpass(x, band))`` on each truncated attention input; None = off
+        self.band_meter: Optional[Callable[[Tensor, Tensor], None]] = None
         self._eval_band: Optional[Band] = None
 
     @property
@@ -79,7 +84,12 @@ class AttentionModule(nn.Module):
     def attention_input(self, x: Tensor) -> Tensor:
         """What the attention branch attends over: ``x``, or its low-passed copy if ``eval_band`` is set."""
         band = self.band_on(*x.shape[-2:])
-        return x if band is None else lowpass(x, band)
+        if band is None:
+            return x
+        kept = lowpass(x, band)
+        if self.band_meter is not None:
+            self.band_meter(x, kept)
+        return kept
 
     def eval_band_macs(self, h: int, w: int) -> int:
         """MACs of ``lowpass(x, eval_band)`` on one (C, H, W) input (DCT and inverse); 0 if unset or full."""

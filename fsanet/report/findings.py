@@ -207,6 +207,13 @@ def _knee_finding(
         parts.append(f"{p['label']} {d:+.2f}{'' if good else ' ✗'}")
     detail = f"predicted knee {knee[0]}×{knee[1]}; full {full['mean']:.2f}; Δ vs full: " + ", ".join(parts)
     detail += f"; measured knee {_measured_knee(pts, full['mean'])}"
+    at_knee = next((p for p in pts if list(p.get("band") or []) == [0, knee[0], 0, knee[1]]), None)
+    if at_knee is not None and at_knee.get("energy_kept") is not None:
+        mean, low, high = (100 * at_knee[k] for k in ("energy_kept", "energy_kept_min", "energy_kept_max"))
+        detail += (
+            f"; the {knee[0]}×{knee[1]} band keeps {mean:.1f} % of the attention inputs' energy "
+            f"({low:.1f}–{high:.1f} %)"
+        )
     if below == 0:
         detail += "; no band below the knee was run, so only the upper half of the claim is tested"
     return _finding(claim, ok, detail)

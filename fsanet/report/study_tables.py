@@ -96,6 +96,16 @@ def _delta(point: Optional[dict[str, Any]], label: str) -> str:
     return "ref." if label == "full" else signed(point["delta"])
 
 
+def _energy(point: Optional[dict[str, Any]], label: str) -> str:
+    """The truncated series' kept energy as ``mean (min–max)`` in percent; 100 for the full band."""
+    if label == "full" and point is not None:
+        return "100"
+    if point is None or point.get("energy_kept") is None:
+        return "–"
+    mean, low, high = (100 * point[k] for k in ("energy_kept", "energy_kept_min", "energy_kept_max"))
+    return f"{mean:.1f} ({low:.1f}–{high:.1f})"
+
+
 def ablation_frame(
     runs: Sequence[dict[str, Any]],
     retrained_model: Optional[str] = None,
@@ -128,6 +138,8 @@ def ablation_frame(
         if ret_name == tr_name
         else (f"Δ {ret_name}", f"Δ {tr_name}")
     )
+    measured = any(p.get("energy_kept") is not None for p in points if p["series"] == "truncated")
+    energy_col = f"{tr_name} truncated: input energy kept (%)"
     shown, numeric = [], []
     for label in labels:
         ret, tr = by.get(("retrained", label)), by.get(("truncated", label))
@@ -147,6 +159,8 @@ def ablation_frame(
                 tr_delta: _delta(tr, label),
             }
         )
+        if measured:
+            shown[-1][energy_col] = _energy(tr, label)
         row: dict[str, Any] = {"band": label, "K": None if math.isinf(k) else int(k)}
         for series, p in (("retrained", ret), ("truncated", tr)):
             row.update(
@@ -160,6 +174,8 @@ def ablation_frame(
                     f"{series}_seeds": ";".join(map(str, p["seeds"])) if p else "",
                 }
             )
+        for stat in ("", "_min", "_max"):
+            row[f"truncated_energy_kept{stat}"] = tr.get(f"energy_kept{stat}") if tr else None
         row["mlflow_run_ids"] = ";".join(
             sorted(set((ret or {}).get("run_ids", []) + (tr or {}).get("run_ids", [])))
         )
@@ -213,6 +229,13 @@ def ablation_tables(
             "low-passed to the band at evaluation time, without retraining. Δ = mean minus the mean of the "
             "same model's full row (ref.), in mIoU points."
         )
+        if "truncated_energy_kept" in num and num["truncated_energy_kept"].notna().any():
+            caption += (
+                " Input energy kept = the share of the truncated model's attention inputs' energy inside the "
+                "band (Σ‖low-pass(x)‖² / Σ‖x‖² over the val images, `fsanet.engine.band_energy`), mean over "
+                "seeds (min–max): what the truncated attention still reads, whereas the context oracle says "
+                "what the band could carry."
+            )
         blocks.append(("Table 2", caption, shown))
         numeric.append(num.assign(dataset=dataset))
         used += u

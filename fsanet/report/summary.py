@@ -300,6 +300,7 @@ def read_metrics(path: str | Path) -> dict[str, Any]:
         "flip": flip,
         "setting": _setting(split, inference, scales, flip),
         "num_images": m.get("num_images"),
+        "band_energy_kept": _number(m.get("band_energy_kept"), f"{path}: key 'band_energy_kept'"),
         "iteration": m.get("iteration"),
         "checkpoint": checkpoint,
         "metrics_file": path.as_posix(),
@@ -481,7 +482,9 @@ def ablation_points(
     mode).
 
     Each point: ``series``, ``band``, ``label``, ``K`` (coefficients; inf = full), ``mean``, ``std``, ``n``,
-    ``seeds``, ``run_ids``, ``delta`` (mean minus the series' full-band mean; None without a full point).
+    ``seeds``, ``run_ids``, ``delta`` (mean minus the series' full-band mean; None without a full point),
+    ``energy_kept`` / ``_min`` / ``_max`` (over seeds, the share of the attention inputs' energy that the
+    eval band kept: :mod:`fsanet.engine.band_energy`; None where no run recorded it).
     """
     retrained_model = retrained_model or band_model(runs)
     banded = band_models()
@@ -505,6 +508,7 @@ def ablation_points(
         mean, std, n = mean_std(r["mIoU"] for r in rs)
         band = bands[(series, label)]
         values = [r["mIoU"] for r in rs if r["mIoU"] is not None]
+        energy = [r["band_energy_kept"] for r in rs if r.get("band_energy_kept") is not None]
         points.append(
             {
                 "series": series,
@@ -519,6 +523,10 @@ def ablation_points(
                 "values": [r["mIoU"] for r in sorted(rs, key=lambda r: r["seed"])],
                 "seeds": sorted(r["seed"] for r in rs),
                 "run_ids": sorted(str(r["mlflow_run_id"]) for r in rs if r.get("mlflow_run_id")),
+                # share of the attention inputs' energy the eval band kept (truncated points), over seeds
+                "energy_kept": sum(energy) / len(energy) if energy else None,
+                "energy_kept_min": min(energy) if energy else None,
+                "energy_kept_max": max(energy) if energy else None,
             }
         )
     full = {p["series"]: p["mean"] for p in points if p["label"] == "full"}
