@@ -68,7 +68,3 @@ class BandEnergyMeter:
             return None
         total = float(self.total)
         return float(self.kept) / total if total > 0 else None
-
-    def reset(self) -> None:
-        self.kept = self.total = None
-        self.inputs = 0
